@@ -1,0 +1,53 @@
+# The README's two set-up commands live here: `make run` and `make test`. Everything they need is
+# installed into .venv from requirements-dev.txt (exact versions), so a fresh clone on a fresh
+# machine needs nothing else.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Build the extension against the virtual env's interpreter, never whichever python3 is first.
+export PYO3_PYTHON := $(abspath $(BIN)/python)
+export VIRTUAL_ENV := $(abspath $(VENV))
+# `cargo test` links libpython (the extension module itself does not) and must find it at run time.
+PY_LIBDIR = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+BENCH_JSON := .benchmarks/latest.json
+
+.PHONY: build run test test-rust lint test-python bench clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+build: $(VENV)/.installed
+	$(BIN)/maturin develop --release --quiet
+
+run: build
+	$(BIN)/instapay serve
+
+test: build test-rust lint test-python
+
+test-rust: $(VENV)/.installed
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	LD_LIBRARY_PATH=$(PY_LIBDIR) cargo test --quiet
+
+lint: build
+	$(BIN)/ruff check python tests benches
+	$(BIN)/ruff format --check python tests benches
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest instapay._core
+
+test-python: build
+	$(BIN)/pytest
+
+# Micro benchmarks; the table printed at the end is the one in README (ratios from this run).
+bench: build
+	mkdir -p $(dir $(BENCH_JSON))
+	$(BIN)/pytest benches --benchmark-only --benchmark-json=$(BENCH_JSON) -q
+	$(BIN)/python benches/report.py $(BENCH_JSON)
+
+clean:
+	rm -rf $(VENV) target .benchmarks .pytest_cache .mypy_cache .ruff_cache .hypothesis

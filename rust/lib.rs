@@ -1,0 +1,76 @@
+//! `instapay._core`: the native core of instapay.
+//!
+//! Batch SHA-256 and HMAC-SHA256 signing and verification with the GIL released for batches large
+//! enough to pay for it, and a key ring of precomputed HMAC states. The typed Python view of this
+//! module is `python/instapay/_core.pyi`.
+
+mod convert;
+pub mod digest;
+mod error;
+mod keyring;
+pub mod parallel;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+use crate::convert::{bytes_items, BATCH_LEN_MAX};
+use crate::digest::sha256_work;
+use crate::parallel::{map_indexed, run_batch};
+
+pub use crate::error::{CoreError, CoreResult};
+pub use crate::keyring::KeyRing;
+
+#[pyfunction]
+fn sha256<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let digest = run_batch(py, sha256_work(data.len()), || digest::sha256(data));
+    PyBytes::new(py, &digest)
+}
+
+#[pyfunction]
+fn hmac_sha256<'py>(py: Python<'py>, key: &[u8], msg: &[u8]) -> Bound<'py, PyBytes> {
+    let work_bytes = digest::hmac_work(key.len() + msg.len());
+    let mac = run_batch(py, work_bytes, || digest::hmac_sha256(key, msg));
+    PyBytes::new(py, &mac)
+}
+
+#[pyfunction]
+fn sha256_batch<'py>(py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let items = bytes_items("items", items)?;
+    let work_bytes = items.iter().map(|item| sha256_work(item.len())).sum();
+    let digests = run_batch(py, work_bytes, || {
+        map_indexed(items.len(), work_bytes, |index| digest::sha256(&items[index]))
+    });
+    PyList::new(py, digests.iter().map(|digest| PyBytes::new(py, digest)))
+}
+
+/// How many threads a large batch may be spread over (1 = the calling thread only).
+#[pyfunction]
+fn parallelism() -> usize {
+    parallel::parallelism()
+}
+
+#[pyfunction]
+fn set_parallelism(threads: usize) -> PyResult<()> {
+    Ok(parallel::set_parallelism(threads)?)
+}
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(sha256, module)?)?;
+    module.add_function(wrap_pyfunction!(hmac_sha256, module)?)?;
+    module.add_function(wrap_pyfunction!(sha256_batch, module)?)?;
+    module.add_function(wrap_pyfunction!(parallelism, module)?)?;
+    module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;
+    module.add_class::<KeyRing>()?;
+    module.add("BATCH_LEN_MAX", BATCH_LEN_MAX)?;
+    module.add("KEYS_MAX", keyring::KEYS_MAX)?;
+    module.add("KID_LEN_MAX", keyring::KID_LEN_MAX)?;
+    module.add("SECRET_LEN_MAX", keyring::SECRET_LEN_MAX)?;
+    module.add("VERIFY_VALID", keyring::VERIFY_VALID)?;
+    module.add("VERIFY_MISMATCH", keyring::VERIFY_MISMATCH)?;
+    module.add("VERIFY_UNKNOWN_KID", keyring::VERIFY_UNKNOWN_KID)?;
+    module.add("VERIFY_WRONG_LENGTH", keyring::VERIFY_WRONG_LENGTH)?;
+    module.add("VERIFY_NOT_HEX", keyring::VERIFY_NOT_HEX)?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
