@@ -1,4 +1,5 @@
-"""Turns a pytest-benchmark JSON file into the README's table: items/s and same-run ratios.
+"""Turns a pytest-benchmark JSON file into the README's tables: items/s and same-run ratios, and
+bytes per key for the memory benchmarks (those that record `bytes_per_key`).
 
 Usage: python benches/report.py .benchmarks/latest.json
 """
@@ -15,6 +16,9 @@ TARGETS: dict[tuple[str, str], str] = {
     ("verify 1024", "test_verify_batch[1 thread]"): ">= 3 M/s on one core, >= 7x",
     ("verify 1024", "test_verify_batch[2 threads]"): ">= 7x the Python loop",
     ("verify hex", "test_verify_batch_hex[1 thread]"): ">= 3 M/s on one core, >= 7x",
+    ("reserve", "test_reserve_fresh_keys[IdempotencyIndex]"): ">= 5 M/s, >= 5x the dict",
+    ("reserve", "test_reserve_replays[IdempotencyIndex]"): ">= 5 M/s, >= 5x the dict",
+    ("memory", "test_memory[IdempotencyIndex 10M keys]"): "<= 64 B per key at 10 M keys",
 }
 
 
@@ -28,28 +32,63 @@ def target_of(group: str, name: str) -> str:
     )
 
 
+def by_group(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bench in report["benchmarks"]:
+        groups.setdefault(bench["group"], []).append(bench)
+    return groups
+
+
+def baseline_of(benches: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(b for b in benches if b["extra_info"].get("baseline"))
+
+
+def is_memory(benches: list[dict[str, Any]]) -> bool:
+    return "bytes_per_key" in benches[0]["extra_info"]
+
+
+def throughput_rows(group: str, benches: list[dict[str, Any]]) -> list[str]:
+    base_rate = items_per_s(baseline_of(benches))
+    return [
+        f"| {group} | `{bench['name']}` | {items_per_s(bench) / 1e6:.2f} M "
+        f"| {items_per_s(bench) / base_rate:.1f}x | {target_of(group, bench['name'])} |"
+        for bench in sorted(benches, key=items_per_s)
+    ]
+
+
+def memory_rows(group: str, benches: list[dict[str, Any]]) -> list[str]:
+    base_bytes = float(baseline_of(benches)["extra_info"]["bytes_per_key"])
+    rows = []
+    for bench in benches:
+        info = bench["extra_info"]
+        rows.append(
+            f"| `{bench['name']}` | {info['items'] / 1e6:g} M | {info['bytes_per_key']:.1f} "
+            f"| {info['rss_bytes_per_key']:.1f} | {base_bytes / info['bytes_per_key']:.1f}x "
+            f"| {target_of(group, bench['name'])} |"
+        )
+    return rows
+
+
 def render(report: dict[str, Any]) -> str:
     machine = report["machine_info"]
-    lines = [
+    throughput = [
         f"Machine: {machine['cpu']['brand_raw']}, {machine['cpu']['count']} cores, "
         f"Python {machine['python_version']}; median of each benchmark.",
         "",
         "| group | implementation | items/s | vs Python | target |",
         "|---|---|---:|---:|---|",
     ]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for bench in report["benchmarks"]:
-        groups.setdefault(bench["group"], []).append(bench)
-    for group, benches in groups.items():
-        baseline = next(b for b in benches if b["extra_info"].get("baseline"))
-        base_rate = items_per_s(baseline)
-        for bench in sorted(benches, key=items_per_s):
-            rate = items_per_s(bench)
-            lines.append(
-                f"| {group} | `{bench['name']}` | {rate / 1e6:.2f} M | {rate / base_rate:.1f}x "
-                f"| {target_of(group, bench['name'])} |"
-            )
-    return "\n".join(lines)
+    memory = [
+        "",
+        "| memory | keys | bytes/key | RSS growth/key | dict bytes / these | target |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for group, benches in by_group(report).items():
+        if is_memory(benches):
+            memory.extend(memory_rows(group, benches))
+        else:
+            throughput.extend(throughput_rows(group, benches))
+    return "\n".join(throughput + (memory if len(memory) > 3 else []))
 
 
 def main(path: str) -> None:

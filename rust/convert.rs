@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::type_object::PyTypeCheck;
-use pyo3::types::{PyByteArray, PyBytes, PyString};
+use pyo3::types::{PyByteArray, PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::error::{CoreError, CoreResult};
 
@@ -27,13 +27,15 @@ fn wrong_type(what: String, expected: &'static str, object: &Bound<'_, PyAny>) -
     }
 }
 
-/// The items of a sequence argument. A bare `str`, `bytes` or `bytearray` is refused: iterating
-/// it would silently treat each character or byte as an item.
-pub fn sequence_items<'py>(
+/// Reads every item of a sequence argument with `read` (given the item's index), walking lists
+/// and tuples directly. A bare `str`, `bytes` or `bytearray` is refused: iterating it would
+/// silently treat each character or byte as an item.
+pub fn read_items<'py, T>(
     name: &'static str,
     expected: &'static str,
     sequence: &Bound<'py, PyAny>,
-) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    mut read: impl FnMut(usize, &Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<Vec<T>> {
     let is_scalar = sequence.is_instance_of::<PyString>()
         || sequence.is_instance_of::<PyBytes>()
         || sequence.is_instance_of::<PyByteArray>();
@@ -51,22 +53,67 @@ pub fn sequence_items<'py>(
         .into());
     }
     let mut items = Vec::with_capacity(len);
-    for item in sequence.try_iter()? {
-        items.push(item?);
+    if let Ok(list) = sequence.cast::<PyList>() {
+        for (index, item) in list.iter().enumerate() {
+            items.push(read(index, &item)?);
+        }
+    } else if let Ok(tuple) = sequence.cast::<PyTuple>() {
+        for (index, item) in tuple.iter().enumerate() {
+            items.push(read(index, &item)?);
+        }
+    } else {
+        for (index, item) in sequence.try_iter()?.enumerate() {
+            items.push(read(index, &item?)?);
+        }
     }
     Ok(items)
 }
 
+/// The items of a sequence argument (see `read_items`).
+pub fn sequence_items<'py>(
+    name: &'static str,
+    expected: &'static str,
+    sequence: &Bound<'py, PyAny>,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    read_items(name, expected, sequence, |_, item| Ok(item.clone()))
+}
+
 /// `bytes` (borrowed) or `bytearray` (copied) items, readable without the GIL.
 pub fn bytes_items(name: &'static str, sequence: &Bound<'_, PyAny>) -> PyResult<Vec<PyBackedBytes>> {
-    sequence_items(name, "a sequence of bytes", sequence)?
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            item.extract::<PyBackedBytes>()
-                .map_err(|_| wrong_type(format!("{name}[{index}]"), "bytes", item).into())
+    read_items(name, "a sequence of bytes", sequence, |index, item| {
+        item.extract::<PyBackedBytes>()
+            .map_err(|_| wrong_type(format!("{name}[{index}]"), "bytes", item).into())
+    })
+}
+
+/// Reads each `bytes` (in place) or `bytearray` (copied) item with `read`, without keeping it.
+pub fn read_bytes_items<T>(
+    name: &'static str,
+    sequence: &Bound<'_, PyAny>,
+    mut read: impl FnMut(usize, &[u8]) -> CoreResult<T>,
+) -> PyResult<Vec<T>> {
+    read_items(name, "a sequence of bytes", sequence, |index, item| {
+        if let Ok(bytes) = item.cast::<PyBytes>() {
+            Ok(read(index, bytes.as_bytes())?)
+        } else if let Ok(array) = item.cast::<PyByteArray>() {
+            Ok(read(index, &array.to_vec())?)
+        } else {
+            Err(wrong_type(format!("{name}[{index}]"), "bytes", item).into())
+        }
+    })
+}
+
+/// Unsigned 64-bit integers (slots, references); a negative or too large int is a `ValueError`.
+pub fn u64_items(name: &'static str, sequence: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    read_items(name, "a sequence of int", sequence, |index, item| {
+        let int = typed_item::<PyInt>(name, index, "int", item)?;
+        int.extract::<u64>().map_err(|_| {
+            CoreError::NotU64 {
+                what: format!("{name}[{index}]"),
+            }
+            .into()
         })
-        .collect()
+    })
 }
 
 /// Item `index` of the batch argument `name`, checked to be a `T` (`expected` names it).

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,34 @@ pub enum CoreError {
         threads: usize,
         max: usize,
     },
+    /// An integer batch item that is negative or does not fit 64 bits.
+    NotU64 {
+        what: String,
+    },
+    OutOfRange {
+        what: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    KeyLength {
+        index: usize,
+        len: usize,
+    },
+    FingerprintLength {
+        index: usize,
+        len: usize,
+    },
+    /// A slot that is not an in-flight reservation of the index.
+    UnknownSlot {
+        index: usize,
+        slot: u64,
+    },
+    CorruptDump(String),
+    /// The operating system gave no randomness for a hash seed.
+    NoEntropy(String),
+    /// A panic left the index's lock poisoned; its state can no longer be trusted.
+    Poisoned,
 }
 
 impl fmt::Display for CoreError {
@@ -62,6 +90,31 @@ impl fmt::Display for CoreError {
                     "parallelism must be between 1 and {max} threads, not {threads}"
                 )
             }
+            Self::NotU64 { what } => write!(f, "{what} must be an integer from 0 to 2**64 - 1"),
+            Self::OutOfRange {
+                what,
+                value,
+                min,
+                max,
+            } => {
+                write!(f, "{what} must be between {min} and {max}, not {value}")
+            }
+            Self::KeyLength { index, len } => write!(
+                f,
+                "keys[{index}] is {len} bytes long; idempotency keys are 1 to 255 bytes"
+            ),
+            Self::FingerprintLength { index, len } => write!(
+                f,
+                "fingerprints[{index}] is {len} bytes long; a fingerprint is a 32-byte SHA-256 digest"
+            ),
+            Self::UnknownSlot { index, slot } => write!(
+                f,
+                "slots[{index}] = {slot} is not an in-flight reservation (unknown, already completed \
+                 or released, or twice in the batch); nothing in the batch was applied"
+            ),
+            Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
+            Self::NoEntropy(reason) => write!(f, "no randomness for the hash seed: {reason}"),
+            Self::Poisoned => write!(f, "the index is unusable after a panic in an earlier call"),
         }
     }
 }
@@ -79,7 +132,15 @@ impl From<CoreError> for PyErr {
             | CoreError::InvalidKid { .. }
             | CoreError::InvalidSecret { .. }
             | CoreError::KeyRingFull { .. }
-            | CoreError::InvalidParallelism { .. } => PyValueError::new_err(message),
+            | CoreError::InvalidParallelism { .. }
+            | CoreError::NotU64 { .. }
+            | CoreError::OutOfRange { .. }
+            | CoreError::KeyLength { .. }
+            | CoreError::FingerprintLength { .. }
+            | CoreError::UnknownSlot { .. }
+            | CoreError::CorruptDump(_) => PyValueError::new_err(message),
+            CoreError::NoEntropy(_) => PyOSError::new_err(message),
+            CoreError::Poisoned => PyRuntimeError::new_err(message),
         }
     }
 }

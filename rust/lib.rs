@@ -1,12 +1,13 @@
 //! `instapay._core`: the native core of instapay.
 //!
 //! Batch SHA-256 and HMAC-SHA256 signing and verification with the GIL released for batches large
-//! enough to pay for it, and a key ring of precomputed HMAC states. The typed Python view of this
+//! enough to pay for it, a key ring of precomputed HMAC states, and the idempotency index. The typed Python view of this
 //! module is `python/instapay/_core.pyi`.
 
 mod convert;
 pub mod digest;
 mod error;
+mod idempotency;
 mod keyring;
 pub mod parallel;
 
@@ -18,6 +19,7 @@ use crate::digest::sha256_work;
 use crate::parallel::{map_indexed, run_batch};
 
 pub use crate::error::{CoreError, CoreResult};
+pub use crate::idempotency::IdempotencyIndex;
 pub use crate::keyring::KeyRing;
 
 #[pyfunction]
@@ -62,6 +64,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(parallelism, module)?)?;
     module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;
     module.add_class::<KeyRing>()?;
+    module.add_class::<IdempotencyIndex>()?;
     module.add("BATCH_LEN_MAX", BATCH_LEN_MAX)?;
     module.add("KEYS_MAX", keyring::KEYS_MAX)?;
     module.add("KID_LEN_MAX", keyring::KID_LEN_MAX)?;
@@ -71,6 +74,19 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("VERIFY_UNKNOWN_KID", keyring::VERIFY_UNKNOWN_KID)?;
     module.add("VERIFY_WRONG_LENGTH", keyring::VERIFY_WRONG_LENGTH)?;
     module.add("VERIFY_NOT_HEX", keyring::VERIFY_NOT_HEX)?;
+    module.add("RESERVE_NEW", idempotency::RESERVE_NEW)?;
+    module.add("RESERVE_REPLAY", idempotency::RESERVE_REPLAY)?;
+    module.add("RESERVE_MISMATCH", idempotency::RESERVE_MISMATCH)?;
+    module.add("RESERVE_IN_FLIGHT", idempotency::RESERVE_IN_FLIGHT)?;
+    module.add("RESERVE_FULL", idempotency::RESERVE_FULL)?;
+    module.add("IDEMPOTENCY_KEY_LEN_MAX", idempotency::KEY_LEN_MAX)?;
+    module.add("IDEMPOTENCY_CAPACITY_MAX", idempotency::CAPACITY_MAX)?;
+    module.add(
+        "IDEMPOTENCY_TTL_SECONDS_DEFAULT",
+        idempotency::TTL_SECONDS_DEFAULT,
+    )?;
+    module.add("IDEMPOTENCY_TTL_SECONDS_MAX", idempotency::TTL_SECONDS_MAX)?;
+    module.add("FINGERPRINT_LEN", idempotency::FINGERPRINT_LEN)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -57,7 +57,16 @@ where
     T: Ungil,
     F: Ungil + FnOnce() -> T,
 {
-    if work_bytes >= DETACH_WORK_BYTES_MIN {
+    detach_when(py, work_bytes >= DETACH_WORK_BYTES_MIN, batch)
+}
+
+/// Runs `batch` without the GIL if `detach`, else on the calling thread holding it.
+pub fn detach_when<T, F>(py: Python<'_>, detach: bool, batch: F) -> T
+where
+    T: Ungil,
+    F: Ungil + FnOnce() -> T,
+{
+    if detach {
         py.detach(batch)
     } else {
         batch()

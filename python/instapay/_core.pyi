@@ -1,4 +1,5 @@
-"""Native core of instapay (Rust, PyO3): SHA-256, HMAC-SHA256, batch signing and verification.
+"""Native core of instapay (Rust, PyO3): SHA-256, HMAC-SHA256, batch signing and verification,
+and the idempotency index.
 
 Batches whose hashing work is large enough release the GIL, and larger ones are spread over a
 thread pool (see ``set_parallelism``). Nothing here ever prints or returns key material.
@@ -9,14 +10,25 @@ from typing import Final, TypeAlias, final
 
 __all__ = [
     "BATCH_LEN_MAX",
+    "FINGERPRINT_LEN",
+    "IDEMPOTENCY_CAPACITY_MAX",
+    "IDEMPOTENCY_KEY_LEN_MAX",
+    "IDEMPOTENCY_TTL_SECONDS_DEFAULT",
+    "IDEMPOTENCY_TTL_SECONDS_MAX",
     "KEYS_MAX",
     "KID_LEN_MAX",
+    "RESERVE_FULL",
+    "RESERVE_IN_FLIGHT",
+    "RESERVE_MISMATCH",
+    "RESERVE_NEW",
+    "RESERVE_REPLAY",
     "SECRET_LEN_MAX",
     "VERIFY_MISMATCH",
     "VERIFY_NOT_HEX",
     "VERIFY_UNKNOWN_KID",
     "VERIFY_VALID",
     "VERIFY_WRONG_LENGTH",
+    "IdempotencyIndex",
     "KeyRing",
     "__version__",
     "hmac_sha256",
@@ -47,6 +59,25 @@ VERIFY_WRONG_LENGTH: Final[int]
 """3: the MAC is not 32 bytes."""
 VERIFY_NOT_HEX: Final[int]
 """4: the hex MAC is not valid hex (``verify_batch_hex`` only)."""
+
+RESERVE_NEW: Final[int]
+"""0: the key is now reserved; the value is its slot."""
+RESERVE_REPLAY: Final[int]
+"""1: finished before with the same fingerprint; the value is the reference ``complete`` stored."""
+RESERVE_MISMATCH: Final[int]
+"""2: the key was used with a different fingerprint; the value is 0."""
+RESERVE_IN_FLIGHT: Final[int]
+"""3: reserved and not finished yet; the value is the reservation's slot."""
+RESERVE_FULL: Final[int]
+"""4: a new key, but the index holds ``capacity_max`` keys; the value is 0."""
+IDEMPOTENCY_KEY_LEN_MAX: Final[int]
+"""255: keys are 1 to 255 bytes."""
+IDEMPOTENCY_CAPACITY_MAX: Final[int]
+IDEMPOTENCY_TTL_SECONDS_DEFAULT: Final[int]
+"""86400 (24 h), the retention Stripe documents."""
+IDEMPOTENCY_TTL_SECONDS_MAX: Final[int]
+FINGERPRINT_LEN: Final[int]
+"""32: request fingerprints are SHA-256 digests."""
 
 def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
@@ -96,3 +127,63 @@ class KeyRing:
         self, kids: Sequence[str], messages: Sequence[_Buffer], macs: Sequence[str]
     ) -> list[int]:
         """``verify_batch`` for hex MACs (either case), as they arrive in headers; adds status 4."""
+
+@final
+class IdempotencyIndex:
+    """Idempotency keys and their outcome, bounded in size, at under 59 bytes per finished key.
+
+    Keys are kept as a keyed 128-bit SipHash-1-3 (random seed, kept in dumps) with the first 16
+    bytes of the request fingerprint, never as raw keys. Thread-safe: frozen, with the index behind
+    a mutex; batches of 64 items or more run without the GIL.
+
+    ValueError for a capacity outside 1..IDEMPOTENCY_CAPACITY_MAX or a TTL outside
+    1..IDEMPOTENCY_TTL_SECONDS_MAX; OverflowError for a negative one.
+    """
+
+    def __new__(cls, capacity_max: int, ttl_seconds: int = ...) -> IdempotencyIndex: ...
+    @property
+    def capacity_max(self) -> int: ...
+    @property
+    def ttl_seconds(self) -> int: ...
+    def reserve_batch(
+        self, keys: Sequence[_Buffer], fingerprints: Sequence[_Buffer], now_s: int
+    ) -> list[tuple[int, int]]:
+        """Per request, in order, a ``(RESERVE_*, value)`` pair.
+
+        A key twice in one batch: the first is NEW, the second IN_FLIGHT (MISMATCH if its
+        fingerprint differs). Known keys are answered even when the index is full. ValueError
+        naming the index for a key outside 1..255 bytes or a fingerprint that is not 32 bytes.
+        """
+
+    def complete_batch(self, slots: Sequence[int], refs: Sequence[int]) -> None:
+        """Records the u64 result reference of NEW reservations, which are then replayed.
+
+        All or nothing: ValueError, and nothing recorded, when a slot is not in flight (unknown,
+        completed, released, or twice in the batch).
+        """
+
+    def release_batch(self, slots: Sequence[int]) -> None:
+        """Drops reservations whose request failed before anything was applied (all or nothing)."""
+
+    def expire(self, now_s: int) -> int:
+        """Removes finished entries older than the TTL; returns how many.
+
+        Oldest finished first, while ``now_s - reserved_at > ttl_seconds``: an entry is kept for at
+        least its TTL (exactly at the boundary it stays); one that finished after a younger one is
+        removed with it. In-flight reservations are never removed.
+        """
+
+    def __len__(self) -> int:
+        """Finished and in-flight keys."""
+
+    def in_flight(self) -> int: ...
+    def memory_bytes(self) -> int:
+        """Bytes the index has allocated: its hash table, sized for ``capacity_max`` from the
+        start, and the entries and reservations it holds."""
+
+    def dump(self) -> bytes:
+        """The finished entries as a versioned snapshot with a CRC-32C, without reservations."""
+
+    @staticmethod
+    def load(data: bytes) -> IdempotencyIndex:
+        """The index of a dump; ValueError for a truncated or corrupted one."""

@@ -1,0 +1,532 @@
+//! The index proper: a hash table (`table.rs`) of 4-byte handles pointing into the finished ring or
+//! the pending slab. Keeping the 48-byte entries out of the table means its empty buckets (a
+//! quarter of them when full) cost 8 bytes each rather than 56.
+
+use std::hash::Hasher as _;
+
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
+
+use super::pending::Pending;
+use super::ring::{Finished, Ring};
+use super::table::{Probe, Table};
+use super::{Fingerprint, KeyHash, Seed, CAPACITY_MAX, TTL_SECONDS_MAX};
+use crate::error::{CoreError, CoreResult};
+
+/// Table handles with this bit set are pending slab indexes; the others are the low 31 bits of a
+/// finished entry's sequence number, unique because the ring never holds 2^31 entries.
+const PENDING_BIT: u32 = 1 << 31;
+const SEQ_MASK: u32 = PENDING_BIT - 1;
+const _: () = assert!(CAPACITY_MAX < SEQ_MASK as usize);
+
+/// The answer for one request of a reserve batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The key is now reserved under this slot.
+    New(u64),
+    /// Finished before with the same fingerprint; the reference `complete` stored.
+    Replay(u64),
+    /// The key was used with a different fingerprint.
+    Mismatch,
+    /// Reserved under this slot and not finished yet.
+    InFlight(u64),
+    /// A new key, but the index holds `capacity_max` keys already.
+    Full,
+}
+
+pub const RESERVE_NEW: u8 = 0;
+pub const RESERVE_REPLAY: u8 = 1;
+pub const RESERVE_MISMATCH: u8 = 2;
+pub const RESERVE_IN_FLIGHT: u8 = 3;
+pub const RESERVE_FULL: u8 = 4;
+
+impl Outcome {
+    /// The `(status, value)` pair Python sees.
+    pub fn code(self) -> (u8, u64) {
+        match self {
+            Self::New(slot) => (RESERVE_NEW, slot),
+            Self::Replay(reference) => (RESERVE_REPLAY, reference),
+            Self::Mismatch => (RESERVE_MISMATCH, 0),
+            Self::InFlight(slot) => (RESERVE_IN_FLIGHT, slot),
+            Self::Full => (RESERVE_FULL, 0),
+        }
+    }
+}
+
+fn pending_handle(index: u32) -> u32 {
+    PENDING_BIT | index
+}
+
+fn finished_handle(seq: u64) -> u32 {
+    u32::try_from(seq & u64::from(SEQ_MASK)).expect("masked to 31 bits")
+}
+
+/// Where the entries live; the table only holds handles into these.
+#[derive(Default)]
+struct Entries {
+    finished: Ring,
+    pending: Pending,
+}
+
+/// The sequence number a finished handle stands for, given the ring's oldest one: the only one
+/// with those low 31 bits in `head_seq..head_seq + 2^31`.
+fn seq_from_handle(head_seq: u64, handle: u32) -> u64 {
+    head_seq + u64::from(handle.wrapping_sub(finished_handle(head_seq)) & SEQ_MASK)
+}
+
+impl Entries {
+    fn seq_of(&self, handle: u32) -> u64 {
+        seq_from_handle(self.finished.head_seq(), handle)
+    }
+
+    fn key_of(&self, handle: u32) -> KeyHash {
+        if handle & PENDING_BIT == 0 {
+            self.finished.get(self.seq_of(handle)).key
+        } else {
+            self.pending.get(handle & SEQ_MASK).key
+        }
+    }
+
+    fn answer(&self, handle: u32, fingerprint: &Fingerprint) -> Outcome {
+        if handle & PENDING_BIT == 0 {
+            let finished = self.finished.get(self.seq_of(handle));
+            if finished.fingerprint == *fingerprint {
+                Outcome::Replay(finished.reference)
+            } else {
+                Outcome::Mismatch
+            }
+        } else {
+            let index = handle & SEQ_MASK;
+            if self.pending.get(index).fingerprint == *fingerprint {
+                Outcome::InFlight(self.pending.slot(index))
+            } else {
+                Outcome::Mismatch
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.finished.len() + self.pending.len()
+    }
+}
+
+/// The table uses the first half of the keyed 128-bit hash: uniform, and secret, so a client
+/// cannot choose keys that pile up in one probe sequence.
+fn table_hash(key: &KeyHash) -> u64 {
+    key[0]
+}
+
+/// The keyed hash that stands for a key. It only depends on the seed, so callers may hash a
+/// batch's keys before taking the index's lock.
+#[derive(Clone, Copy)]
+pub struct KeyHasher(SipHasher13);
+
+impl KeyHasher {
+    pub fn new(seed: &Seed) -> Self {
+        Self(SipHasher13::new_with_key(seed))
+    }
+
+    pub fn hash(&self, key: &[u8]) -> KeyHash {
+        let mut hasher = self.0;
+        hasher.write(key);
+        let hash = hasher.finish128();
+        [hash.h1, hash.h2]
+    }
+}
+
+pub struct Index {
+    seed: Seed,
+    key_hasher: KeyHasher,
+    capacity_max: usize,
+    ttl_s: u64,
+    table: Table,
+    entries: Entries,
+}
+
+impl Index {
+    /// # Errors
+    /// `OutOfRange` for a capacity or TTL outside the supported range.
+    pub fn new(capacity_max: u64, ttl_s: u64, seed: Seed) -> CoreResult<Self> {
+        let capacity_max = checked_range("capacity_max", capacity_max, 1, CAPACITY_MAX as u64)?;
+        checked_range("ttl_seconds", ttl_s, 1, TTL_SECONDS_MAX)?;
+        Ok(Self {
+            seed,
+            key_hasher: KeyHasher::new(&seed),
+            capacity_max: usize::try_from(capacity_max).expect("bounded by CAPACITY_MAX"),
+            ttl_s,
+            table: Table::with_capacity(usize::try_from(capacity_max).expect("bounded")),
+            entries: Entries::default(),
+        })
+    }
+
+    pub fn seed(&self) -> &Seed {
+        &self.seed
+    }
+
+    pub fn capacity_max(&self) -> usize {
+        self.capacity_max
+    }
+
+    pub fn ttl_s(&self) -> u64 {
+        self.ttl_s
+    }
+
+    /// Finished and in-flight keys.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.entries.pending.len()
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.table.allocated_bytes()
+            + self.entries.finished.allocated_bytes()
+            + self.entries.pending.allocated_bytes()
+    }
+
+    /// Finished entries, oldest first: what a snapshot keeps.
+    pub fn finished(&self) -> impl Iterator<Item = &Finished> {
+        self.entries.finished.iter()
+    }
+
+    pub fn key_hasher(&self) -> KeyHasher {
+        self.key_hasher
+    }
+
+    fn probe(&self, key: &KeyHash) -> Probe {
+        let entries = &self.entries;
+        self.table
+            .probe(table_hash(key), |handle| entries.key_of(handle) == *key)
+    }
+
+    /// The answers for a batch of requests whose keys hash to `keys` (see `KeyHasher`).
+    pub fn reserve_batch(
+        &mut self,
+        keys: &[KeyHash],
+        fingerprints: &[Fingerprint],
+        now_s: u64,
+    ) -> Vec<Outcome> {
+        assert_eq!(keys.len(), fingerprints.len(), "one fingerprint per key");
+        // Independent loads of every home bucket first: their cache misses overlap, where the
+        // probes below, one after the other, would wait for each in turn.
+        let warm = keys
+            .iter()
+            .fold(0, |warm, key| warm ^ self.table.warm(table_hash(key)));
+        std::hint::black_box(warm);
+        let outcomes = keys
+            .iter()
+            .zip(fingerprints)
+            .map(|(&key, fingerprint)| self.reserve(key, fingerprint, now_s))
+            .collect();
+        self.assert_counts();
+        outcomes
+    }
+
+    /// The answer for one request whose key hashes to `key`.
+    pub fn reserve(&mut self, key: KeyHash, fingerprint: &Fingerprint, now_s: u64) -> Outcome {
+        match self.probe(&key) {
+            Probe::Found(bucket) => self.entries.answer(self.table.handle(bucket), fingerprint),
+            Probe::Vacant(_) if self.len() >= self.capacity_max => Outcome::Full,
+            Probe::Vacant(bucket) => {
+                let index = self.entries.pending.insert(key, *fingerprint, now_s);
+                self.table.insert(bucket, table_hash(&key), pending_handle(index));
+                Outcome::New(self.entries.pending.slot(index))
+            }
+        }
+    }
+
+    /// Claims every slot or none: one bad slot leaves the whole batch unapplied.
+    fn claim_all(&mut self, slots: &[u64]) -> CoreResult<()> {
+        for (index, &slot) in slots.iter().enumerate() {
+            if !self.entries.pending.claim(slot) {
+                for &claimed in &slots[..index] {
+                    self.entries.pending.unclaim(claimed);
+                }
+                return Err(CoreError::UnknownSlot { index, slot });
+            }
+        }
+        Ok(())
+    }
+
+    /// # Errors
+    /// `UnknownSlot` (and nothing applied) when a slot is not in flight.
+    pub fn complete_batch(&mut self, slots: &[u64], references: &[u64]) -> CoreResult<()> {
+        assert_eq!(slots.len(), references.len(), "one reference per slot");
+        self.claim_all(slots)?;
+        for (&slot, &reference) in slots.iter().zip(references) {
+            let (index, reservation) = self.entries.pending.take(slot);
+            let seq = self.entries.finished.push(Finished {
+                key: reservation.key,
+                fingerprint: reservation.fingerprint,
+                reference,
+                created_s: reservation.created_s,
+            });
+            let bucket = self
+                .table
+                .bucket_of(table_hash(&reservation.key), pending_handle(index));
+            self.table.set_handle(bucket, finished_handle(seq));
+        }
+        self.assert_counts();
+        Ok(())
+    }
+
+    /// # Errors
+    /// `UnknownSlot` (and nothing released) when a slot is not in flight.
+    pub fn release_batch(&mut self, slots: &[u64]) -> CoreResult<()> {
+        self.claim_all(slots)?;
+        for &slot in slots {
+            let (index, reservation) = self.entries.pending.take(slot);
+            self.remove_handle(&reservation.key, pending_handle(index));
+        }
+        self.assert_counts();
+        Ok(())
+    }
+
+    fn remove_handle(&mut self, key: &KeyHash, handle: u32) {
+        self.table.remove(self.table.bucket_of(table_hash(key), handle));
+    }
+
+    /// Removes the finished entries whose age `now_s - created_s` exceeds the TTL, oldest finished
+    /// first, stopping at the first one still within its TTL. Returns how many went.
+    pub fn expire(&mut self, now_s: u64) -> usize {
+        let mut removed = 0;
+        while let Some(front) = self.entries.finished.front() {
+            if now_s.saturating_sub(front.created_s) <= self.ttl_s {
+                break;
+            }
+            let key = front.key;
+            self.remove_handle(&key, finished_handle(self.entries.finished.head_seq()));
+            self.entries.finished.pop_front();
+            removed += 1;
+        }
+        self.assert_counts();
+        removed
+    }
+
+    /// Adds a finished entry read from a snapshot.
+    ///
+    /// # Errors
+    /// `CorruptDump` when the key is already present or the index is full.
+    pub fn restore(&mut self, entry: Finished) -> CoreResult<()> {
+        if self.len() >= self.capacity_max {
+            return Err(CoreError::CorruptDump("more entries than capacity_max".into()));
+        }
+        let Probe::Vacant(bucket) = self.probe(&entry.key) else {
+            return Err(CoreError::CorruptDump("a key appears twice".into()));
+        };
+        let seq = self.entries.finished.push(entry);
+        self.table
+            .insert(bucket, table_hash(&entry.key), finished_handle(seq));
+        Ok(())
+    }
+
+    /// The table holds exactly the entries; cheap enough to check after every batch.
+    fn assert_counts(&self) {
+        assert_eq!(self.table.len(), self.entries.len(), "table and entries disagree");
+        assert!(self.table.len() <= self.capacity_max, "over capacity");
+    }
+}
+
+fn checked_range(what: &'static str, value: u64, min: u64, max: u64) -> CoreResult<u64> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(CoreError::OutOfRange {
+            what,
+            value,
+            min,
+            max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::ring::{CHUNK_LEN, FINISHED_LEN};
+
+    const TTL_S: u64 = 100;
+
+    fn index(capacity_max: u64) -> Index {
+        Index::new(capacity_max, TTL_S, [7; 16]).expect("valid settings")
+    }
+
+    fn fingerprint(byte: u8) -> Fingerprint {
+        [byte; 16]
+    }
+
+    fn reserve(index: &mut Index, key: &[u8], fingerprint: &Fingerprint, now_s: u64) -> Outcome {
+        index.reserve(index.key_hasher().hash(key), fingerprint, now_s)
+    }
+
+    fn new_slot(outcome: Outcome) -> u64 {
+        let Outcome::New(slot) = outcome else {
+            panic!("expected NEW, got {outcome:?}");
+        };
+        slot
+    }
+
+    #[test]
+    fn handles_map_back_to_sequence_numbers_across_the_31_bit_wrap() {
+        for head in [0, 5, u64::from(SEQ_MASK) - 2, u64::from(SEQ_MASK) + 1, 3 << 40] {
+            for seq in [head, head + 1, head + 3, head + u64::from(SEQ_MASK)] {
+                assert_eq!(
+                    seq_from_handle(head, finished_handle(seq)),
+                    seq,
+                    "head {head}, seq {seq}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_is_new_then_in_flight_then_replayed() {
+        let mut index = index(10);
+        let slot = new_slot(reserve(&mut index, b"order-1", &fingerprint(1), 0));
+        assert_eq!(
+            reserve(&mut index, b"order-1", &fingerprint(1), 0),
+            Outcome::InFlight(slot)
+        );
+        assert_eq!(
+            reserve(&mut index, b"order-1", &fingerprint(2), 0),
+            Outcome::Mismatch
+        );
+        index.complete_batch(&[slot], &[42]).expect("slot is in flight");
+        assert_eq!(
+            reserve(&mut index, b"order-1", &fingerprint(1), 5),
+            Outcome::Replay(42)
+        );
+        assert_eq!(
+            reserve(&mut index, b"order-1", &fingerprint(2), 5),
+            Outcome::Mismatch
+        );
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn a_released_key_is_new_again() {
+        let mut index = index(10);
+        let slot = new_slot(reserve(&mut index, b"k", &fingerprint(1), 0));
+        index.release_batch(&[slot]).expect("slot is in flight");
+        assert_eq!(index.len(), 0);
+        let again = new_slot(reserve(&mut index, b"k", &fingerprint(2), 0));
+        assert_ne!(again, slot, "a reused place gets a new generation");
+    }
+
+    #[test]
+    fn a_batch_with_one_bad_slot_applies_nothing() {
+        let mut index = index(10);
+        let first = new_slot(reserve(&mut index, b"a", &fingerprint(1), 0));
+        let second = new_slot(reserve(&mut index, b"b", &fingerprint(1), 0));
+        let error = index
+            .complete_batch(&[first, second, first], &[1, 2, 3])
+            .unwrap_err();
+        assert_eq!(
+            error,
+            CoreError::UnknownSlot {
+                index: 2,
+                slot: first
+            }
+        );
+        assert_eq!(
+            reserve(&mut index, b"a", &fingerprint(1), 0),
+            Outcome::InFlight(first)
+        );
+        index
+            .complete_batch(&[first, second], &[1, 2])
+            .expect("both still in flight");
+        assert_eq!(
+            index.complete_batch(&[first], &[1]),
+            Err(CoreError::UnknownSlot {
+                index: 0,
+                slot: first
+            })
+        );
+        assert_eq!(
+            index.release_batch(&[second]),
+            Err(CoreError::UnknownSlot {
+                index: 0,
+                slot: second
+            })
+        );
+    }
+
+    #[test]
+    fn a_full_index_refuses_new_keys_but_answers_known_ones() {
+        let mut index = index(2);
+        let a = new_slot(reserve(&mut index, b"a", &fingerprint(1), 0));
+        let b = new_slot(reserve(&mut index, b"b", &fingerprint(1), 0));
+        assert_eq!(reserve(&mut index, b"c", &fingerprint(1), 0), Outcome::Full);
+        assert_eq!(
+            reserve(&mut index, b"a", &fingerprint(1), 0),
+            Outcome::InFlight(a)
+        );
+        index.complete_batch(&[a], &[9]).expect("in flight");
+        assert_eq!(reserve(&mut index, b"a", &fingerprint(1), 0), Outcome::Replay(9));
+        index.release_batch(&[b]).expect("in flight");
+        new_slot(reserve(&mut index, b"c", &fingerprint(1), 0));
+    }
+
+    #[test]
+    fn expiry_keeps_an_entry_for_exactly_its_ttl_and_never_touches_reservations() {
+        let mut index = index(10);
+        let finished = new_slot(reserve(&mut index, b"done", &fingerprint(1), 1_000));
+        new_slot(reserve(&mut index, b"busy", &fingerprint(1), 1_000));
+        index.complete_batch(&[finished], &[1]).expect("in flight");
+        assert_eq!(index.expire(1_000 + TTL_S), 0, "age == ttl is kept");
+        assert_eq!(index.expire(1_000 + TTL_S + 1), 1);
+        assert_eq!(index.expire(u64::MAX), 0, "in-flight entries never expire");
+        assert_eq!(index.len(), 1);
+        new_slot(reserve(&mut index, b"done", &fingerprint(2), 2_000));
+    }
+
+    /// Reserves and completes `count` keys in batches of 1024, as the engine does.
+    fn fill(index: &mut Index, count: u32) {
+        for first in (0..count).step_by(1024) {
+            let slots: Vec<u64> = (first..count.min(first + 1024))
+                .map(|n| new_slot(reserve(index, &n.to_le_bytes(), &fingerprint(1), 0)))
+                .collect();
+            index.complete_batch(&slots, &slots).expect("in flight");
+        }
+    }
+
+    #[test]
+    fn expiry_gives_the_entries_memory_back() {
+        let mut index = index(100_000);
+        let empty = index.memory_bytes();
+        fill(&mut index, 100_000);
+        assert_eq!(index.expire(TTL_S + 1), 100_000);
+        // The ring keeps its current chunk and a spare; the slab keeps room for one batch.
+        let kept = index.memory_bytes() - empty;
+        assert!(
+            kept <= 2 * CHUNK_LEN * FINISHED_LEN + 64 * 1024,
+            "{kept} bytes kept"
+        );
+    }
+
+    #[test]
+    fn memory_per_finished_key_stays_under_64_bytes_when_full() {
+        let count = 600_000;
+        let mut index = index(u64::from(count));
+        fill(&mut index, count);
+        let per_key = index.memory_bytes() / count as usize;
+        assert!(per_key <= 64, "{per_key} bytes per key");
+    }
+
+    #[test]
+    fn settings_outside_their_range_are_refused() {
+        for (capacity, ttl) in [
+            (0, 1),
+            (CAPACITY_MAX as u64 + 1, 1),
+            (1, 0),
+            (1, TTL_SECONDS_MAX + 1),
+        ] {
+            assert!(matches!(
+                Index::new(capacity, ttl, [0; 16]),
+                Err(CoreError::OutOfRange { .. })
+            ));
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The idempotency index: for every request, is its key new, a replay of a finished request, a
+//! reuse with other content, or still in flight? Exactly-once payments rest on this answer.
+//!
+//! Per key the index keeps a keyed 128-bit SipHash-1-3 of the key (never the key itself), the
+//! first 16 bytes of the request's SHA-256 fingerprint, the engine's u64 reference to the stored
+//! response and the reservation time: 48 bytes in the finished ring, plus 4/3 of an 8-byte bucket
+//! of the hash table that points at it (`table.rs`): under 59 bytes per key when full.
+
+mod index;
+mod pending;
+mod ring;
+mod snapshot;
+mod table;
+
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+pub use self::index::{
+    Index, KeyHasher, Outcome, RESERVE_FULL, RESERVE_IN_FLIGHT, RESERVE_MISMATCH, RESERVE_NEW, RESERVE_REPLAY,
+};
+use crate::convert::{read_bytes_items, same_lengths, u64_items};
+use crate::error::{CoreError, CoreResult};
+use crate::parallel::detach_when;
+
+pub const KEY_LEN_MAX: usize = 255;
+/// Requests are fingerprinted with SHA-256.
+pub const FINGERPRINT_LEN: usize = 32;
+/// 1 G keys would take about 59 GB; the bound keeps table handles in 31 bits.
+pub const CAPACITY_MAX: usize = 1 << 30;
+/// 24 h, the retention Stripe documents for idempotency keys.
+pub const TTL_SECONDS_DEFAULT: u64 = 24 * 60 * 60;
+pub const TTL_SECONDS_MAX: u64 = 10 * 366 * TTL_SECONDS_DEFAULT;
+/// Below this many items a batch takes a few microseconds: releasing the GIL does not pay.
+const DETACH_ITEMS_MIN: usize = 64;
+
+pub type KeyHash = [u64; 2];
+/// The first 16 bytes of the request's SHA-256 fingerprint. A fingerprint is only ever compared
+/// with the one stored under the same key, so an accidental match needs a 2^-128 coincidence, and
+/// a deliberate one a 2^64-work collision search by the merchant against its own requests (the
+/// requests are signed), which would only get the merchant its own earlier answer.
+pub type Fingerprint = [u8; 16];
+pub type Seed = [u8; 16];
+
+fn read_fingerprint(index: usize, fingerprint: &[u8]) -> CoreResult<Fingerprint> {
+    if fingerprint.len() != FINGERPRINT_LEN {
+        return Err(CoreError::FingerprintLength {
+            index,
+            len: fingerprint.len(),
+        });
+    }
+    Ok(fingerprint[..size_of::<Fingerprint>()]
+        .try_into()
+        .expect("sliced to length"))
+}
+
+fn check_key(index: usize, key: &[u8]) -> CoreResult<()> {
+    if key.is_empty() || key.len() > KEY_LEN_MAX {
+        return Err(CoreError::KeyLength {
+            index,
+            len: key.len(),
+        });
+    }
+    Ok(())
+}
+
+fn random_seed() -> CoreResult<Seed> {
+    let mut seed = Seed::default();
+    getrandom::fill(&mut seed).map_err(|error| CoreError::NoEntropy(error.to_string()))?;
+    Ok(seed)
+}
+
+/// Thread-safe: frozen, with the index behind a mutex. The engine drives it from one thread;
+/// calls from several threads are serialised, and a batch holds the mutex without the GIL.
+#[pyclass(frozen, module = "instapay._core")]
+pub struct IdempotencyIndex {
+    /// A copy of the index's, so keys are hashed while they are read, before the lock.
+    key_hasher: KeyHasher,
+    index: Mutex<Index>,
+}
+
+impl IdempotencyIndex {
+    fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
+        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        Ok(use_index(&mut index))
+    }
+
+    fn from_index(index: Index) -> Self {
+        Self {
+            key_hasher: index.key_hasher(),
+            index: Mutex::new(index),
+        }
+    }
+}
+
+#[pymethods]
+impl IdempotencyIndex {
+    #[new]
+    #[pyo3(signature = (capacity_max, ttl_seconds = TTL_SECONDS_DEFAULT))]
+    fn new(capacity_max: u64, ttl_seconds: u64) -> PyResult<Self> {
+        Ok(Self::from_index(Index::new(
+            capacity_max,
+            ttl_seconds,
+            random_seed()?,
+        )?))
+    }
+
+    fn reserve_batch<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        fingerprints: &Bound<'py, PyAny>,
+        now_s: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let key_hashes = read_bytes_items("keys", keys, |index, key| {
+            check_key(index, key)?;
+            Ok(self.key_hasher.hash(key))
+        })?;
+        let fingerprints = read_bytes_items("fingerprints", fingerprints, read_fingerprint)?;
+        let len = same_lengths("keys and fingerprints", &[key_hashes.len(), fingerprints.len()])?;
+        let outcomes = detach_when(py, len >= DETACH_ITEMS_MIN, || {
+            self.with_index(|index| index.reserve_batch(&key_hashes, &fingerprints, now_s))
+        })?;
+        PyList::new(py, outcomes.into_iter().map(Outcome::code))
+    }
+
+    fn complete_batch(
+        &self,
+        py: Python<'_>,
+        slots: &Bound<'_, PyAny>,
+        refs: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let slots = u64_items("slots", slots)?;
+        let refs = u64_items("refs", refs)?;
+        let len = same_lengths("slots and refs", &[slots.len(), refs.len()])?;
+        detach_when(py, len >= DETACH_ITEMS_MIN, || {
+            self.with_index(|index| index.complete_batch(&slots, &refs))
+        })??;
+        Ok(())
+    }
+
+    fn release_batch(&self, py: Python<'_>, slots: &Bound<'_, PyAny>) -> PyResult<()> {
+        let slots = u64_items("slots", slots)?;
+        detach_when(py, slots.len() >= DETACH_ITEMS_MIN, || {
+            self.with_index(|index| index.release_batch(&slots))
+        })??;
+        Ok(())
+    }
+
+    fn expire(&self, py: Python<'_>, now_s: u64) -> PyResult<usize> {
+        Ok(py.detach(|| self.with_index(|index| index.expire(now_s)))?)
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.with_index(|index| index.len())?)
+    }
+
+    fn in_flight(&self) -> PyResult<usize> {
+        Ok(self.with_index(|index| index.in_flight())?)
+    }
+
+    fn memory_bytes(&self) -> PyResult<usize> {
+        Ok(self.with_index(|index| index.memory_bytes())?)
+    }
+
+    #[getter]
+    fn capacity_max(&self) -> PyResult<usize> {
+        Ok(self.with_index(|index| index.capacity_max())?)
+    }
+
+    #[getter]
+    fn ttl_seconds(&self) -> PyResult<u64> {
+        Ok(self.with_index(|index| index.ttl_s())?)
+    }
+
+    fn dump<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = py.detach(|| self.with_index(|index| snapshot::encode(index)))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[staticmethod]
+    fn load(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
+        let index = py.detach(|| snapshot::decode(data))?;
+        Ok(Self::from_index(index))
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        Ok(self.with_index(|index| {
+            format!(
+                "IdempotencyIndex(len={}, in_flight={}, capacity_max={}, ttl_seconds={})",
+                index.len(),
+                index.in_flight(),
+                index.capacity_max(),
+                index.ttl_s()
+            )
+        })?)
+    }
+}
