@@ -1,7 +1,7 @@
 """Turns a pytest-benchmark JSON file into the README's tables: items/s and same-run ratios, and
 bytes per key for the memory benchmarks (those that record `bytes_per_key`).
 
-Usage: python benches/report.py .benchmarks/latest.json
+Usage: python benches/report.py .benchmarks/test_bench_*.json (one file per suite, merged)
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ TARGETS: dict[tuple[str, str], str] = {
     ("reserve", "test_reserve_fresh_keys[IdempotencyIndex]"): ">= 5 M/s, >= 5x the dict",
     ("reserve", "test_reserve_replays[IdempotencyIndex]"): ">= 5 M/s, >= 5x the dict",
     ("memory", "test_memory[IdempotencyIndex 10M keys]"): "<= 64 B per key at 10 M keys",
+    ("engine: durable", "test_engine_submit_many[always]"): ">= 300 k/s, >= 50x the naive engine",
+    ("engine: recovery", "test_recovery"): ">= 1 M records/s",
 }
 
 
@@ -91,9 +93,15 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(throughput + (memory if len(memory) > 3 else []))
 
 
-def main(path: str) -> None:
-    print(render(json.loads(Path(path).read_text())))
+def merged(paths: list[str]) -> dict[str, Any]:
+    reports = [json.loads(Path(path).read_text()) for path in paths]
+    benchmarks = [bench for report in reports for bench in report["benchmarks"]]
+    return {"machine_info": reports[0]["machine_info"], "benchmarks": benchmarks}
+
+
+def main(paths: list[str]) -> None:
+    print(render(merged(paths)))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main(sys.argv[1:])

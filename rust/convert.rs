@@ -103,17 +103,30 @@ pub fn read_bytes_items<T>(
     })
 }
 
-/// Unsigned 64-bit integers (slots, references); a negative or too large int is a `ValueError`.
-pub fn u64_items(name: &'static str, sequence: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+/// Integers that fit `T` and pass `valid` (`range` says which, for the error); an int outside
+/// is a `ValueError`, anything else a `TypeError`.
+pub fn int_items<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    name: &'static str,
+    range: &'static str,
+    sequence: &Bound<'py, PyAny>,
+    valid: impl Fn(&T) -> bool,
+) -> PyResult<Vec<T>> {
     read_items(name, "a sequence of int", sequence, |index, item| {
         let int = typed_item::<PyInt>(name, index, "int", item)?;
-        int.extract::<u64>().map_err(|_| {
-            CoreError::NotU64 {
+        match int.extract::<T>() {
+            Ok(value) if valid(&value) => Ok(value),
+            _ => Err(CoreError::IntOutOfRange {
                 what: format!("{name}[{index}]"),
+                range,
             }
-            .into()
-        })
+            .into()),
+        }
     })
+}
+
+/// Unsigned 64-bit integers (slots, references).
+pub fn u64_items(name: &'static str, sequence: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    int_items(name, "0 to 2**64 - 1", sequence, |_| true)
 }
 
 /// Item `index` of the batch argument `name`, checked to be a `T` (`expected` names it).

@@ -42,9 +42,16 @@ pub enum CoreError {
         threads: usize,
         max: usize,
     },
-    /// An integer batch item that is negative or does not fit 64 bits.
-    NotU64 {
+    /// An integer batch item outside the range its argument allows.
+    IntOutOfRange {
         what: String,
+        range: &'static str,
+    },
+    /// A WAL record payload over the size limit.
+    RecordTooLarge {
+        index: usize,
+        len: usize,
+        max: usize,
     },
     OutOfRange {
         what: &'static str,
@@ -90,7 +97,13 @@ impl fmt::Display for CoreError {
                     "parallelism must be between 1 and {max} threads, not {threads}"
                 )
             }
-            Self::NotU64 { what } => write!(f, "{what} must be an integer from 0 to 2**64 - 1"),
+            Self::IntOutOfRange { what, range } => write!(f, "{what} must be an integer from {range}"),
+            Self::RecordTooLarge { index, len, max } => {
+                write!(
+                    f,
+                    "payloads[{index}] is {len} bytes, over the record limit of {max}"
+                )
+            }
             Self::OutOfRange {
                 what,
                 value,
@@ -133,7 +146,8 @@ impl From<CoreError> for PyErr {
             | CoreError::InvalidSecret { .. }
             | CoreError::KeyRingFull { .. }
             | CoreError::InvalidParallelism { .. }
-            | CoreError::NotU64 { .. }
+            | CoreError::IntOutOfRange { .. }
+            | CoreError::RecordTooLarge { .. }
             | CoreError::OutOfRange { .. }
             | CoreError::KeyLength { .. }
             | CoreError::FingerprintLength { .. }

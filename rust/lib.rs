@@ -4,12 +4,14 @@
 //! enough to pay for it, a key ring of precomputed HMAC states, and the idempotency index. The typed Python view of this
 //! module is `python/instapay/_core.pyi`.
 
+mod body;
 mod convert;
 pub mod digest;
 mod error;
 mod idempotency;
 mod keyring;
 pub mod parallel;
+mod wal;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
@@ -65,6 +67,21 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;
     module.add_class::<KeyRing>()?;
     module.add_class::<IdempotencyIndex>()?;
+    module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
+    module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;
+    module.add("AMOUNT_MAX", body::AMOUNT_MAX)?;
+    module.add("ID_LEN_MAX", body::ID_LEN_MAX)?;
+    module.add_function(wrap_pyfunction!(wal::crc32c, module)?)?;
+    module.add_function(wrap_pyfunction!(wal::wal_encode, module)?)?;
+    module.add_function(wrap_pyfunction!(wal::wal_scan, module)?)?;
+    module.add_function(wrap_pyfunction!(wal::wal_next_valid, module)?)?;
+    module.add("WAL_HEADER_LEN", wal::HEADER_LEN)?;
+    module.add("WAL_RECORD_LEN_MAX", wal::RECORD_LEN_MAX)?;
+    module.add("SCAN_END", wal::SCAN_END)?;
+    module.add("SCAN_TORN", wal::SCAN_TORN)?;
+    module.add("SCAN_BAD_CRC", wal::SCAN_BAD_CRC)?;
+    module.add("SCAN_BAD_HEADER", wal::SCAN_BAD_HEADER)?;
+    module.add("SCAN_BAD_LSN", wal::SCAN_BAD_LSN)?;
     module.add("BATCH_LEN_MAX", BATCH_LEN_MAX)?;
     module.add("KEYS_MAX", keyring::KEYS_MAX)?;
     module.add("KID_LEN_MAX", keyring::KID_LEN_MAX)?;

@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Final, TypeAlias, final
 
 __all__ = [
+    "AMOUNT_MAX",
     "BATCH_LEN_MAX",
     "FINGERPRINT_LEN",
     "IDEMPOTENCY_CAPACITY_MAX",
     "IDEMPOTENCY_KEY_LEN_MAX",
     "IDEMPOTENCY_TTL_SECONDS_DEFAULT",
     "IDEMPOTENCY_TTL_SECONDS_MAX",
+    "ID_LEN_MAX",
     "KEYS_MAX",
     "KID_LEN_MAX",
     "RESERVE_FULL",
@@ -22,20 +24,33 @@ __all__ = [
     "RESERVE_MISMATCH",
     "RESERVE_NEW",
     "RESERVE_REPLAY",
+    "SCAN_BAD_CRC",
+    "SCAN_BAD_HEADER",
+    "SCAN_BAD_LSN",
+    "SCAN_END",
+    "SCAN_TORN",
     "SECRET_LEN_MAX",
     "VERIFY_MISMATCH",
     "VERIFY_NOT_HEX",
     "VERIFY_UNKNOWN_KID",
     "VERIFY_VALID",
     "VERIFY_WRONG_LENGTH",
+    "WAL_HEADER_LEN",
+    "WAL_RECORD_LEN_MAX",
     "IdempotencyIndex",
     "KeyRing",
     "__version__",
+    "crc32c",
     "hmac_sha256",
     "parallelism",
+    "parse_payment_bodies",
+    "parse_refund_bodies",
     "set_parallelism",
     "sha256",
     "sha256_batch",
+    "wal_encode",
+    "wal_next_valid",
+    "wal_scan",
 ]
 
 _Buffer: TypeAlias = bytes | bytearray
@@ -78,6 +93,60 @@ IDEMPOTENCY_TTL_SECONDS_DEFAULT: Final[int]
 IDEMPOTENCY_TTL_SECONDS_MAX: Final[int]
 FINGERPRINT_LEN: Final[int]
 """32: request fingerprints are SHA-256 digests."""
+
+AMOUNT_MAX: Final[int]
+"""10**15: the largest amount, in minor units."""
+ID_LEN_MAX: Final[int]
+"""255: ids are 1 to 255 printable ASCII characters without spaces."""
+
+_PaymentFields: TypeAlias = tuple[str, str, str, int, str, str | None, dict[str, str] | None, bytes]
+"""merchant_id, order_id, payer, amount, currency, description, metadata, fingerprint."""
+
+def parse_payment_bodies(bodies: Sequence[_Buffer]) -> list[_PaymentFields | str]:
+    """Strictly parses payment bodies: per body its fields or the message refusing it.
+
+    UTF-8 JSON only; unknown or duplicate fields (also in ``metadata``), fractions, exponents,
+    strings or booleans for the amount, and ids, amounts or currencies outside DESIGN.md's rules
+    are refused. The fingerprint is a SHA-256 over a canonical encoding of the fields.
+    """
+
+def parse_refund_bodies(
+    bodies: Sequence[_Buffer],
+) -> list[tuple[int | None, str | None, bytes] | str]:
+    """Per refund body ``(amount or None for the rest, reason, fingerprint)`` or the message."""
+
+WAL_HEADER_LEN: Final[int]
+"""20: length, CRC-32C, type, flags, LSN (layout in rust/wal.rs)."""
+WAL_RECORD_LEN_MAX: Final[int]
+"""The largest record payload, 1 MiB."""
+SCAN_END: Final[int]
+"""0: the data ended at a record boundary."""
+SCAN_TORN: Final[int]
+"""1: the data ends inside a record (a torn write at the tail)."""
+SCAN_BAD_CRC: Final[int]
+"""2: a record's checksum does not match."""
+SCAN_BAD_HEADER: Final[int]
+"""3: an impossible length, a zero type or non-zero flags."""
+SCAN_BAD_LSN: Final[int]
+"""4: a valid record with an LSN other than the next one."""
+
+def crc32c(data: bytes) -> int: ...
+def wal_encode(lsn_first: int, types: Sequence[int], payloads: Sequence[_Buffer]) -> bytes:
+    """Frames one batch of records, numbered from ``lsn_first``, for a single write.
+
+    ValueError for a type outside 1..65535 or a payload over WAL_RECORD_LEN_MAX.
+    """
+
+def wal_scan(
+    data: bytes, offset: int, lsn_next: int
+) -> tuple[list[tuple[int, int, bytes]], int, int]:
+    """Reads records from ``offset`` while they are valid and numbered from ``lsn_next`` on.
+
+    Returns ``([(lsn, type, payload), ...], end_offset, SCAN_* reason)``.
+    """
+
+def wal_next_valid(data: bytes, offset: int, lsn_min: int) -> int | None:
+    """The first offset after ``offset`` where a valid record with LSN >= ``lsn_min`` starts."""
 
 def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:

@@ -1,0 +1,920 @@
+"""The payment engine: signed requests in, durable results out, through one batched pipeline.
+
+::
+
+    submit ─► queue ─► batch ─► verify ─► parse ─► reserve ─► apply ─► log ─► results
+                                (native)  (native) (native)  (ledger) (one write + one
+                                                                       fdatasync, in the
+                                                                       log thread)
+
+While the log thread makes batch k durable, the event loop stages batch k+1 (at most
+`PIPELINE_BATCHES_MAX` batches wait for the disk). A result is handed back, and its idempotency key
+completed, only once its record is durable; a retry of a request still in flight waits for the
+first one's result. A write or fsync error stops the engine for good (fail-stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import struct
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from instapay import _core, wal
+from instapay.ledger import Ledger
+from instapay.model import (
+    AdminResult,
+    EngineConfig,
+    EngineFailedError,
+    Failure,
+    Merchant,
+    Overloaded,
+    PaymentResult,
+    RefundResult,
+    RequestError,
+    Result,
+    Status,
+)
+from instapay.signing import SignatureError, SignedRequest, verify_requests
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_MAX_DEFAULT = 1024
+QUEUE_DEPTH_MAX_DEFAULT = 65_536
+IDEMPOTENCY_CAPACITY_DEFAULT = 1_000_000
+# Batches applied in memory but not yet durable; bounds memory and the work a crash discards.
+PIPELINE_BATCHES_MAX = 2
+PAYMENTS_PATH = "/v1/payments"
+REFUNDS_PATH = re.compile(r"/v1/payments/(pay_\d{1,20})/refunds")
+PAYMENT_ID_PREFIX = "pay_"
+REFUND_ID_PREFIX = "re_"
+# Snapshot payload: length of the JSON state, the JSON state, then the idempotency index dump.
+SNAPSHOT_STATE_LEN = struct.Struct("<Q")
+
+FsyncMode = Literal["always", "off"]
+
+
+class RecordType(IntEnum):
+    OPEN_ACCOUNT = 1
+    DEPOSIT = 2
+    WITHDRAW = 3
+    PAYMENT = 4
+    REFUND = 5
+
+
+def payment_id(lsn: int) -> str:
+    return f"{PAYMENT_ID_PREFIX}{lsn}"
+
+
+def refund_id(lsn: int) -> str:
+    return f"{REFUND_ID_PREFIX}{lsn}"
+
+
+def _failure(code: str | None) -> Failure | None:
+    return None if code is None else Failure(code)
+
+
+def _status(failure: Failure | None) -> Status:
+    return Status.FAILED if failure else Status.SUCCEEDED
+
+
+@dataclass(frozen=True, slots=True)
+class _AdminOp:
+    kind: RecordType
+    account_id: str
+    currency: str
+    amount: int = 0
+    overdraft: bool = False
+
+
+@dataclass(slots=True)
+class _Job:
+    future: asyncio.Future[Result]
+    request: SignedRequest | None = None
+    idempotency_key: str | None = None
+    admin: _AdminOp | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _PaymentOp:
+    merchant: Merchant
+    order_id: str
+    payer: str
+    amount: int
+    currency: str
+    description: str | None
+    metadata: dict[str, str] | None
+    key: bytes
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _RefundOp:
+    merchant: Merchant
+    payment_id: str
+    amount: int | None
+    reason: str | None
+    key: bytes | None
+    fingerprint: bytes
+
+
+_Op = _PaymentOp | _RefundOp | _AdminOp
+
+
+@dataclass(slots=True)
+class _Staged:
+    """One batch applied in memory, waiting for its records to be durable."""
+
+    types: list[int] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    # Each job with its result and, for a new idempotency key, its slot.
+    done: list[tuple[_Job, Result, int | None]] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)
+
+
+def _idempotency_key(merchant_id: str, scope: str) -> bytes:
+    return f"{merchant_id}\x00{scope}".encode()
+
+
+def _check_client_key(key: str) -> None:
+    if not _is_id(key):
+        raise RequestError(
+            "invalid_request", "Idempotency-Key: 1 to 255 printable ASCII characters without spaces"
+        )
+
+
+class Engine:
+    """Open with `Engine.open(...)`; see the module docstring for the pipeline."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: EngineConfig,
+        *,
+        fsync: FsyncMode,
+        batch_size_max: int,
+        queue_depth_max: int,
+        idempotency_capacity: int,
+        segment_bytes_max: int,
+    ) -> None:
+        if fsync not in ("always", "off"):
+            raise ValueError(f"fsync must be 'always' or 'off', not {fsync!r}")
+        if not 1 <= batch_size_max <= _core.BATCH_LEN_MAX:
+            raise ValueError(f"batch_size_max must be 1 to {_core.BATCH_LEN_MAX}")
+        if queue_depth_max < batch_size_max:
+            raise ValueError("queue_depth_max must be at least batch_size_max")
+        self.directory = directory
+        self.fsync = fsync
+        self.batch_size_max = batch_size_max
+        self.queue_depth_max = queue_depth_max
+        self.segment_bytes_max = segment_bytes_max
+        self.merchants = {merchant.id: merchant for merchant in config.merchants}
+        self.ring = _core.KeyRing()
+        self.merchant_of_kid: dict[str, Merchant] = {}
+        for merchant in config.merchants:
+            for kid, secret in merchant.keys.items():
+                self.ring.insert(kid, secret)
+                self.merchant_of_kid[kid] = merchant
+        self.ledger = Ledger()
+        self.index = _core.IdempotencyIndex(idempotency_capacity)
+        # Durable payment and refund results by LSN (their ids carry the LSN).
+        self.results: dict[int, PaymentResult | RefundResult] = {}
+        self.lsn_next = 1
+        self._queue: deque[_Job] = deque()
+        self._wakeup = asyncio.Event()
+        # Retries waiting for an in-flight first request, by its idempotency slot.
+        self._waiters: dict[int, list[asyncio.Future[Result]]] = {}
+        # One task per batch being made durable, oldest first; each removes itself when done.
+        self._syncing: deque[asyncio.Task[None]] = deque()
+        self._log_thread = ThreadPoolExecutor(1, thread_name_prefix="instapay-log")
+        self._log: wal.WalWriter | None = None
+        self._log_broken = False
+        self._failed: EngineFailedError | None = None
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        data_dir: Path | str,
+        *,
+        config: EngineConfig | None = None,
+        fsync: FsyncMode = "always",
+        batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
+        queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
+        idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT,
+        segment_bytes_max: int = wal.SEGMENT_BYTES_MAX_DEFAULT,
+        snapshot_on_close: bool = True,
+    ) -> AsyncIterator[Engine]:
+        """Recovers the data directory, runs the engine, and on exit drains it and snapshots
+        (`snapshot_on_close=False` leaves only the log, as a crash would: the next open replays
+        it all)."""
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        engine = cls(
+            directory,
+            config or EngineConfig(),
+            fsync=fsync,
+            batch_size_max=batch_size_max,
+            queue_depth_max=queue_depth_max,
+            idempotency_capacity=idempotency_capacity,
+            segment_bytes_max=segment_bytes_max,
+        )
+        await asyncio.to_thread(engine._recover)
+        engine._runner = asyncio.create_task(engine._run(), name="instapay-engine")
+        try:
+            yield engine
+        finally:
+            await engine.close(snapshot=snapshot_on_close)
+
+    # ---- submitting -------------------------------------------------------------------------
+
+    def _enqueue(self, job: _Job) -> asyncio.Future[Result]:
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise RuntimeError("the engine is closed")
+        if len(self._queue) >= self.queue_depth_max:
+            raise Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
+        self._queue.append(job)
+        self._wakeup.set()
+        return job.future
+
+    def _job(self, **parts: Any) -> _Job:
+        return _Job(asyncio.get_running_loop().create_future(), **parts)
+
+    async def submit(
+        self, request: SignedRequest, *, idempotency_key: str | None = None
+    ) -> PaymentResult | RefundResult:
+        """Processes one signed payment or refund request; raises the RequestError refusing it."""
+        result = await self._enqueue(self._job(request=request, idempotency_key=idempotency_key))
+        return _signed(result)
+
+    async def submit_many(
+        self, requests: Sequence[SignedRequest], *, idempotency_keys: Sequence[str | None] = ()
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Processes many requests; per request its result or the error refusing it.
+
+        Raises EngineFailedError if the engine stopped.
+        """
+        keys = list(idempotency_keys) or [None] * len(requests)
+        if len(keys) != len(requests):
+            raise ValueError("one idempotency key (or None) per request")
+        futures: list[asyncio.Future[Result] | Overloaded] = []
+        for request, key in zip(requests, keys, strict=True):
+            try:
+                futures.append(self._enqueue(self._job(request=request, idempotency_key=key)))
+            except Overloaded as error:
+                futures.append(error)
+        answers: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
+        for future in futures:
+            if isinstance(future, Overloaded):
+                answers.append(future)
+                continue
+            try:
+                result = await future
+            except (RequestError, Overloaded) as error:
+                answers.append(error)
+                continue
+            answers.append(_signed(result))
+        return answers
+
+    async def _admin(self, op: _AdminOp) -> AdminResult:
+        result = await self._enqueue(self._job(admin=op))
+        if not isinstance(result, AdminResult):
+            raise TypeError(f"an account operation produced {result!r}")
+        return result
+
+    async def open_account(
+        self, account_id: str, currency: str, *, overdraft: bool = False
+    ) -> AdminResult:
+        _check_account(account_id, currency)
+        return await self._admin(
+            _AdminOp(RecordType.OPEN_ACCOUNT, account_id, currency, 0, overdraft)
+        )
+
+    async def deposit(self, account_id: str, amount: int, currency: str) -> AdminResult:
+        _check_account(account_id, currency)
+        _check_amount(amount)
+        return await self._admin(_AdminOp(RecordType.DEPOSIT, account_id, currency, amount))
+
+    async def withdraw(self, account_id: str, amount: int, currency: str) -> AdminResult:
+        _check_account(account_id, currency)
+        _check_amount(amount)
+        return await self._admin(_AdminOp(RecordType.WITHDRAW, account_id, currency, amount))
+
+    def balance(self, account_id: str) -> tuple[str, int] | None:
+        """(currency, balance) of an account, including the batch being made durable."""
+        account = self.ledger.accounts.get(account_id)
+        return None if account is None else (account.currency, account.balance)
+
+    def payment(self, payment_id_: str) -> PaymentResult | None:
+        """A durable payment by id."""
+        lsn = payment_id_.removeprefix(PAYMENT_ID_PREFIX)
+        result = self.results.get(int(lsn)) if lsn.isdigit() and len(lsn) <= 20 else None
+        return result if isinstance(result, PaymentResult) else None
+
+    # ---- the pipeline -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self._failed is None:
+                count = min(len(self._queue), self.batch_size_max)
+                jobs = [self._queue.popleft() for _ in range(count)]
+                try:
+                    staged = self._stage(jobs)
+                except Exception as error:  # a bug: memory may hold half a batch, so stop
+                    failure = self._stop(error, "a batch could not be applied")
+                    for job in jobs:
+                        _refuse(job.future, failure)
+                    break
+                await self._commit(staged)
+            if self._failed is not None:
+                self._reject_queued(self._failed)
+            if self._closing and not self._queue:
+                return
+
+    def _stage(self, jobs: list[_Job]) -> _Staged:
+        now_s = int(time.time())
+        ops = self._parse(jobs, now_s)
+        keyed: list[_Job] = []
+        keys: list[bytes] = []
+        fingerprints: list[bytes] = []
+        for job, op in ops:
+            if not isinstance(op, _AdminOp) and op.key is not None:
+                keyed.append(job)
+                keys.append(op.key)
+                fingerprints.append(op.fingerprint)
+        answers = self.index.reserve_batch(keys, fingerprints, now_s)
+        answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
+        staged = _Staged()
+        for job, op in ops:
+            answer = answer_of.get(id(job))
+            if answer is None or answer[0] == _core.RESERVE_NEW:
+                result = self._apply(op, now_s, staged)
+                slot = None if answer is None else answer[1]
+                staged.done.append((job, result, slot))
+                if slot is not None:
+                    staged.slots.append(slot)
+                    staged.refs.append(self.lsn_next - 1)
+                    self._waiters[slot] = []
+            else:
+                self._answer_known(job, *answer)
+        return staged
+
+    def _parse(self, jobs: list[_Job], now_s: int) -> list[tuple[_Job, _Op]]:
+        """Verifies, routes and parses the batch; refused jobs are answered here."""
+        signed = [(job, job.request) for job in jobs if job.request is not None]
+        verdicts = verify_requests(self.ring, [request for _, request in signed], now_s=now_s)
+        payments: list[tuple[_Job, Merchant]] = []
+        refunds: list[tuple[_Job, Merchant, str]] = []
+        for (job, request), verdict in zip(signed, verdicts, strict=True):
+            try:
+                if isinstance(verdict, SignatureError):
+                    raise RequestError(verdict.code, str(verdict), 401)
+                merchant = self.merchant_of_kid[verdict]
+                if job.idempotency_key is not None:
+                    _check_client_key(job.idempotency_key)
+                route = _route(request)
+            except RequestError as error:
+                _refuse(job.future, error)
+                continue
+            if route is None:
+                payments.append((job, merchant))
+            else:
+                refunds.append((job, merchant, route))
+        parsed = dict(self._parse_payments(payments) + self._parse_refunds(refunds))
+        ops: list[tuple[_Job, _Op]] = []
+        for job in jobs:
+            if job.admin is not None:
+                ops.append((job, job.admin))
+            elif (op := parsed.get(id(job))) is not None:
+                ops.append((job, op))
+        return ops
+
+    def _parse_payments(self, payments: list[tuple[_Job, Merchant]]) -> list[tuple[int, _Op]]:
+        fields = _core.parse_payment_bodies(
+            [job.request.body for job, _ in payments if job.request]
+        )
+        parsed: list[tuple[int, _Op]] = []
+        for (job, merchant), item in zip(payments, fields, strict=True):
+            if isinstance(item, str):
+                _refuse(job.future, RequestError("invalid_request", item))
+                continue
+            merchant_id, order_id, payer, amount, currency, description, metadata, fingerprint = (
+                item
+            )
+            if merchant_id != merchant.id:
+                _refuse(
+                    job.future,
+                    RequestError(
+                        "merchant_mismatch",
+                        f"merchant_id {merchant_id!r} is not the merchant of the signing key",
+                        403,
+                    ),
+                )
+                continue
+            scope = f"k:{job.idempotency_key}" if job.idempotency_key else f"o:{order_id}"
+            key = _idempotency_key(merchant.id, scope)
+            op = _PaymentOp(
+                merchant, order_id, payer, amount, currency, description, metadata, key, fingerprint
+            )
+            parsed.append((id(job), op))
+        return parsed
+
+    def _parse_refunds(self, refunds: list[tuple[_Job, Merchant, str]]) -> list[tuple[int, _Op]]:
+        fields = _core.parse_refund_bodies(
+            [job.request.body for job, _, _ in refunds if job.request]
+        )
+        parsed: list[tuple[int, _Op]] = []
+        for (job, merchant, paid), item in zip(refunds, fields, strict=True):
+            if isinstance(item, str):
+                _refuse(job.future, RequestError("invalid_request", item))
+                continue
+            entry = self.ledger.payments.get(paid)
+            if entry is None or entry.settlement != merchant.settlement_account:
+                _refuse(job.future, RequestError("not_found", f"no refundable payment {paid}", 404))
+                continue
+            amount, reason, fingerprint = item
+            key = (
+                _idempotency_key(merchant.id, f"r:{paid}:{job.idempotency_key}")
+                if job.idempotency_key
+                else None
+            )
+            parsed.append((id(job), _RefundOp(merchant, paid, amount, reason, key, fingerprint)))
+        return parsed
+
+    def _answer_known(self, job: _Job, status: int, value: int) -> None:
+        """Answers a request whose idempotency key the index already knows."""
+        if status == _core.RESERVE_REPLAY:
+            _settle(job.future, replace(self.results[value], replayed=True))
+        elif status == _core.RESERVE_IN_FLIGHT:
+            self._waiters[value].append(job.future)
+        elif status == _core.RESERVE_MISMATCH:
+            _refuse(
+                job.future,
+                RequestError(
+                    "idempotency_key_reused",
+                    "this idempotency key was used with a different request",
+                    422,
+                ),
+            )
+        else:
+            _refuse(job.future, Overloaded("the idempotency index is full"))
+
+    # ---- applying (the same code runs live and on recovery) ---------------------------------
+
+    def _apply(self, op: _Op, now_s: int, staged: _Staged) -> Result:
+        lsn = self.lsn_next
+        self.lsn_next += 1
+        if isinstance(op, _PaymentOp):
+            record = [
+                op.merchant.id,
+                op.order_id,
+                op.payer,
+                op.merchant.settlement_account,
+                op.amount,
+                op.currency,
+                op.description,
+                op.metadata,
+                now_s,
+                op.key.decode(),
+                op.fingerprint.hex(),
+            ]
+            result: Result = self._replay_payment(lsn, record)
+            record.append(result.failure_code)
+            kind = RecordType.PAYMENT
+        elif isinstance(op, _RefundOp):
+            record = [
+                op.payment_id,
+                op.merchant.id,
+                op.amount,
+                op.reason,
+                now_s,
+                op.key.decode() if op.key else None,
+                op.fingerprint.hex(),
+            ]
+            result = self._replay_refund(lsn, record)
+            record += [result.amount, result.failure_code]
+            kind = RecordType.REFUND
+        else:
+            record = [op.account_id, op.currency, op.amount, op.overdraft]
+            result = self._replay_admin(op.kind, record)
+            record.append(result.failure_code)
+            kind = op.kind
+        staged.types.append(kind)
+        staged.payloads.append(orjson.dumps(record))
+        return result
+
+    def _replay_payment(self, lsn: int, record: list[Any]) -> PaymentResult:
+        (
+            merchant_id,
+            order_id,
+            payer,
+            settlement,
+            amount,
+            currency,
+            description,
+            metadata,
+            created_s,
+        ) = record[:9]
+        pid = payment_id(lsn)
+        failure = self.ledger.pay(pid, payer, settlement, amount, currency)
+        return PaymentResult(
+            pid,
+            merchant_id,
+            order_id,
+            payer,
+            amount,
+            currency,
+            _status(failure),
+            failure,
+            created_s,
+            description,
+            metadata,
+        )
+
+    def _replay_refund(self, lsn: int, record: list[Any]) -> RefundResult:
+        paid, merchant_id, amount, reason, created_s = record[:5]
+        applied, failure = self.ledger.refund(paid, amount)
+        entry = self.ledger.payments.get(paid)
+        currency = entry.currency if entry else ""
+        return RefundResult(
+            refund_id(lsn),
+            paid,
+            merchant_id,
+            applied,
+            currency,
+            _status(failure),
+            failure,
+            created_s,
+            reason,
+        )
+
+    def _replay_admin(self, kind: RecordType, record: list[Any]) -> AdminResult:
+        account_id, currency, amount, overdraft = record[:4]
+        if kind == RecordType.OPEN_ACCOUNT:
+            failure = self.ledger.open_account(account_id, currency, overdraft)
+        elif kind == RecordType.DEPOSIT:
+            failure = self.ledger.deposit(account_id, amount, currency)
+        else:
+            failure = self.ledger.withdraw(account_id, amount, currency)
+        account = self.ledger.accounts.get(account_id)
+        balance = account.balance if account else 0
+        return AdminResult(account_id, _status(failure), failure, balance)
+
+    # ---- durability -------------------------------------------------------------------------
+
+    async def _commit(self, staged: _Staged) -> None:
+        if not staged.payloads:
+            self._publish(staged)
+            return
+        while len(self._syncing) >= PIPELINE_BATCHES_MAX:
+            await asyncio.wait({self._syncing[0]})
+        loop = asyncio.get_running_loop()
+        # The single log thread writes batches in the order they are handed over.
+        written = loop.run_in_executor(
+            self._log_thread, self._append, staged.types, staged.payloads
+        )
+        self._syncing.append(asyncio.create_task(self._finish(written, staged)))
+
+    def _append(self, types: list[int], payloads: list[bytes]) -> int:
+        """Runs in the log thread: once a write failed, nothing more is written."""
+        if self._log_broken:
+            raise EngineFailedError("an earlier write failed")
+        try:
+            return self._writer().append(types, payloads)
+        except BaseException:
+            self._log_broken = True
+            raise
+
+    async def _finish(self, written: asyncio.Future[int], staged: _Staged) -> None:
+        """Answers a batch once the log thread has made it durable (or fails the engine)."""
+        try:
+            await written
+        except Exception as error:  # any failed write stops the engine
+            self._fail(error, staged)
+        else:
+            self._publish(staged)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._syncing.remove(task)
+
+    def _publish(self, staged: _Staged) -> None:
+        """The batch is durable: remember its results, complete its keys, answer its callers."""
+        for _, result, _ in staged.done:
+            if isinstance(result, PaymentResult | RefundResult):
+                self.results[_lsn_of(result)] = result
+        self.index.complete_batch(staged.slots, staged.refs)
+        for job, result, slot in staged.done:
+            _settle(job.future, result)
+            if slot is not None:
+                for waiter in self._waiters.pop(slot):
+                    _settle(waiter, replace(_signed(result), replayed=True))
+
+    def _stop(self, error: BaseException, why: str) -> EngineFailedError:
+        """Fail-stop: from now on the engine answers nothing but this error."""
+        if self._failed is None:
+            log.critical("%s, stopping the engine: %s", why, error)
+            self._failed = EngineFailedError(f"{why}: {error}")
+            self._failed.__cause__ = error
+        self._wakeup.set()
+        return self._failed
+
+    def _fail(self, error: BaseException, staged: _Staged) -> None:
+        failure = self._stop(error, "the write-ahead log failed")
+        for job, _, slot in staged.done:
+            _refuse(job.future, failure)
+            for waiter in self._waiters.pop(slot, []) if slot is not None else []:
+                _refuse(waiter, failure)
+
+    def _reject_queued(self, failure: EngineFailedError) -> None:
+        """After a stop: refuses what is queued and the retries waiting for a first request."""
+        while self._queue:
+            _refuse(self._queue.popleft().future, failure)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                _refuse(waiter, failure)
+
+    # ---- recovery, snapshots, shutdown ------------------------------------------------------
+
+    def _recover(self) -> None:
+        wal.remove_temp_files(self.directory)
+        lsn_after = 0
+        loaded = wal.load_snapshot(self.directory)
+        if loaded is not None:
+            lsn_after = loaded[0]
+            self._restore(*loaded)
+        replayed = 0
+        for records in wal.replay(self.directory, lsn_after):
+            self._replay_records(records)
+            replayed += len(records)
+        self.lsn_next = max(self.lsn_next, lsn_after + 1)
+        self.ledger.check_invariants()
+        self.index.expire(int(time.time()))
+        self._log = wal.WalWriter(
+            self.directory,
+            self.lsn_next,
+            sync=self.fsync == "always",
+            segment_bytes_max=self.segment_bytes_max,
+        )
+        log.info(
+            "recovered to LSN %d (snapshot %d, %d records replayed)",
+            self.lsn_next - 1,
+            lsn_after,
+            replayed,
+        )
+
+    def _replay_records(self, records: list[wal.Record]) -> None:
+        keys: list[tuple[bytes, bytes, int, int]] = []
+        for record in records:
+            if record.lsn != self.lsn_next:
+                raise AssertionError(f"replay expected LSN {self.lsn_next}, got {record.lsn}")
+            self.lsn_next += 1
+            fields = orjson.loads(record.payload)
+            kind = RecordType(record.type)
+            result: Result
+            if kind == RecordType.PAYMENT:
+                result = self._replay_payment(record.lsn, fields)
+                key, fingerprint = fields[9], fields[10]
+            elif kind == RecordType.REFUND:
+                result = self._replay_refund(record.lsn, fields)
+                key, fingerprint = fields[5], fields[6]
+                if result.amount != fields[7]:
+                    raise AssertionError(f"replay of LSN {record.lsn} refunded a different amount")
+            else:
+                result = self._replay_admin(kind, fields)
+                key = None
+            if _failure(fields[-1]) != result.failure_code:
+                raise AssertionError(
+                    f"replay of LSN {record.lsn} gave {result.failure_code}, "
+                    f"the log says {fields[-1]}"
+                )
+            if isinstance(result, PaymentResult | RefundResult):
+                self.results[record.lsn] = result
+                if key is not None:
+                    keys.append(
+                        (key.encode(), bytes.fromhex(fingerprint), result.created_s, record.lsn)
+                    )
+        self._restore_keys(keys)
+
+    def _restore_keys(self, keys: list[tuple[bytes, bytes, int, int]]) -> None:
+        """Re-reserves and completes logged idempotency keys, a run of equal times at a time."""
+        start = 0
+        while start < len(keys):
+            end = start
+            while end < len(keys) and keys[end][2] == keys[start][2]:
+                end += 1
+            run = keys[start:end]
+            answers = self.index.reserve_batch(
+                [k for k, _, _, _ in run], [f for _, f, _, _ in run], run[0][2]
+            )
+            slots = [slot for status, slot in answers if status == _core.RESERVE_NEW]
+            refs = [
+                lsn
+                for (status, _), (_, _, _, lsn) in zip(answers, run, strict=True)
+                if status == _core.RESERVE_NEW
+            ]
+            self.index.complete_batch(slots, refs)
+            start = end
+
+    def _snapshot_payload(self) -> bytes:
+        state = {
+            "lsn": self.lsn_next - 1,
+            "ledger": self.ledger.to_snapshot(),
+            "payments": [
+                [
+                    lsn,
+                    r.merchant_id,
+                    r.order_id,
+                    r.payer,
+                    r.amount,
+                    r.currency,
+                    r.failure_code,
+                    r.created_s,
+                    r.description,
+                    r.metadata,
+                ]
+                for lsn, r in self.results.items()
+                if isinstance(r, PaymentResult)
+            ],
+            "refunds": [
+                [
+                    lsn,
+                    r.payment_id,
+                    r.merchant_id,
+                    r.amount,
+                    r.currency,
+                    r.failure_code,
+                    r.created_s,
+                    r.reason,
+                ]
+                for lsn, r in self.results.items()
+                if isinstance(r, RefundResult)
+            ],
+        }
+        encoded = orjson.dumps(state)
+        return SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + self.index.dump()
+
+    def _restore(self, lsn: int, payload: bytes) -> None:
+        (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
+        start = SNAPSHOT_STATE_LEN.size
+        state = orjson.loads(payload[start : start + length])
+        if state["lsn"] != lsn:
+            raise ValueError(f"snapshot for LSN {lsn} holds state of LSN {state['lsn']}")
+        self.ledger = Ledger.from_snapshot(state["ledger"])
+        for (
+            plsn,
+            merchant_id,
+            order_id,
+            payer,
+            amount,
+            currency,
+            failure,
+            created_s,
+            description,
+            metadata,
+        ) in state["payments"]:
+            failure_code = _failure(failure)
+            self.results[plsn] = PaymentResult(
+                payment_id(plsn),
+                merchant_id,
+                order_id,
+                payer,
+                amount,
+                currency,
+                _status(failure_code),
+                failure_code,
+                created_s,
+                description,
+                metadata,
+            )
+        for rlsn, paid, merchant_id, amount, currency, failure, created_s, reason in state[
+            "refunds"
+        ]:
+            failure_code = _failure(failure)
+            self.results[rlsn] = RefundResult(
+                refund_id(rlsn),
+                paid,
+                merchant_id,
+                amount,
+                currency,
+                _status(failure_code),
+                failure_code,
+                created_s,
+                reason,
+            )
+        self.index = _core.IdempotencyIndex.load(payload[start + length :])
+        self.lsn_next = lsn + 1
+
+    def snapshot(self) -> Path:
+        """Writes a snapshot of the durable state and drops the log segments it makes unneeded.
+
+        Only between batches: call it when nothing is being made durable (as `close` does).
+        """
+        if self._syncing:
+            raise RuntimeError("a snapshot must wait until no batch is being written")
+        path = wal.write_snapshot(self.directory, self.lsn_next - 1, self._snapshot_payload())
+        self._writer().drop_segments_before(wal.oldest_kept_snapshot_lsn(self.directory) + 1)
+        return path
+
+    def _writer(self) -> wal.WalWriter:
+        if self._log is None:
+            raise RuntimeError("the log opens when recovery has finished")
+        return self._log
+
+    async def close(self, *, snapshot: bool = True) -> None:
+        """Stops taking requests, finishes the queued ones, snapshots and closes the log."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            await self._runner
+        while self._syncing:
+            await asyncio.wait({self._syncing[0]})
+        if self._log is not None:
+            if self._failed is None and snapshot:
+                await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log_thread.shutdown(wait=True)
+
+
+def _lsn_of(result: PaymentResult | RefundResult) -> int:
+    return int(result.id.rpartition("_")[2])
+
+
+def _settle(future: asyncio.Future[Result], result: Result) -> None:
+    """Answers a caller, unless it stopped waiting (a cancelled request still gets applied)."""
+    if not future.done():
+        future.set_result(result)
+
+
+def _refuse(future: asyncio.Future[Result], error: Exception) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _signed(result: Result) -> PaymentResult | RefundResult:
+    """The result of a signed request; anything else is a bug in the pipeline."""
+    if isinstance(result, AdminResult):
+        raise TypeError(f"a signed request produced {result!r}")
+    return result
+
+
+def _route(request: SignedRequest) -> str | None:
+    """None for a payment; the payment id for a refund. RequestError for anything else."""
+    if request.method != "POST":
+        raise RequestError("method_not_allowed", f"{request.method} is not accepted here", 405)
+    if request.path == PAYMENTS_PATH:
+        return None
+    if match := REFUNDS_PATH.fullmatch(request.path):
+        return match.group(1)
+    raise RequestError("not_found", f"no such endpoint: {request.path}", 404)
+
+
+def _is_id(text: str) -> bool:
+    """DESIGN.md's id rule: 1 to 255 printable ASCII characters, no spaces."""
+    return (
+        1 <= len(text) <= _core.ID_LEN_MAX
+        and text.isascii()
+        and text.isprintable()
+        and " " not in text
+    )
+
+
+def _check_account(account_id: str, currency: str) -> None:
+    if not _is_id(account_id):
+        raise RequestError(
+            "invalid_request", "account id: 1 to 255 printable ASCII characters without spaces"
+        )
+    if not (
+        len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
+    ):
+        raise RequestError("invalid_request", "currency: an ISO 4217 code of 3 uppercase letters")
+
+
+def _check_amount(amount: int) -> None:
+    if (
+        isinstance(amount, bool)
+        or not isinstance(amount, int)
+        or not 1 <= amount <= _core.AMOUNT_MAX
+    ):
+        raise RequestError("invalid_request", "amount: an integer from 1 to 10^15 (minor units)")

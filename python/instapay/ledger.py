@@ -1,0 +1,167 @@
+"""The double-entry ledger: accounts, and the payments and refunds that move money between them.
+
+Single writer and deterministic: the same operations in the same (WAL) order give the same
+balances and the same results, which is what recovery relies on. Money is integers in minor
+units. A payment debits the payer and credits the merchant's settlement account, so the sum of
+the balances of a currency changes only by deposits and withdrawals (`check_invariants`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from instapay.model import Failure
+
+# No balance may exceed this (amounts are at most 10**15), nor go below minus this on overdraft.
+BALANCE_MAX = 10**18
+
+
+@dataclass(slots=True)
+class Account:
+    id: str
+    currency: str
+    overdraft: bool
+    balance: int = 0
+
+
+@dataclass(slots=True)
+class PaymentEntry:
+    """A succeeded payment, kept so refunds can be checked against it."""
+
+    payer: str
+    settlement: str
+    amount: int
+    currency: str
+    refunded: int = 0
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.payments: dict[str, PaymentEntry] = {}
+        # Deposits minus withdrawals per currency: what the balances must sum to.
+        self.net_inflow: dict[str, int] = {}
+
+    def open_account(self, account_id: str, currency: str, overdraft: bool) -> Failure | None:
+        if account_id in self.accounts:
+            return Failure.ACCOUNT_EXISTS
+        self.accounts[account_id] = Account(account_id, currency, overdraft)
+        self.net_inflow.setdefault(currency, 0)
+        return None
+
+    def _account(self, account_id: str, currency: str) -> Account | Failure:
+        account = self.accounts.get(account_id)
+        if account is None:
+            return Failure.ACCOUNT_NOT_FOUND
+        if account.currency != currency:
+            return Failure.CURRENCY_MISMATCH
+        return account
+
+    @staticmethod
+    def _can_debit(account: Account, amount: int) -> Failure | None:
+        floor = -BALANCE_MAX if account.overdraft else 0
+        return Failure.INSUFFICIENT_FUNDS if account.balance - amount < floor else None
+
+    @staticmethod
+    def _can_credit(account: Account, amount: int) -> Failure | None:
+        return Failure.AMOUNT_TOO_LARGE if account.balance + amount > BALANCE_MAX else None
+
+    def deposit(self, account_id: str, amount: int, currency: str) -> Failure | None:
+        account = self._account(account_id, currency)
+        if isinstance(account, Failure):
+            return account
+        if failure := self._can_credit(account, amount):
+            return failure
+        account.balance += amount
+        self.net_inflow[currency] += amount
+        return None
+
+    def withdraw(self, account_id: str, amount: int, currency: str) -> Failure | None:
+        account = self._account(account_id, currency)
+        if isinstance(account, Failure):
+            return account
+        if failure := self._can_debit(account, amount):
+            return failure
+        account.balance -= amount
+        self.net_inflow[currency] -= amount
+        return None
+
+    def _transfer(self, source: str, target: str, amount: int, currency: str) -> Failure | None:
+        debit = self._account(source, currency)
+        if isinstance(debit, Failure):
+            return debit
+        credit = self._account(target, currency)
+        if isinstance(credit, Failure):
+            return credit
+        if failure := self._can_debit(debit, amount) or self._can_credit(credit, amount):
+            return failure
+        debit.balance -= amount
+        credit.balance += amount
+        return None
+
+    def pay(
+        self, payment_id: str, payer: str, settlement: str, amount: int, currency: str
+    ) -> Failure | None:
+        """Debits the payer and credits the settlement account, or declines and changes nothing."""
+        if payer == settlement:
+            return Failure.PAYER_IS_MERCHANT
+        if failure := self._transfer(payer, settlement, amount, currency):
+            return failure
+        self.payments[payment_id] = PaymentEntry(payer, settlement, amount, currency)
+        return None
+
+    def refund(self, payment_id: str, amount: int | None) -> tuple[int, Failure | None]:
+        """Moves `amount` (None: all not yet refunded) back from the settlement account to the
+        payer; returns the amount and the failure, if declined."""
+        payment = self.payments.get(payment_id)
+        if payment is None:
+            return amount or 0, Failure.PAYMENT_NOT_REFUNDABLE
+        remaining = payment.amount - payment.refunded
+        wanted = remaining if amount is None else amount
+        if wanted == 0 or wanted > remaining:
+            return wanted, Failure.REFUND_EXCEEDS_PAYMENT
+        failure = self._transfer(payment.settlement, payment.payer, wanted, payment.currency)
+        if failure is None:
+            payment.refunded += wanted
+        return wanted, failure
+
+    def check_invariants(self) -> None:
+        """Per currency, balances sum to deposits minus withdrawals; no balance breaks its floor;
+        no payment is refunded beyond its amount. Raises AssertionError naming the breach."""
+        sums = dict.fromkeys(self.net_inflow, 0)
+        for account in self.accounts.values():
+            sums[account.currency] += account.balance
+            floor = -BALANCE_MAX if account.overdraft else 0
+            if not floor <= account.balance <= BALANCE_MAX:
+                raise AssertionError(f"account {account.id} balance {account.balance} out of range")
+        if sums != self.net_inflow:
+            raise AssertionError(f"balances {sums} differ from net inflows {self.net_inflow}")
+        for payment_id, payment in self.payments.items():
+            if not 0 <= payment.refunded <= payment.amount:
+                raise AssertionError(f"payment {payment_id} refunded {payment.refunded}")
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {
+            "accounts": [
+                [a.id, a.currency, a.overdraft, a.balance] for a in self.accounts.values()
+            ],
+            "payments": [
+                [pid, p.payer, p.settlement, p.amount, p.currency, p.refunded]
+                for pid, p in self.payments.items()
+            ],
+            "net_inflow": self.net_inflow,
+        }
+
+    @classmethod
+    def from_snapshot(cls, state: dict[str, Any]) -> Ledger:
+        ledger = cls()
+        for account_id, currency, overdraft, balance in state["accounts"]:
+            ledger.accounts[account_id] = Account(account_id, currency, overdraft, balance)
+        for payment_id, payer, settlement, amount, currency, refunded in state["payments"]:
+            ledger.payments[payment_id] = PaymentEntry(
+                payer, settlement, amount, currency, refunded
+            )
+        ledger.net_inflow = dict(state["net_inflow"])
+        ledger.check_invariants()
+        return ledger

@@ -1,0 +1,136 @@
+"""What the engine takes and gives back: results, errors and their API codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Failure(StrEnum):
+    """Why a processed operation was declined. A decline is a stored, replayable result."""
+
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    ACCOUNT_EXISTS = "account_exists"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    # The amount would take a balance beyond BALANCE_MAX.
+    AMOUNT_TOO_LARGE = "amount_too_large"
+    PAYER_IS_MERCHANT = "payer_is_merchant"
+    PAYMENT_NOT_FOUND = "payment_not_found"
+    PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
+    REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentResult:
+    id: str
+    merchant_id: str
+    order_id: str
+    payer: str
+    amount: int
+    currency: str
+    status: Status
+    failure_code: Failure | None
+    created_s: int
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    # True when this answer is a stored result returned again for a retried request.
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "payment",
+            "merchant_id": self.merchant_id,
+            "order_id": self.order_id,
+            "payer": self.payer,
+            "amount": self.amount,
+            "currency": self.currency,
+            "status": self.status.value,
+            "failure_code": self.failure_code.value if self.failure_code else None,
+            "created": self.created_s,
+            "description": self.description,
+            "metadata": self.metadata or {},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    id: str
+    payment_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    status: Status
+    failure_code: Failure | None
+    created_s: int
+    reason: str | None = None
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "refund",
+            "payment_id": self.payment_id,
+            "merchant_id": self.merchant_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "status": self.status.value,
+            "failure_code": self.failure_code.value if self.failure_code else None,
+            "created": self.created_s,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResult:
+    """The outcome of an account operation (open, deposit, withdraw)."""
+
+    account_id: str
+    status: Status
+    failure_code: Failure | None
+    balance: int
+
+
+Result = PaymentResult | RefundResult | AdminResult
+
+
+class RequestError(Exception):
+    """A request refused before anything was applied: nothing is stored, a fixed retry is fine.
+
+    `code` is the API error code, `http_status` the status the HTTP layer answers with.
+    """
+
+    def __init__(self, code: str, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+
+class Overloaded(Exception):  # noqa: N818 (the name the issue and the API use)
+    """The engine's queue (or idempotency index) is full; retry later (HTTP 503)."""
+
+
+class EngineFailedError(Exception):
+    """The engine stopped after a write or fsync error (fail-stop): nothing more is acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Merchant:
+    """A merchant: where its payments settle and the kids it signs with."""
+
+    id: str
+    settlement_account: str
+    keys: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    merchants: tuple[Merchant, ...] = ()

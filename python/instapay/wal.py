@@ -1,0 +1,322 @@
+"""Write-ahead log: segment files of framed records, group commit, recovery, snapshots.
+
+A data directory holds::
+
+    wal/wal-<first LSN, 20 digits>.log    segments: SEGMENT_HEADER, then records
+    wal/<segment>.torn-<offset>           bytes cut off a torn tail, kept for inspection
+    snapshots/snapshot-<LSN, 20 digits>.snap
+
+Records are framed in Rust (`rust/wal.rs` documents the layout: length, CRC-32C, type, flags,
+LSN, payload); a batch of records goes out in one write and one fdatasync (group commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+from instapay import _core
+
+log = logging.getLogger(__name__)
+
+# Segment header: magic, format version, reserved (0). The first LSN is in the file name.
+SEGMENT_MAGIC = b"IPWALSEG"
+SEGMENT_VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sII")
+SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
+SEGMENT_NAME_FORMAT = "wal-{:020d}.log"
+
+# Snapshot file: magic, format version, flags (0), LSN, payload length, CRC-32C of the payload.
+SNAPSHOT_MAGIC = b"IPSNAPSH"
+SNAPSHOT_VERSION = 1
+SNAPSHOT_HEADER = struct.Struct("<8sIIQQI")
+SNAPSHOT_NAME_FORMAT = "snapshot-{:020d}.snap"
+# The newest snapshot and one before it, so a corrupt newest one can fall back.
+SNAPSHOTS_KEPT = 2
+
+SCAN_REASONS = {
+    _core.SCAN_TORN: "record cut short",
+    _core.SCAN_BAD_CRC: "checksum mismatch",
+    _core.SCAN_BAD_HEADER: "impossible record header",
+    _core.SCAN_BAD_LSN: "LSN out of sequence",
+}
+
+
+class WalCorruptError(Exception):
+    """The log is damaged where it cannot be a torn tail; start-up must stop."""
+
+    def __init__(self, path: Path, offset: int, problem: str) -> None:
+        super().__init__(f"{path}: {problem} at byte offset {offset}")
+        self.path = path
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    lsn: int
+    type: int
+    payload: bytes
+
+
+def fsync_directory(directory: Path) -> None:
+    """Makes a create, rename or delete in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def segment_paths(wal_dir: Path) -> list[tuple[int, Path]]:
+    """Segments by first LSN, oldest first."""
+    segments = []
+    for path in wal_dir.glob("wal-*.log"):
+        first = path.name.removeprefix("wal-").removesuffix(".log")
+        if len(first) == 20 and first.isdigit():
+            segments.append((int(first), path))
+    return sorted(segments)
+
+
+def _check_segment_header(path: Path, data: bytes) -> None:
+    magic, version, reserved = SEGMENT_HEADER.unpack_from(data)
+    if magic != SEGMENT_MAGIC or reserved != 0:
+        raise WalCorruptError(path, 0, "not a WAL segment header")
+    if version != SEGMENT_VERSION:
+        raise WalCorruptError(path, 0, f"unsupported segment version {version}")
+
+
+def _cut_torn_tail(path: Path, offset: int) -> None:
+    """Moves the bytes from `offset` on aside and truncates the segment there, durably."""
+    data = path.read_bytes()
+    aside = path.with_name(f"{path.name}.torn-{offset}")
+    aside.write_bytes(data[offset:])
+    with aside.open("rb+") as kept:
+        os.fsync(kept.fileno())
+    if offset < SEGMENT_HEADER.size:
+        _write_segment_header(path)
+    else:
+        with path.open("rb+") as segment:
+            segment.truncate(offset)
+            os.fsync(segment.fileno())
+    fsync_directory(path.parent)
+    log.warning("cut a torn tail of %d bytes off %s (kept in %s)", len(data) - offset, path, aside)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentScan:
+    """What reading one segment found; `torn_at` is where a torn tail starts, if there is one."""
+
+    path: Path
+    first_lsn: int
+    records: list[Record]
+    lsn_next: int
+    torn_at: int | None
+
+
+def scan_segment(path: Path, first_lsn: int, *, last: bool) -> SegmentScan:
+    """Reads one segment without changing it. Only the last segment may end in a torn tail;
+    anything else is a `WalCorruptError`."""
+    data = path.read_bytes()
+    if len(data) < SEGMENT_HEADER.size:
+        if not last:
+            raise WalCorruptError(path, len(data), "segment shorter than its header")
+        return SegmentScan(path, first_lsn, [], first_lsn, 0)
+    _check_segment_header(path, data)
+    raw, end, reason = _core.wal_scan(data, SEGMENT_HEADER.size, first_lsn)
+    lsn_next = first_lsn + len(raw)
+    torn_at = None
+    if reason != _core.SCAN_END:
+        if not last or _core.wal_next_valid(data, end, lsn_next) is not None:
+            raise WalCorruptError(path, end, SCAN_REASONS[reason])
+        torn_at = end
+    records = [Record(lsn, kind, payload) for lsn, kind, payload in raw]
+    return SegmentScan(path, first_lsn, records, lsn_next, torn_at)
+
+
+def scan_log(directory: Path, lsn_after: int = 0) -> Iterator[SegmentScan]:
+    """Reads, without changing anything, the segments holding records above `lsn_after`;
+    raises `WalCorruptError` for damage that is not a torn tail, or for a gap in the LSNs."""
+    wal_dir = directory / "wal"
+    segments = segment_paths(wal_dir) if wal_dir.is_dir() else []
+    # Segments wholly at or before `lsn_after` are not read.
+    while len(segments) > 1 and segments[1][0] <= lsn_after + 1:
+        segments.pop(0)
+    lsn_expected = segments[0][0] if segments else lsn_after + 1
+    if lsn_expected > lsn_after + 1:
+        raise WalCorruptError(
+            segments[0][1], 0, f"records {lsn_after + 1} to {lsn_expected - 1} are missing"
+        )
+    for index, (first_lsn, path) in enumerate(segments):
+        if first_lsn != lsn_expected:
+            raise WalCorruptError(path, 0, f"segment starts at LSN {first_lsn}, not {lsn_expected}")
+        scan = scan_segment(path, first_lsn, last=index == len(segments) - 1)
+        lsn_expected = scan.lsn_next
+        yield scan
+
+
+def replay(directory: Path, lsn_after: int) -> Iterator[list[Record]]:
+    """The records with an LSN above `lsn_after`, a segment's worth at a time, for recovery.
+
+    A torn tail of the last segment is cut off (and kept aside); any other damage, or a gap in
+    the LSNs, raises `WalCorruptError` naming the file and byte offset.
+    """
+    for scan in scan_log(directory, lsn_after):
+        if scan.torn_at is not None:
+            _cut_torn_tail(scan.path, scan.torn_at)
+        yield [record for record in scan.records if record.lsn > lsn_after]
+
+
+def _write_segment_header(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, 0))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(path.parent)
+
+
+class WalWriter:
+    """Appends batches of records to the newest segment; one write and one fdatasync each.
+
+    Not thread-safe: the engine calls it from its single log thread.
+    """
+
+    def __init__(
+        self, directory: Path, lsn_next: int, *, sync: bool, segment_bytes_max: int
+    ) -> None:
+        self.wal_dir = directory / "wal"
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
+        self.segment_bytes_max = segment_bytes_max
+        self.lsn_next = lsn_next
+        segments = segment_paths(self.wal_dir)
+        if segments:
+            path = segments[-1][1]
+        else:
+            path = self.wal_dir / SEGMENT_NAME_FORMAT.format(lsn_next)
+            _write_segment_header(path)
+        self._open(path)
+
+    def _open(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.segment_bytes = os.fstat(self.fd).st_size
+
+    def append(self, types: Sequence[int], payloads: Sequence[bytes]) -> int:
+        """Writes records numbered from `lsn_next` and makes them durable; returns the first LSN.
+
+        Any OSError leaves the log in an unknown state: the caller must stop (fail-stop).
+        """
+        first = self.lsn_next
+        frames = _core.wal_encode(first, types, payloads)
+        unwritten = memoryview(frames)
+        while unwritten:
+            unwritten = unwritten[os.write(self.fd, unwritten) :]
+        if self.sync:
+            os.fdatasync(self.fd)
+        self.segment_bytes += len(frames)
+        self.lsn_next = first + len(payloads)
+        if self.segment_bytes >= self.segment_bytes_max:
+            self._roll_over()
+        return first
+
+    def _roll_over(self) -> None:
+        os.close(self.fd)
+        path = self.wal_dir / SEGMENT_NAME_FORMAT.format(self.lsn_next)
+        _write_segment_header(path)
+        self._open(path)
+
+    def drop_segments_before(self, lsn: int) -> int:
+        """Deletes the segments whose records all have LSNs below `lsn`; returns how many."""
+        segments = segment_paths(self.wal_dir)
+        dropped = 0
+        for (_, path), (next_first, _) in pairwise(segments):
+            if next_first > lsn or path == self.path:
+                break
+            path.unlink()
+            dropped += 1
+        if dropped:
+            fsync_directory(self.wal_dir)
+        return dropped
+
+    def close(self) -> None:
+        if self.sync:
+            os.fsync(self.fd)
+        os.close(self.fd)
+
+
+def snapshot_paths(directory: Path) -> list[tuple[int, Path]]:
+    """Snapshots by LSN, newest first."""
+    snap_dir = directory / "snapshots"
+    found = []
+    for path in snap_dir.glob("snapshot-*.snap") if snap_dir.is_dir() else []:
+        lsn = path.name.removeprefix("snapshot-").removesuffix(".snap")
+        if len(lsn) == 20 and lsn.isdigit():
+            found.append((int(lsn), path))
+    return sorted(found, reverse=True)
+
+
+def write_snapshot(directory: Path, lsn: int, payload: bytes) -> Path:
+    """Writes a snapshot atomically (temp file, fsync, rename, fsync directory) and keeps only
+    the newest `SNAPSHOTS_KEPT`."""
+    snap_dir = directory / "snapshots"
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    path = snap_dir / SNAPSHOT_NAME_FORMAT.format(lsn)
+    temp = path.with_suffix(".tmp")
+    header = SNAPSHOT_HEADER.pack(
+        SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, lsn, len(payload), _core.crc32c(payload)
+    )
+    with temp.open("wb") as out:
+        out.write(header)
+        out.write(payload)
+        out.flush()
+        os.fsync(out.fileno())
+    temp.rename(path)
+    fsync_directory(snap_dir)
+    for _, old in snapshot_paths(directory)[SNAPSHOTS_KEPT:]:
+        old.unlink()
+    return path
+
+
+def read_snapshot(path: Path, lsn: int) -> bytes:
+    """The payload of one snapshot file; ValueError if it is damaged."""
+    data = path.read_bytes()
+    if len(data) < SNAPSHOT_HEADER.size:
+        raise ValueError("shorter than its header")
+    magic, version, flags, stored_lsn, length, crc = SNAPSHOT_HEADER.unpack_from(data)
+    payload = data[SNAPSHOT_HEADER.size :]
+    if magic != SNAPSHOT_MAGIC or version != SNAPSHOT_VERSION or flags != 0:
+        raise ValueError("not a snapshot of this format")
+    if stored_lsn != lsn or length != len(payload) or _core.crc32c(payload) != crc:
+        raise ValueError("truncated or corrupted")
+    return payload
+
+
+def load_snapshot(directory: Path) -> tuple[int, bytes] | None:
+    """The newest intact snapshot as (LSN, payload); a damaged one is skipped with a warning."""
+    for lsn, path in snapshot_paths(directory):
+        try:
+            return lsn, read_snapshot(path, lsn)
+        except (OSError, ValueError) as error:
+            log.warning("skipping snapshot %s: %s", path, error)
+    return None
+
+
+def oldest_kept_snapshot_lsn(directory: Path) -> int:
+    """The LSN the log must still reach back to: that of the oldest snapshot kept (0 if none)."""
+    kept = snapshot_paths(directory)
+    return kept[-1][0] if kept else 0
+
+
+def remove_temp_files(directory: Path) -> None:
+    """Leftovers of a snapshot interrupted before its rename."""
+    for temp in (directory / "snapshots").glob("*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()

@@ -1,0 +1,63 @@
+"""The crash test's victim: runs the engine under a stream of payments and refunds, and prints one
+JSON line per acknowledged result, flushed, until it is killed.
+
+Usage: python tests/crash/child.py DATA_DIR SECRET_HEX SEED
+"""
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+import orjson
+
+from instapay.demo import DemoMerchant
+from instapay.engine import Engine
+from instapay.model import PaymentResult, RefundResult
+
+PAYERS = 20
+BATCH_LEN = 200
+BATCHES_IN_FLIGHT = 3
+
+
+def report(result: PaymentResult | RefundResult) -> None:
+    line = {"kind": type(result).__name__, **result.to_json(), "replayed": result.replayed}
+    sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def stream(engine: Engine, demo: DemoMerchant, rng: random.Random, seed: int) -> None:
+    paid: list[str] = []
+    batch_number = 0
+
+    async def one_batch(number: int) -> None:
+        requests = []
+        for n in range(BATCH_LEN):
+            if paid and rng.random() < 0.05:
+                requests.append(demo.refund(rng.choice(paid), rng.randint(1, 50)))
+            else:
+                amount = rng.randint(1, 5_000)
+                requests.append(
+                    demo.payment(
+                        f"s{seed}-b{number}-{n}", demo.payer(rng.randrange(PAYERS)), amount
+                    )
+                )
+        for answer in await engine.submit_many(requests):
+            if isinstance(answer, PaymentResult | RefundResult):
+                report(answer)
+                if isinstance(answer, PaymentResult):
+                    paid.append(answer.id)
+
+    while True:
+        batch_number += BATCHES_IN_FLIGHT
+        await asyncio.gather(*(one_batch(batch_number + k) for k in range(BATCHES_IN_FLIGHT)))
+
+
+async def main(directory: Path, secret: bytes, seed: int) -> None:
+    demo = DemoMerchant(secret=secret)
+    async with Engine.open(directory, config=demo.config()) as engine:
+        await stream(engine, demo, random.Random(seed), seed)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])))
