@@ -86,6 +86,24 @@ pub fn bytes_items(name: &'static str, sequence: &Bound<'_, PyAny>) -> PyResult<
     })
 }
 
+/// `str` items, read lossily (a lone surrogate becomes U+FFFD, so it can only fail to match);
+/// with `none_allowed`, `None` items too.
+pub fn text_items(
+    name: &'static str,
+    sequence: &Bound<'_, PyAny>,
+    none_allowed: bool,
+) -> PyResult<Vec<Option<String>>> {
+    read_items(name, "a sequence of str", sequence, |index, item| {
+        if none_allowed && item.is_none() {
+            return Ok(None);
+        }
+        let text = item
+            .cast::<PyString>()
+            .map_err(|_| wrong_type(format!("{name}[{index}]"), "str", item))?;
+        Ok(Some(text.to_string_lossy().into_owned()))
+    })
+}
+
 /// Reads each `bytes` (in place) or `bytearray` (copied) item with `read`, without keeping it.
 pub fn read_bytes_items<T>(
     name: &'static str,

@@ -12,10 +12,14 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyString};
 
-use crate::convert::{bytes_items, same_lengths, sequence_items, typed_item};
+use crate::convert::{bytes_items, same_lengths, sequence_items, text_items, typed_item};
 use crate::digest::{decode_hex_mac, hmac_work, Digest, HmacKey, MacFormat, DIGEST_LEN};
 use crate::error::{CoreError, CoreResult};
 use crate::parallel::{map_indexed, run_batch};
+use crate::signature::{
+    parse_request_header, request_message, Problem, PROBLEM_MISMATCH, PROBLEM_NOT_HEX, PROBLEM_UNKNOWN_KID,
+    PROBLEM_WRONG_LENGTH,
+};
 
 pub const KEYS_MAX: usize = 65_536;
 pub const KID_LEN_MAX: usize = 255;
@@ -241,6 +245,70 @@ impl KeyRing {
         })
     }
 
+    /// Checks whole signed requests: each `Instapay-Signature` header (None when absent) is
+    /// parsed, its timestamp checked against `now_s`, its message built and its MAC verified.
+    /// Per request, the authenticated kid, or `(problem code, detail)` (see `signature.rs`).
+    #[allow(clippy::too_many_arguments)]
+    fn verify_requests<'py>(
+        &self,
+        py: Python<'py>,
+        headers: &Bound<'py, PyAny>,
+        methods: &Bound<'py, PyAny>,
+        paths: &Bound<'py, PyAny>,
+        bodies: &Bound<'py, PyAny>,
+        now_s: i64,
+        tolerance_s: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let headers = text_items("headers", headers, true)?;
+        let methods = text_items("methods", methods, false)?;
+        let paths = text_items("paths", paths, false)?;
+        let bodies = bytes_items("bodies", bodies)?;
+        same_lengths(
+            "headers, methods, paths and bodies",
+            &[headers.len(), methods.len(), paths.len(), bodies.len()],
+        )?;
+        let snapshot = self.snapshot();
+        let checks: Vec<RequestCheck<'_>> = (0..headers.len())
+            .map(|index| {
+                // Methods and paths were read with `none_allowed = false`: always `Some`.
+                let method = methods[index].as_deref().unwrap_or_default();
+                let path = paths[index].as_deref().unwrap_or_default();
+                let clock = (now_s, tolerance_s);
+                request_check(
+                    &snapshot,
+                    headers[index].as_deref(),
+                    method,
+                    path,
+                    &bodies[index],
+                    clock,
+                )
+            })
+            .collect();
+        let work_bytes = checks
+            .iter()
+            .map(|check| match check {
+                RequestCheck::Compare { message, .. } => hmac_work(message.len()),
+                RequestCheck::Refused(_) => 0,
+            })
+            .sum();
+        let valid = run_batch(py, work_bytes, || {
+            map_indexed(checks.len(), work_bytes, |index| match &checks[index] {
+                RequestCheck::Compare {
+                    key, mac, message, ..
+                } => key.verify(message, mac),
+                RequestCheck::Refused(_) => false,
+            })
+        });
+        let answers = checks.iter().zip(valid).map(|(check, valid)| match check {
+            RequestCheck::Compare { kid, .. } if valid => Ok(PyString::new(py, kid).into_any()),
+            RequestCheck::Compare { .. } => (PROBLEM_MISMATCH, "").into_pyobject(py).map(Bound::into_any),
+            RequestCheck::Refused(problem) => (problem.code, problem.detail.as_str())
+                .into_pyobject(py)
+                .map(Bound::into_any),
+        });
+        PyList::new(py, answers.collect::<PyResult<Vec<_>>>()?)
+    }
+
     /// Like `verify_batch` with hex MACs as they arrive in headers: 4 when a MAC is not hex.
     fn verify_batch_hex<'py>(
         &self,
@@ -253,6 +321,50 @@ impl KeyRing {
             let text = typed_item::<PyString>("macs", index, "str", mac)?;
             Ok(text.to_str().map_or(Err(MacFormat::NotHex), decode_hex_mac))
         })
+    }
+}
+
+/// One request of `verify_requests` once its header is read: refused, or to be checked.
+enum RequestCheck<'k> {
+    Refused(Problem),
+    Compare {
+        kid: String,
+        key: &'k HmacKey,
+        mac: Digest,
+        message: Vec<u8>,
+    },
+}
+
+fn request_check<'k>(
+    keys: &'k KeyMap,
+    header: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    (now_s, tolerance_s): (i64, i64),
+) -> RequestCheck<'k> {
+    let refused = |code, detail: &str| {
+        RequestCheck::Refused(Problem {
+            code,
+            detail: detail.to_owned(),
+        })
+    };
+    let (timestamp_s, kid, v1) = match parse_request_header(header, now_s, tolerance_s) {
+        Ok(parsed) => parsed,
+        Err(problem) => return RequestCheck::Refused(problem),
+    };
+    let Some(key) = keys.get(kid) else {
+        return refused(PROBLEM_UNKNOWN_KID, kid);
+    };
+    match decode_hex_mac(v1) {
+        Err(MacFormat::WrongLength) => refused(PROBLEM_WRONG_LENGTH, ""),
+        Err(MacFormat::NotHex) => refused(PROBLEM_NOT_HEX, ""),
+        Ok(mac) => RequestCheck::Compare {
+            kid: kid.to_owned(),
+            key,
+            mac,
+            message: request_message(timestamp_s, method, path, body),
+        },
     }
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod idempotency;
 mod keyring;
 pub mod parallel;
+mod signature;
 mod wal;
 
 use pyo3::prelude::*;
@@ -47,6 +48,22 @@ fn sha256_batch<'py>(py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bou
     PyList::new(py, digests.iter().map(|digest| PyBytes::new(py, digest)))
 }
 
+/// Parses an `Instapay-Signature` header: `(problem, detail, t, kid, v1 values)`, problem 0 when
+/// the header is well formed (see `signature.rs` for the codes).
+#[pyfunction]
+fn parse_signature_header(header: &str) -> (u8, String, u64, Option<String>, Vec<String>) {
+    match signature::parse_header(header) {
+        Ok(parsed) => (
+            signature::PROBLEM_NONE,
+            String::new(),
+            parsed.timestamp_s,
+            parsed.kid.map(str::to_owned),
+            parsed.v1.into_iter().map(str::to_owned).collect(),
+        ),
+        Err(problem) => (problem.code, problem.detail, 0, None, Vec::new()),
+    }
+}
+
 /// How many threads a large batch may be spread over (1 = the calling thread only).
 #[pyfunction]
 fn parallelism() -> usize {
@@ -67,6 +84,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;
     module.add_class::<KeyRing>()?;
     module.add_class::<IdempotencyIndex>()?;
+    module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;
     module.add("AMOUNT_MAX", body::AMOUNT_MAX)?;
@@ -104,6 +122,10 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     module.add("IDEMPOTENCY_TTL_SECONDS_MAX", idempotency::TTL_SECONDS_MAX)?;
     module.add("FINGERPRINT_LEN", idempotency::FINGERPRINT_LEN)?;
+    for (name, code) in signature::PROBLEMS {
+        module.add(name, code)?;
+    }
+    module.add("SIGNATURE_HEADER_LEN_MAX", signature::HEADER_LEN_MAX)?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

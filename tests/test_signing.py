@@ -243,3 +243,13 @@ def test_signing_refuses_timestamps_the_header_cannot_carry(timestamp_s: int) ->
 def test_payloads_are_signed_with_one_to_eight_secrets(count: int) -> None:
     with pytest.raises(ValueError, match="sign with 1 to 8 secrets"):
         signing.sign_payload([SECRET] * count, BODY, NOW_S)
+
+
+@given(header=st.text(max_size=300) | st.builds(lambda s: f"t={NOW_S},kid={KID},v1={s}", st.text()))
+def test_any_header_is_refused_or_accepted_never_crashes(header: str) -> None:
+    ring = _core.KeyRing()
+    ring.insert(KID, SECRET)
+    [verdict] = signing.verify_requests(
+        ring, [SignedRequest(header, "POST", "/v1/payments", BODY)], now_s=NOW_S
+    )
+    assert isinstance(verdict, signing.SignatureError)

@@ -19,6 +19,22 @@ __all__ = [
     "ID_LEN_MAX",
     "KEYS_MAX",
     "KID_LEN_MAX",
+    "PROBLEM_BAD_TIMESTAMP",
+    "PROBLEM_DUPLICATE",
+    "PROBLEM_MISMATCH",
+    "PROBLEM_MISSING",
+    "PROBLEM_NONE",
+    "PROBLEM_NOT_HEX",
+    "PROBLEM_NOT_PAIR",
+    "PROBLEM_NO_KID",
+    "PROBLEM_NO_TIMESTAMP",
+    "PROBLEM_REQUEST_V1_COUNT",
+    "PROBLEM_STALE",
+    "PROBLEM_TOO_LONG",
+    "PROBLEM_UNKNOWN_FIELD",
+    "PROBLEM_UNKNOWN_KID",
+    "PROBLEM_V1_COUNT",
+    "PROBLEM_WRONG_LENGTH",
     "RESERVE_FULL",
     "RESERVE_IN_FLIGHT",
     "RESERVE_MISMATCH",
@@ -30,6 +46,7 @@ __all__ = [
     "SCAN_END",
     "SCAN_TORN",
     "SECRET_LEN_MAX",
+    "SIGNATURE_HEADER_LEN_MAX",
     "VERIFY_MISMATCH",
     "VERIFY_NOT_HEX",
     "VERIFY_UNKNOWN_KID",
@@ -45,6 +62,7 @@ __all__ = [
     "parallelism",
     "parse_payment_bodies",
     "parse_refund_bodies",
+    "parse_signature_header",
     "set_parallelism",
     "sha256",
     "sha256_batch",
@@ -93,6 +111,29 @@ IDEMPOTENCY_TTL_SECONDS_DEFAULT: Final[int]
 IDEMPOTENCY_TTL_SECONDS_MAX: Final[int]
 FINGERPRINT_LEN: Final[int]
 """32: request fingerprints are SHA-256 digests."""
+
+PROBLEM_NONE: Final[int]
+PROBLEM_MISSING: Final[int]
+PROBLEM_TOO_LONG: Final[int]
+PROBLEM_NOT_PAIR: Final[int]
+PROBLEM_DUPLICATE: Final[int]
+PROBLEM_UNKNOWN_FIELD: Final[int]
+PROBLEM_NO_TIMESTAMP: Final[int]
+PROBLEM_BAD_TIMESTAMP: Final[int]
+PROBLEM_V1_COUNT: Final[int]
+PROBLEM_NO_KID: Final[int]
+PROBLEM_REQUEST_V1_COUNT: Final[int]
+PROBLEM_STALE: Final[int]
+PROBLEM_UNKNOWN_KID: Final[int]
+PROBLEM_MISMATCH: Final[int]
+PROBLEM_WRONG_LENGTH: Final[int]
+PROBLEM_NOT_HEX: Final[int]
+"""Why a signature header or signed request is refused (0: it is not); rust/signature.rs
+documents each code and its detail."""
+SIGNATURE_HEADER_LEN_MAX: Final[int]
+
+def parse_signature_header(header: str) -> tuple[int, str, int, str | None, list[str]]:
+    """``(problem, detail, t, kid, v1 values)`` of an ``Instapay-Signature`` header."""
 
 AMOUNT_MAX: Final[int]
 """10**15: the largest amount, in minor units."""
@@ -191,6 +232,18 @@ class KeyRing:
         self, kids: Sequence[str], messages: Sequence[_Buffer], macs: Sequence[bytes]
     ) -> list[int]:
         """Per item a VERIFY_* status (0 to 3); the comparison is constant-time."""
+
+    def verify_requests(
+        self,
+        headers: Sequence[str | None],
+        methods: Sequence[str],
+        paths: Sequence[str],
+        bodies: Sequence[_Buffer],
+        now_s: int,
+        tolerance_s: int,
+    ) -> list[str | tuple[int, str]]:
+        """Checks whole signed requests: header parsed, timestamp checked, message built, MAC
+        verified (constant-time). Per request the authenticated kid or ``(PROBLEM_*, detail)``."""
 
     def verify_batch_hex(
         self, kids: Sequence[str], messages: Sequence[_Buffer], macs: Sequence[str]

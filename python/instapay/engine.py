@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -98,12 +98,41 @@ class _AdminOp:
     overdraft: bool = False
 
 
+Answer = Result | RequestError | Overloaded | EngineFailedError
+
+
+class _Answers:
+    """The answers of one submit call, and the one future that wakes the caller when the last
+    arrives: cheaper than a future per request. A caller that stopped waiting is ignored."""
+
+    __slots__ = ("future", "pending", "values")
+
+    def __init__(self, count: int) -> None:
+        self.values: list[Answer | None] = [None] * count
+        self.pending = count
+        self.future: asyncio.Future[list[Answer | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def put(self, index: int, value: Answer) -> None:
+        if self.values[index] is not None:
+            return
+        self.values[index] = value
+        self.pending -= 1
+        if self.pending == 0 and not self.future.done():
+            self.future.set_result(self.values)
+
+
 @dataclass(slots=True)
 class _Job:
-    future: asyncio.Future[Result]
+    answers: _Answers
+    index: int
     request: SignedRequest | None = None
     idempotency_key: str | None = None
     admin: _AdminOp | None = None
+
+    def answer(self, value: Answer) -> None:
+        self.answers.put(self.index, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +224,7 @@ class Engine:
         self._queue: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
         # Retries waiting for an in-flight first request, by its idempotency slot.
-        self._waiters: dict[int, list[asyncio.Future[Result]]] = {}
+        self._waiters: dict[int, list[_Job]] = {}
         # One task per batch being made durable, oldest first; each removes itself when done.
         self._syncing: deque[asyncio.Task[None]] = deque()
         self._log_thread = ThreadPoolExecutor(1, thread_name_prefix="instapay-log")
@@ -242,7 +271,7 @@ class Engine:
 
     # ---- submitting -------------------------------------------------------------------------
 
-    def _enqueue(self, job: _Job) -> asyncio.Future[Result]:
+    def _enqueue(self, job: _Job) -> None:
         if self._failed is not None:
             raise self._failed
         if self._closing:
@@ -251,17 +280,22 @@ class Engine:
             raise Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
         self._queue.append(job)
         self._wakeup.set()
-        return job.future
 
-    def _job(self, **parts: Any) -> _Job:
-        return _Job(asyncio.get_running_loop().create_future(), **parts)
+    async def _one(self, **parts: Any) -> Result:
+        answers = _Answers(1)
+        self._enqueue(_Job(answers, 0, **parts))
+        [answer] = await answers.future
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is None:
+            raise TypeError("a request was left unanswered")
+        return answer
 
     async def submit(
         self, request: SignedRequest, *, idempotency_key: str | None = None
     ) -> PaymentResult | RefundResult:
         """Processes one signed payment or refund request; raises the RequestError refusing it."""
-        result = await self._enqueue(self._job(request=request, idempotency_key=idempotency_key))
-        return _signed(result)
+        return _signed(await self._one(request=request, idempotency_key=idempotency_key))
 
     async def submit_many(
         self, requests: Sequence[SignedRequest], *, idempotency_keys: Sequence[str | None] = ()
@@ -273,27 +307,25 @@ class Engine:
         keys = list(idempotency_keys) or [None] * len(requests)
         if len(keys) != len(requests):
             raise ValueError("one idempotency key (or None) per request")
-        futures: list[asyncio.Future[Result] | Overloaded] = []
-        for request, key in zip(requests, keys, strict=True):
+        if not requests:
+            return []
+        answers = _Answers(len(requests))
+        for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
             try:
-                futures.append(self._enqueue(self._job(request=request, idempotency_key=key)))
+                self._enqueue(_Job(answers, index, request=request, idempotency_key=key))
             except Overloaded as error:
-                futures.append(error)
-        answers: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
-        for future in futures:
-            if isinstance(future, Overloaded):
-                answers.append(future)
-                continue
-            try:
-                result = await future
-            except (RequestError, Overloaded) as error:
-                answers.append(error)
-                continue
-            answers.append(_signed(result))
-        return answers
+                answers.put(index, error)
+        results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
+        for answer in await answers.future:
+            if isinstance(answer, EngineFailedError):
+                raise answer
+            if answer is None or isinstance(answer, AdminResult):
+                raise TypeError(f"a signed request was answered with {answer!r}")
+            results.append(answer)
+        return results
 
     async def _admin(self, op: _AdminOp) -> AdminResult:
-        result = await self._enqueue(self._job(admin=op))
+        result = await self._one(admin=op)
         if not isinstance(result, AdminResult):
             raise TypeError(f"an account operation produced {result!r}")
         return result
@@ -341,7 +373,7 @@ class Engine:
                 except Exception as error:  # a bug: memory may hold half a batch, so stop
                     failure = self._stop(error, "a batch could not be applied")
                     for job in jobs:
-                        _refuse(job.future, failure)
+                        job.answer(failure)
                     break
                 await self._commit(staged)
             if self._failed is not None:
@@ -392,7 +424,7 @@ class Engine:
                     _check_client_key(job.idempotency_key)
                 route = _route(request)
             except RequestError as error:
-                _refuse(job.future, error)
+                job.answer(error)
                 continue
             if route is None:
                 payments.append((job, merchant))
@@ -414,14 +446,13 @@ class Engine:
         parsed: list[tuple[int, _Op]] = []
         for (job, merchant), item in zip(payments, fields, strict=True):
             if isinstance(item, str):
-                _refuse(job.future, RequestError("invalid_request", item))
+                job.answer(RequestError("invalid_request", item))
                 continue
             merchant_id, order_id, payer, amount, currency, description, metadata, fingerprint = (
                 item
             )
             if merchant_id != merchant.id:
-                _refuse(
-                    job.future,
+                job.answer(
                     RequestError(
                         "merchant_mismatch",
                         f"merchant_id {merchant_id!r} is not the merchant of the signing key",
@@ -444,11 +475,11 @@ class Engine:
         parsed: list[tuple[int, _Op]] = []
         for (job, merchant, paid), item in zip(refunds, fields, strict=True):
             if isinstance(item, str):
-                _refuse(job.future, RequestError("invalid_request", item))
+                job.answer(RequestError("invalid_request", item))
                 continue
             entry = self.ledger.payments.get(paid)
             if entry is None or entry.settlement != merchant.settlement_account:
-                _refuse(job.future, RequestError("not_found", f"no refundable payment {paid}", 404))
+                job.answer(RequestError("not_found", f"no refundable payment {paid}", 404))
                 continue
             amount, reason, fingerprint = item
             key = (
@@ -462,12 +493,11 @@ class Engine:
     def _answer_known(self, job: _Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
         if status == _core.RESERVE_REPLAY:
-            _settle(job.future, replace(self.results[value], replayed=True))
+            job.answer(self.results[value]._replace(replayed=True))
         elif status == _core.RESERVE_IN_FLIGHT:
-            self._waiters[value].append(job.future)
+            self._waiters[value].append(job)
         elif status == _core.RESERVE_MISMATCH:
-            _refuse(
-                job.future,
+            job.answer(
                 RequestError(
                     "idempotency_key_reused",
                     "this idempotency key was used with a different request",
@@ -475,7 +505,7 @@ class Engine:
                 ),
             )
         else:
-            _refuse(job.future, Overloaded("the idempotency index is full"))
+            job.answer(Overloaded("the idempotency index is full"))
 
     # ---- applying (the same code runs live and on recovery) ---------------------------------
 
@@ -623,10 +653,10 @@ class Engine:
                 self.results[_lsn_of(result)] = result
         self.index.complete_batch(staged.slots, staged.refs)
         for job, result, slot in staged.done:
-            _settle(job.future, result)
+            job.answer(result)
             if slot is not None:
                 for waiter in self._waiters.pop(slot):
-                    _settle(waiter, replace(_signed(result), replayed=True))
+                    waiter.answer(_signed(result)._replace(replayed=True))
 
     def _stop(self, error: BaseException, why: str) -> EngineFailedError:
         """Fail-stop: from now on the engine answers nothing but this error."""
@@ -640,17 +670,17 @@ class Engine:
     def _fail(self, error: BaseException, staged: _Staged) -> None:
         failure = self._stop(error, "the write-ahead log failed")
         for job, _, slot in staged.done:
-            _refuse(job.future, failure)
+            job.answer(failure)
             for waiter in self._waiters.pop(slot, []) if slot is not None else []:
-                _refuse(waiter, failure)
+                waiter.answer(failure)
 
     def _reject_queued(self, failure: EngineFailedError) -> None:
         """After a stop: refuses what is queued and the retries waiting for a first request."""
         while self._queue:
-            _refuse(self._queue.popleft().future, failure)
+            self._queue.popleft().answer(failure)
         for waiters in self._waiters.values():
             for waiter in waiters:
-                _refuse(waiter, failure)
+                waiter.answer(failure)
 
     # ---- recovery, snapshots, shutdown ------------------------------------------------------
 
@@ -859,17 +889,6 @@ class Engine:
 
 def _lsn_of(result: PaymentResult | RefundResult) -> int:
     return int(result.id.rpartition("_")[2])
-
-
-def _settle(future: asyncio.Future[Result], result: Result) -> None:
-    """Answers a caller, unless it stopped waiting (a cancelled request still gets applied)."""
-    if not future.done():
-        future.set_result(result)
-
-
-def _refuse(future: asyncio.Future[Result], error: Exception) -> None:
-    if not future.done():
-        future.set_exception(error)
 
 
 def _signed(result: Result) -> PaymentResult | RefundResult:

@@ -31,15 +31,7 @@ HEADER_LEN_MAX: Final = 1024
 V1_COUNT_MAX: Final = 8
 TIMESTAMP_DIGITS_MAX: Final = 12
 
-_TIMESTAMP_PATTERN: Final = re.compile(rf"[0-9]{{1,{TIMESTAMP_DIGITS_MAX}}}")
-# Signature schemes other than v1 (Stripe's test scheme v0, future ones) are skipped, so a sender
-# may add a scheme before every verifier knows it.
-_OTHER_SCHEME_PATTERN: Final = re.compile(r"v(?!1\Z)[0-9]+")
 _METHOD_PATTERN: Final = re.compile(r"[A-Z]+")
-_VERIFY_NAMES_BY_STATUS: Final = {
-    _core.VERIFY_WRONG_LENGTH: "a v1 signature must be 64 hex characters",
-    _core.VERIFY_NOT_HEX: "a v1 signature must be hexadecimal",
-}
 
 
 class SignatureError(ValueError):
@@ -129,30 +121,14 @@ def sign_payload(secrets: Sequence[bytes], body: bytes, timestamp_s: int) -> str
 
 
 def parse_header(header: str) -> SignatureHeader:
-    """Reads ``t``, an optional ``kid`` and the v1 values; strict about everything else."""
-    if len(header) > HEADER_LEN_MAX:
-        raise _malformed(f"header is {len(header)} characters long, over {HEADER_LEN_MAX}")
-    fields: dict[str, str] = {}
-    v1: list[str] = []
-    for part in header.split(","):
-        name, equals, value = part.strip().partition("=")
-        if not equals or not name or not value:
-            raise _malformed(f"{part!r} is not a name=value pair")
-        if name == "v1":
-            v1.append(value)
-        elif name in {"t", "kid"}:
-            if name in fields:
-                raise _malformed(f"{name!r} appears more than once")
-            fields[name] = value
-        elif not _OTHER_SCHEME_PATTERN.fullmatch(name):
-            raise _malformed(f"unknown field {name!r}")
-    if "t" not in fields:
-        raise _malformed("the timestamp 't' is missing")
-    if not _TIMESTAMP_PATTERN.fullmatch(fields["t"]):
-        raise _malformed(f"the timestamp 't' must be 1 to {TIMESTAMP_DIGITS_MAX} decimal digits")
-    if not 1 <= len(v1) <= V1_COUNT_MAX:
-        raise _malformed(f"expected 1 to {V1_COUNT_MAX} v1 signatures, got {len(v1)}")
-    return SignatureHeader(timestamp_s=int(fields["t"]), kid=fields.get("kid"), v1=tuple(v1))
+    """Reads ``t``, an optional ``kid`` and the v1 values; strict about everything else.
+
+    The parser is native (rust/signature.rs), shared with the engine's batch verification.
+    """
+    problem, detail, timestamp_s, kid, v1 = _core.parse_signature_header(header)
+    if problem != _core.PROBLEM_NONE:
+        raise _problem_error(problem, detail)
+    return SignatureHeader(timestamp_s=timestamp_s, kid=kid, v1=tuple(v1))
 
 
 def parse_request_header(header: str | None) -> RequestSignature:
@@ -197,34 +173,21 @@ def verify_requests(
 ) -> list[str | SignatureError]:
     """Per request, the authenticated kid or why the request is refused.
 
-    Headers are parsed here and all MACs checked in one native batch; one bad request never
-    affects the others.
+    Headers are parsed and all MACs checked in one native call; one bad request never affects
+    the others.
     """
-    results: list[str | SignatureError] = []
-    pending: list[int] = []
-    kids: list[str] = []
-    messages: list[bytes] = []
-    macs: list[str] = []
-    for request in requests:
-        try:
-            parsed = parse_request_header(request.header)
-            check_timestamp(parsed.timestamp_s, now_s, tolerance_s)
-            message = request_message(
-                parsed.timestamp_s, request.method, request.path, request.body
-            )
-        except SignatureError as error:
-            results.append(error)
-            continue
-        pending.append(len(results))
-        results.append(parsed.kid)
-        kids.append(parsed.kid)
-        messages.append(message)
-        macs.append(parsed.v1)
-    statuses = ring.verify_batch_hex(kids, messages, macs)
-    for index, kid, status in zip(pending, kids, statuses, strict=True):
-        if status != _core.VERIFY_VALID:
-            results[index] = _verify_error(status, kid)
-    return results
+    verdicts = ring.verify_requests(
+        [request.header for request in requests],
+        [request.method for request in requests],
+        [request.path for request in requests],
+        [request.body for request in requests],
+        now_s,
+        tolerance_s,
+    )
+    return [
+        verdict if isinstance(verdict, str) else _problem_error(*verdict, now_s, tolerance_s)
+        for verdict in verdicts
+    ]
 
 
 def verify_request(
@@ -268,12 +231,43 @@ def verify_payload(
     return parsed.timestamp_s
 
 
-def _verify_error(status: int, kid: str) -> SignatureError:
-    if status == _core.VERIFY_UNKNOWN_KID:
-        return UnknownKeyError(f"unknown key id {kid!r}")
-    if status == _core.VERIFY_MISMATCH:
+# Malformed-header messages by native problem code; `{}` is the problem's detail.
+_MALFORMED_FORMATS: Final = {
+    _core.PROBLEM_MISSING: "the header is missing",
+    _core.PROBLEM_TOO_LONG: f"header is {{}} characters long, over {HEADER_LEN_MAX}",
+    _core.PROBLEM_NOT_PAIR: "{!r} is not a name=value pair",
+    _core.PROBLEM_DUPLICATE: "{!r} appears more than once",
+    _core.PROBLEM_UNKNOWN_FIELD: "unknown field {!r}",
+    _core.PROBLEM_NO_TIMESTAMP: "the timestamp 't' is missing",
+    _core.PROBLEM_BAD_TIMESTAMP: (
+        f"the timestamp 't' must be 1 to {TIMESTAMP_DIGITS_MAX} decimal digits"
+    ),
+    _core.PROBLEM_V1_COUNT: f"expected 1 to {V1_COUNT_MAX} v1 signatures, got {{}}",
+    _core.PROBLEM_NO_KID: "the key id 'kid' is missing",
+    _core.PROBLEM_REQUEST_V1_COUNT: "a request carries exactly one v1 signature, got {}",
+    _core.PROBLEM_WRONG_LENGTH: "a v1 signature must be 64 hex characters",
+    _core.PROBLEM_NOT_HEX: "a v1 signature must be hexadecimal",
+}
+
+
+def _problem_error(
+    problem: int, detail: str, now_s: int = 0, tolerance_s: int = TOLERANCE_S_DEFAULT
+) -> SignatureError:
+    """The exception for a problem code of the native parser and verifier."""
+    if problem == _core.PROBLEM_STALE:
+        timestamp_s = int(detail)
+        try:
+            check_timestamp(timestamp_s, now_s, tolerance_s)
+        except StaleSignatureError as stale:
+            return stale
+        raise ValueError(f"timestamp {timestamp_s} was reported stale but is not")
+    if problem == _core.PROBLEM_UNKNOWN_KID:
+        return UnknownKeyError(f"unknown key id {detail!r}")
+    if problem == _core.PROBLEM_MISMATCH:
         return SignatureMismatchError("the v1 signature does not match the request")
-    return _malformed(_VERIFY_NAMES_BY_STATUS[status])
+    if problem not in _MALFORMED_FORMATS:
+        raise ValueError(f"unknown signature problem {problem} ({detail!r})")
+    return _malformed(_MALFORMED_FORMATS[problem].format(detail))
 
 
 def _malformed(problem: str) -> MalformedSignatureError:
