@@ -276,3 +276,23 @@ def test_a_caller_that_stops_waiting_does_not_disturb_the_engine(tmp_path: Path)
         assert (await pay(engine, "order-2")).status == Status.SUCCEEDED
 
     run(tmp_path, scenario)
+
+
+def test_periodic_snapshots_let_old_segments_go_and_recovery_still_adds_up(tmp_path: Path) -> None:
+    async def many_payments(engine: Engine) -> None:
+        for batch in range(10):
+            await engine.submit_many(
+                [DEMO.payment(f"o-{batch}-{n}", DEMO.payer(n % 3), 1) for n in range(30)]
+            )
+
+    run(tmp_path, many_payments, snapshot_every_records=50, segment_bytes_max=2000)
+    assert len(wal.snapshot_paths(tmp_path)) == 2
+    first_segment_lsn = wal.segment_paths(tmp_path / "wal")[0][0]
+    assert first_segment_lsn > 1, "segments before the older snapshot were deleted"
+
+    async def check(engine: Engine) -> None:
+        balances = [engine.balance(DEMO.payer(n)) for n in range(3)]
+        assert sum(BALANCE - balance[1] for balance in balances if balance) == 300
+        assert (await pay(engine, "o-9-29", 1, payer=29 % 3)).replayed
+
+    run(tmp_path, check)

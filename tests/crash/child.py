@@ -1,5 +1,6 @@
 """The crash test's victim: runs the engine under a stream of payments and refunds, and prints one
-JSON line per acknowledged result, flushed, until it is killed.
+JSON line per acknowledged result, flushed, until it is killed. Small segments and frequent
+snapshots put segment roll-over, snapshot writes and segment deletion in the kill zone too.
 
 Usage: python tests/crash/child.py DATA_DIR SECRET_HEX SEED
 """
@@ -18,6 +19,8 @@ from instapay.model import PaymentResult, RefundResult
 PAYERS = 20
 BATCH_LEN = 200
 BATCHES_IN_FLIGHT = 3
+SEGMENT_BYTES_MAX = 64 * 1024
+SNAPSHOT_EVERY_RECORDS = 1500
 
 
 def report(result: PaymentResult | RefundResult) -> None:
@@ -55,7 +58,12 @@ async def stream(engine: Engine, demo: DemoMerchant, rng: random.Random, seed: i
 
 async def main(directory: Path, secret: bytes, seed: int) -> None:
     demo = DemoMerchant(secret=secret)
-    async with Engine.open(directory, config=demo.config()) as engine:
+    async with Engine.open(
+        directory,
+        config=demo.config(),
+        segment_bytes_max=SEGMENT_BYTES_MAX,
+        snapshot_every_records=SNAPSHOT_EVERY_RECORDS,
+    ) as engine:
         await stream(engine, demo, random.Random(seed), seed)
 
 
