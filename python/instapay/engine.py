@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -92,8 +92,7 @@ def _status(failure: Failure | None) -> Status:
     return Status.FAILED if failure else Status.SUCCEEDED
 
 
-@dataclass(frozen=True, slots=True)
-class _AdminOp:
+class _AdminOp(NamedTuple):
     kind: RecordType
     account_id: str
     currency: str
@@ -138,8 +137,7 @@ class _Job:
         self.answers.put(self.index, value)
 
 
-@dataclass(frozen=True, slots=True)
-class _PaymentOp:
+class _PaymentOp(NamedTuple):
     merchant: Merchant
     order_id: str
     payer: str
@@ -151,8 +149,7 @@ class _PaymentOp:
     fingerprint: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _RefundOp:
+class _RefundOp(NamedTuple):
     merchant: Merchant
     payment_id: str
     amount: int | None
