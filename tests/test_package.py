@@ -5,7 +5,7 @@ import sys
 from importlib import resources
 
 import instapay
-from instapay import _core, cli
+from instapay import _core
 
 
 def test_native_and_python_versions_agree() -> None:
@@ -32,7 +32,3 @@ def test_the_instapay_command_reports_its_version() -> None:
     )
     assert completed.returncode == 0
     assert completed.stdout.strip() == f"instapay {instapay.__version__}"
-
-
-def test_serve_says_it_is_not_built_yet_and_fails() -> None:
-    assert cli.main(["serve"]) == 1

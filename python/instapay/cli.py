@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from instapay import __version__, wal
-from instapay.engine import RecordType
+from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
+from instapay.engine import Engine, RecordType
+from instapay.http import ServerSettings, server
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instapay", description="instapay payment engine")
     parser.add_argument("--version", action="version", version=f"instapay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", help="run the HTTP payment server")
+    serve = commands.add_parser(
+        "serve", help="run the HTTP payment server (no options: the demo in ./var)"
+    )
+    serve.add_argument("--data-dir", type=Path, default=Path("var"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
     wal_parser = commands.add_parser("wal", help="inspect a data directory's write-ahead log")
     wal_commands = wal_parser.add_subparsers(dest="wal_command", required=True, metavar="ACTION")
     verify = wal_commands.add_parser("verify", help="check snapshots and log, change nothing")
@@ -23,6 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
     dump = wal_commands.add_parser("dump", help="print every record, one per line")
     dump.add_argument("data_dir", type=Path)
     return parser
+
+
+def serve_demo(directory: Path, host: str, port: int) -> int:
+    """The embedded default: the demo merchant, its key and funded payers in `directory`."""
+    demo = DemoMerchant.load_or_create(directory)
+
+    async def fund(engine: Engine) -> None:
+        await demo.set_up(engine, DEMO_PAYERS, DEMO_BALANCE)
+        print(
+            f"created {DEMO_PAYERS} demo payers with {DEMO_BALANCE} {demo.currency} (minor units)"
+        )
+
+    def ready(base_url: str) -> None:
+        print(f"instapay serving on {base_url}, data in {directory}")
+        secret_file = directory / DEMO_FILE
+        print(f"demo merchant {demo.merchant_id!r}, key id {demo.kid!r}, secret in {secret_file}")
+        print(f"try:\n{demo.example_curl(base_url)}", flush=True)
+
+    settings = ServerSettings(directory, demo.config(), on_first_start=fund)
+    return server.run(settings, host, port, ready)
 
 
 def verify_data_dir(directory: Path) -> int:
@@ -68,9 +94,7 @@ def dump_data_dir(directory: Path) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "serve":
-        # The HTTP front arrives with issue #5; say so rather than pretend.
-        print("instapay serve: not yet — the HTTP server is not built yet.", file=sys.stderr)
-        return 1
+        return serve_demo(arguments.data_dir, arguments.host, arguments.port)
     if arguments.wal_command == "verify":
         return verify_data_dir(arguments.data_dir)
     return dump_data_dir(arguments.data_dir)

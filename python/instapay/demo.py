@@ -7,12 +7,17 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
 from instapay.engine import PAYMENTS_PATH, Engine
 from instapay.model import EngineConfig, Merchant
-from instapay.signing import SignedRequest, sign_request
+from instapay.signing import SIGNATURE_HEADER, SignedRequest, sign_request
+
+DEMO_FILE = "demo-merchant.json"
+DEMO_PAYERS = 1000
+DEMO_BALANCE = 1_000_000_00
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,30 @@ class DemoMerchant:
         names = [self.payer(number) for number in range(payers)]
         await asyncio.gather(*(engine.open_account(name, self.currency) for name in names))
         await asyncio.gather(*(engine.deposit(name, balance, self.currency) for name in names))
+
+    def save(self, directory: Path) -> None:
+        """Keeps the demo's key in the data directory (owner-only), so restarts keep it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / DEMO_FILE
+        record = {"merchant_id": self.merchant_id, "kid": self.kid, "secret": self.secret.hex()}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(orjson.dumps(record))
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> DemoMerchant:
+        path = directory / DEMO_FILE
+        if path.exists():
+            record = orjson.loads(path.read_bytes())
+            return cls(record["merchant_id"], record["kid"], bytes.fromhex(record["secret"]))
+        demo = cls()
+        demo.save(directory)
+        return demo
+
+    def example_curl(self, base_url: str) -> str:
+        """A ready-to-paste request, signed now (valid for five minutes)."""
+        request = self.payment("order-1", self.payer(0), 1999)
+        return (
+            f"curl -s {base_url}{request.path} -H 'Content-Type: application/json' "
+            f"-H '{SIGNATURE_HEADER}: {request.header}' -d '{request.body.decode()}'"
+        )
