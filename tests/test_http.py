@@ -20,6 +20,8 @@ from instapay.signing import SignedRequest
 T = TypeVar("T")
 DEMO = DemoMerchant()
 BALANCE = 10_000
+ADMIN_TOKEN = "test-admin-token"  # noqa: S105 (a test's token)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def funded(directory: Path) -> None:
@@ -33,7 +35,8 @@ def serve(directory: Path, scenario: Callable[[ClientSession, str], Awaitable[T]
     async def main() -> T:
         if not (directory / "wal").exists():
             await funded(directory)
-        server = TestServer(create_app(ServerSettings(directory, DEMO.config())), host="127.0.0.1")
+        settings = ServerSettings(directory, DEMO.config(), admin_token=ADMIN_TOKEN)
+        server = TestServer(create_app(settings), host="127.0.0.1")
         await server.start_server()
         try:
             async with ClientSession() as session:
@@ -137,3 +140,80 @@ def test_healthz_answers(tmp_path: Path) -> None:
             return response.status
 
     assert serve(tmp_path, scenario) == 200
+
+
+async def get(
+    session: ClientSession, base: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    async with session.get(base + path, headers=headers or {}) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+def signed_get(path: str) -> dict[str, str]:
+    request = DEMO.sign(path, b"", method="GET")
+    return {signing.SIGNATURE_HEADER: request.header or ""}
+
+
+def test_payments_are_readable_by_id_and_by_order_by_their_merchant_only(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession, base: str) -> None:
+        _, created, _ = await post(session, base, DEMO.payment("order-7", DEMO.payer(0), 5))
+        path = f"/v1/payments/{created['id']}"
+        status, body = await get(session, base, path, signed_get(path))
+        assert (status, body) == (200, created)
+        listing = "/v1/payments?order_id=order-7"
+        status, body = await get(session, base, listing, signed_get(listing))
+        assert (status, body["data"]) == (200, [created])
+        status, body = await get(session, base, path)
+        assert status == 401
+        other = DemoMerchant(merchant_id="other", kid="other.k1")
+        status, _ = await get(
+            session,
+            base,
+            path,
+            {signing.SIGNATURE_HEADER: other.sign(path, b"", method="GET").header or ""},
+        )
+        assert status == 401, "a key the server does not know"
+        missing = "/v1/payments/pay_999999"
+        status, body = await get(session, base, missing, signed_get(missing))
+        assert status == 404
+
+    serve(tmp_path, scenario)
+
+
+def test_admin_opens_funds_and_reads_accounts_with_the_token_only(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession, base: str) -> None:
+        async def admin_post(
+            path: str, payload: object, headers: dict[str, str]
+        ) -> tuple[int, dict[str, object]]:
+            async with session.post(base + path, data=orjson.dumps(payload), headers=headers) as r:
+                return r.status, orjson.loads(await r.read())
+
+        status, body = await admin_post(
+            "/v1/admin/accounts", {"id": "carol", "currency": "EUR"}, ADMIN
+        )
+        assert (status, body["status"]) == (200, "succeeded")
+        status, body = await admin_post(
+            "/v1/admin/accounts/carol/deposits", {"amount": 500, "currency": "EUR"}, ADMIN
+        )
+        assert (status, body["balance"]) == (200, 500)
+        status, body = await admin_post(
+            "/v1/admin/accounts/carol/withdrawals", {"amount": 900, "currency": "EUR"}, ADMIN
+        )
+        assert (status, body["failure_code"]) == (200, "insufficient_funds")
+        status, body = await get(session, base, "/v1/admin/accounts/carol", ADMIN)
+        assert (status, body["balance"]) == (200, 500)
+        status, body = await admin_post(
+            "/v1/admin/accounts/carol/deposits", {"amount": 1.5, "currency": "EUR"}, ADMIN
+        )
+        assert status == 400
+        status, body = await admin_post(
+            "/v1/admin/accounts", {"id": "x", "currency": "EUR"}, {"Authorization": "Bearer wrong"}
+        )
+        error = body["error"]
+        assert status == 401
+        assert isinstance(error, dict)
+        assert error["code"] == "admin_unauthorized"
+        status, _ = await get(session, base, "/v1/admin/accounts/nobody", ADMIN)
+        assert status == 404
+
+    serve(tmp_path, scenario)

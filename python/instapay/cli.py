@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +12,8 @@ from instapay import __version__, wal
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType
 from instapay.http import ServerSettings, server
+
+ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +51,17 @@ def serve_demo(directory: Path, host: str, port: int) -> int:
         print(f"demo merchant {demo.merchant_id!r}, key id {demo.kid!r}, secret in {secret_file}")
         print(f"try:\n{demo.example_curl(base_url)}", flush=True)
 
-    settings = ServerSettings(directory, demo.config(), on_first_start=fund)
-    return server.run(settings, host, port, ready)
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or secrets.token_urlsafe(24)
+
+    def ready_with_admin(base_url: str) -> None:
+        ready(base_url)
+        if ADMIN_TOKEN_ENV not in os.environ:
+            print(f"admin token for this run (set {ADMIN_TOKEN_ENV} to choose one): {admin_token}")
+
+    settings = ServerSettings(
+        directory, demo.config(), on_first_start=fund, admin_token=admin_token
+    )
+    return server.run(settings, host, port, ready_with_admin)
 
 
 def verify_data_dir(directory: Path) -> int:

@@ -39,17 +39,19 @@ class DemoMerchant:
     def payer(number: int) -> str:
         return f"payer-{number}"
 
-    def sign(self, path: str, body: bytes, now_s: int | None = None) -> SignedRequest:
+    def sign(
+        self, path: str, body: bytes, now_s: int | None = None, method: str = "POST"
+    ) -> SignedRequest:
         timestamp_s = int(time.time()) if now_s is None else now_s
         header = sign_request(
             kid=self.kid,
             secret=self.secret,
-            method="POST",
+            method=method,
             path=path,
             body=body,
             timestamp_s=timestamp_s,
         )
-        return SignedRequest(header, "POST", path, body)
+        return SignedRequest(header, method, path, body)
 
     def payment(
         self, order_id: str, payer: str, amount: int, *, now_s: int | None = None

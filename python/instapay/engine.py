@@ -225,6 +225,8 @@ class Engine:
         self.index = _core.IdempotencyIndex(idempotency_capacity)
         # Durable payment and refund results by LSN (their ids carry the LSN).
         self.results: dict[int, PaymentResult | RefundResult] = {}
+        # LSNs of the durable payments of each (merchant, order id), oldest first.
+        self._orders: dict[tuple[str, str], list[int]] = {}
         self.lsn_next = 1
         self._queue: deque[_Job] = deque()
         self._wakeup = asyncio.Event()
@@ -359,6 +361,17 @@ class Engine:
         """(currency, balance) of an account, including the batch being made durable."""
         account = self.ledger.accounts.get(account_id)
         return None if account is None else (account.currency, account.balance)
+
+    def _remember(self, lsn: int, result: PaymentResult | RefundResult) -> None:
+        """Keeps a durable result for replays and reads."""
+        self.results[lsn] = result
+        if isinstance(result, PaymentResult):
+            self._orders.setdefault((result.merchant_id, result.order_id), []).append(lsn)
+
+    def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
+        """The durable payments a merchant made for one order id, oldest first."""
+        lsns = self._orders.get((merchant_id, order_id), [])
+        return [result for lsn in lsns if isinstance(result := self.results[lsn], PaymentResult)]
 
     def payment(self, payment_id_: str) -> PaymentResult | None:
         """A durable payment by id."""
@@ -659,7 +672,7 @@ class Engine:
         """The batch is durable: remember its results, complete its keys, answer its callers."""
         for _, result, _ in staged.done:
             if isinstance(result, PaymentResult | RefundResult):
-                self.results[_lsn_of(result)] = result
+                self._remember(_lsn_of(result), result)
         self.index.complete_batch(staged.slots, staged.refs)
         for job, result, slot in staged.done:
             job.answer(result)
@@ -746,7 +759,7 @@ class Engine:
                     f"the log says {fields[-1]}"
                 )
             if isinstance(result, PaymentResult | RefundResult):
-                self.results[record.lsn] = result
+                self._remember(record.lsn, result)
                 if key is not None:
                     keys.append(
                         (key.encode(), bytes.fromhex(fingerprint), result.created_s, record.lsn)
@@ -831,33 +844,39 @@ class Engine:
             metadata,
         ) in state["payments"]:
             failure_code = _failure(failure)
-            self.results[plsn] = PaymentResult(
-                payment_id(plsn),
-                merchant_id,
-                order_id,
-                payer,
-                amount,
-                currency,
-                _status(failure_code),
-                failure_code,
-                created_s,
-                description,
-                metadata,
+            self._remember(
+                plsn,
+                PaymentResult(
+                    payment_id(plsn),
+                    merchant_id,
+                    order_id,
+                    payer,
+                    amount,
+                    currency,
+                    _status(failure_code),
+                    failure_code,
+                    created_s,
+                    description,
+                    metadata,
+                ),
             )
         for rlsn, paid, merchant_id, amount, currency, failure, created_s, reason in state[
             "refunds"
         ]:
             failure_code = _failure(failure)
-            self.results[rlsn] = RefundResult(
-                refund_id(rlsn),
-                paid,
-                merchant_id,
-                amount,
-                currency,
-                _status(failure_code),
-                failure_code,
-                created_s,
-                reason,
+            self._remember(
+                rlsn,
+                RefundResult(
+                    refund_id(rlsn),
+                    paid,
+                    merchant_id,
+                    amount,
+                    currency,
+                    _status(failure_code),
+                    failure_code,
+                    created_s,
+                    reason,
+                ),
             )
         self.index = _core.IdempotencyIndex.load(payload[start + length :])
         self.lsn_next = lsn + 1

@@ -7,26 +7,36 @@ verifies signatures before any JSON is parsed. Responses to merchants are signed
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from instapay.engine import Engine, FsyncMode
 from instapay.model import (
+    AdminResult,
     EngineConfig,
     EngineFailedError,
+    Merchant,
     Overloaded,
     PaymentResult,
     RefundResult,
     RequestError,
 )
-from instapay.signing import SIGNATURE_HEADER, SignedRequest, sign_payload
+from instapay.signing import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    SignedRequest,
+    sign_payload,
+    verify_requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,8 @@ class ServerSettings:
     fsync: FsyncMode = "always"
     # Runs once, on a data directory without accounts (the embedded default funds its demo).
     on_first_start: Callable[[Engine], Awaitable[None]] | None = None
+    # Bearer token of the admin endpoints; None disables them.
+    admin_token: str | None = None
 
 
 SETTINGS = web.AppKey("settings", ServerSettings)
@@ -92,17 +104,52 @@ async def errors_and_request_ids(
     return response
 
 
-def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:
-    """A result as JSON, signed with the merchant's secrets (one v1 per live key)."""
-    body = orjson.dumps(result.to_json())
-    merchant = request.app[ENGINE].merchants[result.merchant_id]
+def signed_json(merchant: Merchant, payload: object) -> web.Response:
+    """JSON signed with the merchant's secrets (one v1 per live key)."""
+    body = orjson.dumps(payload)
     response = web.Response(body=body, content_type=JSON_TYPE)
     response.headers[SIGNATURE_HEADER] = sign_payload(
         list(merchant.keys.values()), body, int(time.time())
     )
+    return response
+
+
+def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:
+    response = signed_json(request.app[ENGINE].merchants[result.merchant_id], result.to_json())
     if result.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
+
+
+async def signed_reader(request: web.Request) -> Merchant:
+    """The merchant of a signed read (GET, empty body), checked natively like a payment."""
+    engine = request.app[ENGINE]
+    signed = SignedRequest(
+        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
+    )
+    [verdict] = verify_requests(engine.ring, [signed], now_s=int(time.time()))
+    if isinstance(verdict, SignatureError):
+        raise RequestError(verdict.code, str(verdict), 401)
+    return engine.merchant_of_kid[verdict]
+
+
+async def get_payment(request: web.Request) -> web.Response:
+    merchant = await signed_reader(request)
+    payment_id = request.match_info["payment_id"]
+    result = request.app[ENGINE].payment(payment_id)
+    if result is None or result.merchant_id != merchant.id:
+        raise RequestError("not_found", f"no payment {payment_id}", 404)
+    return merchant_response(request, result)
+
+
+async def list_payments(request: web.Request) -> web.Response:
+    """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
+    merchant = await signed_reader(request)
+    order_id = request.query.get("order_id")
+    if not order_id:
+        raise RequestError("invalid_request", "order_id: the query parameter is required")
+    payments = request.app[ENGINE].payments_for_order(merchant.id, order_id)
+    return signed_json(merchant, {"object": "list", "data": [p.to_json() for p in payments]})
 
 
 async def signed_submission(request: web.Request) -> PaymentResult | RefundResult:
@@ -121,6 +168,87 @@ async def create_payment(request: web.Request) -> web.Response:
 
 async def create_refund(request: web.Request) -> web.Response:
     return merchant_response(request, await signed_submission(request))
+
+
+def require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        raise RequestError("admin_disabled", "admin endpoints are off (no admin token)", 403)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise RequestError("admin_unauthorized", "Authorization: Bearer <admin token>", 401)
+
+
+async def admin_body(request: web.Request, fields: dict[str, type]) -> dict[str, Any]:
+    """An admin JSON object with exactly these required fields (and types)."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise RequestError("invalid_request", f"invalid JSON body: {error}") from error
+    if not isinstance(body, dict):
+        raise RequestError("invalid_request", "the body must be a JSON object")
+    optional = {"overdraft"}
+    for name, kind in fields.items():
+        if name not in body and name in optional:
+            continue
+        if type(body.get(name)) is not kind:
+            raise RequestError("invalid_request", f"{name}: a {kind.__name__} is required")
+    if unknown := set(body) - set(fields):
+        raise RequestError("invalid_request", f"unknown fields: {sorted(unknown)}")
+    return body
+
+
+def admin_json(result: AdminResult) -> web.Response:
+    payload = {
+        "object": "account_operation",
+        "account_id": result.account_id,
+        "status": result.status.value,
+        "failure_code": result.failure_code.value if result.failure_code else None,
+        "balance": result.balance,
+    }
+    return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
+
+
+async def admin_open_account(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await admin_body(request, {"id": str, "currency": str, "overdraft": bool})
+    engine = request.app[ENGINE]
+    overdraft = body.get("overdraft", False)
+    return admin_json(await engine.open_account(body["id"], body["currency"], overdraft=overdraft))
+
+
+async def admin_move_money(
+    request: web.Request, move: Callable[[str, int, str], Awaitable[AdminResult]]
+) -> web.Response:
+    require_admin(request)
+    body = await admin_body(request, {"amount": int, "currency": str})
+    return admin_json(
+        await move(request.match_info["account_id"], body["amount"], body["currency"])
+    )
+
+
+async def admin_deposit(request: web.Request) -> web.Response:
+    return await admin_move_money(request, request.app[ENGINE].deposit)
+
+
+async def admin_withdraw(request: web.Request) -> web.Response:
+    return await admin_move_money(request, request.app[ENGINE].withdraw)
+
+
+async def admin_balance(request: web.Request) -> web.Response:
+    require_admin(request)
+    account_id = request.match_info["account_id"]
+    balance = request.app[ENGINE].balance(account_id)
+    if balance is None:
+        raise RequestError("not_found", f"no account {account_id}", 404)
+    currency, amount = balance
+    payload = {
+        "object": "balance",
+        "account_id": account_id,
+        "currency": currency,
+        "balance": amount,
+    }
+    return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -146,5 +274,11 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.cleanup_ctx.append(engine_lifetime)
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_post("/v1/payments/{payment_id}/refunds", create_refund)
+    app.router.add_get("/v1/payments", list_payments)
+    app.router.add_get("/v1/payments/{payment_id}", get_payment)
+    app.router.add_post("/v1/admin/accounts", admin_open_account)
+    app.router.add_get("/v1/admin/accounts/{account_id}", admin_balance)
+    app.router.add_post("/v1/admin/accounts/{account_id}/deposits", admin_deposit)
+    app.router.add_post("/v1/admin/accounts/{account_id}/withdrawals", admin_withdraw)
     app.router.add_get("/healthz", healthz)
     return app
