@@ -1,6 +1,8 @@
-"""The HTTP service through real HTTP on a loopback port, with the real engine on real files."""
+"""The HTTP service through real HTTP on a loopback port, with the real engine on real files;
+the merchant SDK against it; webhook verification."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -11,7 +13,8 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from instapay import signing
+from instapay import signing, webhooks
+from instapay.client import ApiError, Client
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
@@ -217,3 +220,69 @@ def test_admin_opens_funds_and_reads_accounts_with_the_token_only(tmp_path: Path
         assert status == 404
 
     serve(tmp_path, scenario)
+
+
+SECRET = b"webhook secret of the merchant.."
+
+
+def client(base: str) -> Client:
+    return Client(base, DEMO.merchant_id, DEMO.kid, DEMO.secret)
+
+
+def test_the_sdk_pays_reads_and_refunds_with_verified_answers(tmp_path: Path) -> None:
+    async def scenario(_: ClientSession, base: str) -> None:
+        async with client(base) as sdk:
+            payment = await sdk.create_payment(
+                order_id="sdk-1",
+                payer=DEMO.payer(0),
+                amount=700,
+                currency="EUR",
+                metadata={"a": "b"},
+            )
+            assert (payment["status"], payment["metadata"]) == ("succeeded", {"a": "b"})
+            assert await sdk.get_payment(payment["id"]) == payment
+            assert await sdk.payments_for_order("sdk-1") == [payment]
+            refund = await sdk.refund(payment["id"], 200)
+            assert (refund["amount"], refund["status"]) == (200, "succeeded")
+
+    serve(tmp_path, scenario)
+
+
+def test_the_sdk_raises_the_api_error(tmp_path: Path) -> None:
+    async def scenario(_: ClientSession, base: str) -> None:
+        async with client(base) as sdk:
+            with pytest.raises(ApiError) as refused:
+                await sdk.create_payment(order_id="o", payer="nobody", amount=0, currency="EUR")
+            assert (refused.value.status, refused.value.code) == (400, "invalid_request")
+            with pytest.raises(ApiError) as missing:
+                await sdk.get_payment("pay_424242")
+            assert missing.value.status == 404
+
+    serve(tmp_path, scenario)
+
+
+def test_the_same_idempotency_key_is_one_payment(tmp_path: Path) -> None:
+    async def scenario(_: ClientSession, base: str) -> None:
+        async with client(base) as sdk:
+            first = await sdk.create_payment(
+                order_id="o", payer=DEMO.payer(0), amount=5, currency="EUR", idempotency_key="k-1"
+            )
+            again = await sdk.create_payment(
+                order_id="o", payer=DEMO.payer(0), amount=5, currency="EUR", idempotency_key="k-1"
+            )
+            assert first["id"] == again["id"]
+
+    serve(tmp_path, scenario)
+
+
+def test_webhooks_verify_accepts_a_good_signature_and_refuses_the_rest() -> None:
+    body = b'{"id":"evt_1"}'
+    now_s = int(time.time())
+    header = signing.sign_payload([SECRET], body, now_s)
+    assert webhooks.verify(body, header, SECRET) == now_s
+    with pytest.raises(signing.SignatureMismatchError):
+        webhooks.verify(body + b" ", header, SECRET)
+    with pytest.raises(signing.StaleSignatureError):
+        webhooks.verify(body, signing.sign_payload([SECRET], body, now_s - 301), SECRET)
+    with pytest.raises(signing.MalformedSignatureError):
+        webhooks.verify(body, None, SECRET)
