@@ -11,7 +11,7 @@ import pytest
 
 from instapay import cli, wal
 from instapay.demo import DemoMerchant
-from instapay.engine import Engine
+from instapay.engine import DataDirectoryInUseError, Engine
 from instapay.model import (
     EngineFailedError,
     Failure,
@@ -296,3 +296,14 @@ def test_periodic_snapshots_let_old_segments_go_and_recovery_still_adds_up(tmp_p
         assert (await pay(engine, "o-9-29", 1, payer=29 % 3)).replayed
 
     run(tmp_path, check)
+
+
+def test_a_data_directory_takes_one_engine_at_a_time(tmp_path: Path) -> None:
+    async def scenario(engine: Engine) -> None:
+        with pytest.raises(DataDirectoryInUseError, match="in use by another engine"):
+            async with Engine.open(tmp_path, config=DEMO.config()):
+                pass
+        assert (await pay(engine, "still-mine")).status == Status.SUCCEEDED
+
+    run(tmp_path, scenario)
+    run(tmp_path, lambda engine: pay(engine, "after-release"))

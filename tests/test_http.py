@@ -18,6 +18,7 @@ from instapay.client import ApiError, Client
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
+from instapay.http.app import RUNTIME
 from instapay.signing import SignedRequest
 
 T = TypeVar("T")
@@ -39,8 +40,10 @@ def serve(directory: Path, scenario: Callable[[ClientSession, str], Awaitable[T]
         if not (directory / "wal").exists():
             await funded(directory)
         settings = ServerSettings(directory, DEMO.config(), admin_token=ADMIN_TOKEN)
-        server = TestServer(create_app(settings), host="127.0.0.1")
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1")
         await server.start_server()
+        await app[RUNTIME].ready()
         try:
             async with ClientSession() as session:
                 return await scenario(session, str(server.make_url("")))
@@ -286,3 +289,41 @@ def test_webhooks_verify_accepts_a_good_signature_and_refuses_the_rest() -> None
         webhooks.verify(body, signing.sign_payload([SECRET], body, now_s - 301), SECRET)
     with pytest.raises(signing.MalformedSignatureError):
         webhooks.verify(body, None, SECRET)
+
+
+def test_readyz_is_503_while_recovering_and_metrics_count_requests(tmp_path: Path) -> None:
+    async def long_log() -> None:
+        opened = Engine.open(tmp_path, config=DEMO.config(), fsync="off", snapshot_on_close=False)
+        async with opened as engine:
+            await DEMO.set_up(engine, payers=3, balance=10**12)
+            for batch in range(60):
+                requests = [DEMO.payment(f"o-{batch}-{n}", DEMO.payer(0), 1) for n in range(1000)]
+                await engine.submit_many(requests)
+
+    asyncio.run(long_log())  # 60 k records to replay, no snapshot: recovery takes a while
+
+    async def scenario() -> None:
+        app = create_app(ServerSettings(tmp_path, DEMO.config()))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            async with ClientSession() as session:
+                base = str(server.make_url(""))
+                status, body = await get(session, base, "/readyz")
+                assert status == 503, "not ready while the log is replayed"
+                assert orjson.dumps(body["error"]).count(b'"code":"starting"') == 1
+                async with session.get(base + "/healthz") as alive:
+                    assert alive.status == 200, "alive all the same"
+                await app[RUNTIME].ready()
+                status, _ = await get(session, base, "/readyz")
+                assert status == 200
+                await post(session, base, DEMO.payment("after", DEMO.payer(0), 1))
+                async with session.get(base + "/metrics") as response:
+                    text = await response.text()
+                assert 'instapay_http_requests_total{route="/readyz",status="503"} 1.0' in text
+                assert 'instapay_http_requests_total{route="/v1/payments",status="200"} 1.0' in text
+                assert "instapay_wal_writes_total" in text
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())

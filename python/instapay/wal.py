@@ -196,6 +196,8 @@ class WalWriter:
         self.sync = sync
         self.segment_bytes_max = segment_bytes_max
         self.lsn_next = lsn_next
+        # Record bytes written by this writer, across segments.
+        self.bytes_written = 0
         segments = segment_paths(self.wal_dir)
         if segments:
             path = segments[-1][1]
@@ -222,6 +224,7 @@ class WalWriter:
         if self.sync:
             os.fdatasync(self.fd)
         self.segment_bytes += len(frames)
+        self.bytes_written += len(frames)
         self.lsn_next = first + len(payloads)
         if self.segment_bytes >= self.segment_bytes_max:
             self._roll_over()

@@ -7,12 +7,14 @@ verifies signatures before any JSON is parsed. Responses to merchants are signed
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import orjson
 from aiohttp import web
 
 from instapay.engine import Engine, FsyncMode
+from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from instapay.http.metrics import Metrics
 from instapay.model import (
     AdminResult,
     EngineConfig,
@@ -60,8 +64,36 @@ class ServerSettings:
     admin_token: str | None = None
 
 
+@dataclass
+class Runtime:
+    """What the running application holds: the engine once recovery has finished."""
+
+    engine: Engine | None = None
+    # Set when recovery has finished, or failed (then `failure` says why).
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: BaseException | None = None
+
+    async def ready(self) -> Engine:
+        """Waits for recovery; raises what made it fail."""
+        await self.settled.wait()
+        if self.engine is None:
+            raise RuntimeError("the engine did not start") from self.failure
+        return self.engine
+
+
 SETTINGS = web.AppKey("settings", ServerSettings)
-ENGINE = web.AppKey("engine", Engine)
+RUNTIME = web.AppKey("runtime", Runtime)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def engine_of(request: web.Request) -> Engine:
+    """The engine, or 503 while the data directory is still being recovered."""
+    engine = request.app[RUNTIME].engine
+    if engine is None:
+        raise RequestError("starting", "recovering the data directory; retry shortly", 503)
+    return engine
+
+
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
@@ -115,7 +147,7 @@ def signed_json(merchant: Merchant, payload: object) -> web.Response:
 
 
 def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:
-    response = signed_json(request.app[ENGINE].merchants[result.merchant_id], result.to_json())
+    response = signed_json(engine_of(request).merchants[result.merchant_id], result.to_json())
     if result.replayed:
         response.headers[REPLAYED_HEADER] = "true"
     return response
@@ -123,7 +155,7 @@ def merchant_response(request: web.Request, result: PaymentResult | RefundResult
 
 async def signed_reader(request: web.Request) -> Merchant:
     """The merchant of a signed read (GET, empty body), checked natively like a payment."""
-    engine = request.app[ENGINE]
+    engine = engine_of(request)
     signed = SignedRequest(
         request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
     )
@@ -136,7 +168,7 @@ async def signed_reader(request: web.Request) -> Merchant:
 async def get_payment(request: web.Request) -> web.Response:
     merchant = await signed_reader(request)
     payment_id = request.match_info["payment_id"]
-    result = request.app[ENGINE].payment(payment_id)
+    result = engine_of(request).payment(payment_id)
     if result is None or result.merchant_id != merchant.id:
         raise RequestError("not_found", f"no payment {payment_id}", 404)
     return merchant_response(request, result)
@@ -148,7 +180,7 @@ async def list_payments(request: web.Request) -> web.Response:
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
-    payments = request.app[ENGINE].payments_for_order(merchant.id, order_id)
+    payments = engine_of(request).payments_for_order(merchant.id, order_id)
     return signed_json(merchant, {"object": "list", "data": [p.to_json() for p in payments]})
 
 
@@ -159,7 +191,7 @@ async def signed_submission(request: web.Request) -> PaymentResult | RefundResul
         request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
     )
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    return await request.app[ENGINE].submit(signed, idempotency_key=key)
+    return await engine_of(request).submit(signed, idempotency_key=key)
 
 
 async def create_payment(request: web.Request) -> web.Response:
@@ -212,7 +244,7 @@ def admin_json(result: AdminResult) -> web.Response:
 async def admin_open_account(request: web.Request) -> web.Response:
     require_admin(request)
     body = await admin_body(request, {"id": str, "currency": str, "overdraft": bool})
-    engine = request.app[ENGINE]
+    engine = engine_of(request)
     overdraft = body.get("overdraft", False)
     return admin_json(await engine.open_account(body["id"], body["currency"], overdraft=overdraft))
 
@@ -228,17 +260,17 @@ async def admin_move_money(
 
 
 async def admin_deposit(request: web.Request) -> web.Response:
-    return await admin_move_money(request, request.app[ENGINE].deposit)
+    return await admin_move_money(request, engine_of(request).deposit)
 
 
 async def admin_withdraw(request: web.Request) -> web.Response:
-    return await admin_move_money(request, request.app[ENGINE].withdraw)
+    return await admin_move_money(request, engine_of(request).withdraw)
 
 
 async def admin_balance(request: web.Request) -> web.Response:
     require_admin(request)
     account_id = request.match_info["account_id"]
-    balance = request.app[ENGINE].balance(account_id)
+    balance = engine_of(request).balance(account_id)
     if balance is None:
         raise RequestError("not_found", f"no account {account_id}", 404)
     currency, amount = balance
@@ -251,26 +283,72 @@ async def admin_balance(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
 
 
+async def readyz(request: web.Request) -> web.Response:
+    engine_of(request)
+    return web.json_response({"status": "ready"}, dumps=lambda data: orjson.dumps(data).decode())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+@web.middleware
+async def request_metrics(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Counts every request by route template (never the raw path) and status, with latency."""
+    started_s = time.perf_counter()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
+    return response
+
+
 async def healthz(request: web.Request) -> web.Response:
     del request
     return web.json_response({"status": "ok"}, dumps=lambda data: orjson.dumps(data).decode())
 
 
 async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
-    """Opens the engine (recovery) before serving; on shutdown drains it and snapshots."""
+    """Recovers the data directory in the background, so /healthz and /readyz answer during a
+    long recovery; on shutdown drains the engine and snapshots."""
     settings = app[SETTINGS]
-    async with Engine.open(
-        settings.data_dir, config=settings.config, fsync=settings.fsync
-    ) as engine:
-        if settings.on_first_start is not None and not engine.ledger.accounts:
-            await settings.on_first_start(engine)
-        app[ENGINE] = engine
+    runtime = app[RUNTIME]
+    engines = contextlib.AsyncExitStack()
+
+    async def open_engine() -> None:
+        try:
+            opened = Engine.open(settings.data_dir, config=settings.config, fsync=settings.fsync)
+            engine = await engines.enter_async_context(opened)
+            if settings.on_first_start is not None and not engine.ledger.accounts:
+                await settings.on_first_start(engine)
+            runtime.engine = engine
+        except BaseException as error:
+            runtime.failure = error
+            log.critical("the engine could not start: %s", error)
+            raise
+        finally:
+            runtime.settled.set()
+
+    opening = asyncio.create_task(open_engine(), name="instapay-recovery")
+    try:
         yield
+    finally:
+        # Recovery runs in a thread and cannot be interrupted halfway; its failure was logged.
+        await asyncio.gather(opening, return_exceptions=True)
+        await engines.aclose()
 
 
 def create_app(settings: ServerSettings) -> web.Application:
-    app = web.Application(client_max_size=BODY_BYTES_MAX, middlewares=[errors_and_request_ids])
+    app = web.Application(
+        client_max_size=BODY_BYTES_MAX, middlewares=[request_metrics, errors_and_request_ids]
+    )
     app[SETTINGS] = settings
+    runtime = Runtime()
+    app[RUNTIME] = runtime
+    app[METRICS] = Metrics(lambda: runtime.engine)
     app.cleanup_ctx.append(engine_lifetime)
     app.router.add_post("/v1/payments", create_payment)
     app.router.add_post("/v1/payments/{payment_id}/refunds", create_refund)
@@ -281,4 +359,6 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_post("/v1/admin/accounts/{account_id}/deposits", admin_deposit)
     app.router.add_post("/v1/admin/accounts/{account_id}/withdrawals", admin_withdraw)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import uvloop
 from aiohttp import web
 
-from instapay.http.app import ServerSettings, create_app
+from instapay.http.app import RUNTIME, ServerSettings, create_app
 
 # Requests in flight get this long to finish once a shutdown begins.
 SHUTDOWN_TIMEOUT_S = 30.0
@@ -20,15 +20,17 @@ async def serve(
     settings: ServerSettings, host: str, port: int, on_ready: Callable[[str], None]
 ) -> None:
     """Serves until SIGTERM or SIGINT; `on_ready` gets the base URL once requests are taken."""
-    runner = web.AppRunner(create_app(settings), shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()  # opens the engine: recovery happens before the port opens
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()  # starts recovery in the background
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        await site.start()  # /healthz and /readyz answer from here on
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        await app[RUNTIME].ready()
         on_ready(f"http://{host}:{port}")
         await stop.wait()
     finally:

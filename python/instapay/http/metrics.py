@@ -1,0 +1,76 @@
+"""Prometheus metrics: requests by route and status, request latency, and the engine's batches,
+log writes (bytes and fsync time) and queue depth, read from `Engine.stats` at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from instapay.engine import Engine
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Request latency buckets, in seconds: durable payments take one fsync (~0.2 ms here) and more.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.engine()
+        if engine is None:
+            return
+        stats = engine.stats
+        counters = {
+            "instapay_engine_batches": ("Batches the pipeline has staged.", stats.batches),
+            "instapay_engine_requests": ("Requests taken into batches.", stats.requests),
+            "instapay_engine_records": ("Records written to the log.", stats.records),
+            "instapay_wal_writes": ("Group-commit writes (one fdatasync each).", stats.log_writes),
+            "instapay_wal_bytes": ("Bytes written to the log.", stats.log_bytes),
+            "instapay_wal_write_seconds": (
+                "Time spent writing and syncing the log.",
+                stats.log_write_seconds,
+            ),
+        }
+        for name, (help_text, value) in counters.items():
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily(
+            "instapay_wal_write_seconds_max",
+            "Slowest log write so far.",
+            stats.log_write_seconds_max,
+        )
+        yield GaugeMetricFamily(
+            "instapay_engine_queue_depth", "Requests waiting for a batch.", engine.queue_depth()
+        )
+
+
+class Metrics:
+    """One registry per application, so several can run in one process (tests)."""
+
+    def __init__(self, engine: Callable[[], Engine | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "instapay_http_requests",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "instapay_http_request_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.registry.register(_EngineCollector(engine))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
