@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from instapay import __version__, wal
+from instapay import __version__, config, wal
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType
 from instapay.http import ServerSettings, server
@@ -23,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the HTTP payment server (no options: the demo in ./var)"
     )
-    serve.add_argument("--data-dir", type=Path, default=Path("var"))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--config", type=Path, help="TOML file (see instapay.config)")
+    serve.add_argument("--data-dir", type=Path, help="default: var, or the config's")
+    serve.add_argument("--host", help="default: 127.0.0.1, or the config's")
+    serve.add_argument("--port", type=int, help="default: 8080, or the config's")
     wal_parser = commands.add_parser("wal", help="inspect a data directory's write-ahead log")
     wal_commands = wal_parser.add_subparsers(dest="wal_command", required=True, metavar="ACTION")
     verify = wal_commands.add_parser("verify", help="check snapshots and log, change nothing")
@@ -33,6 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     dump = wal_commands.add_parser("dump", help="print every record, one per line")
     dump.add_argument("data_dir", type=Path)
     return parser
+
+
+def serve_configured(arguments: argparse.Namespace) -> int:
+    """`serve --config FILE`: the configured merchants; flags override the file."""
+    try:
+        configured = config.load(arguments.config)
+    except config.ConfigError as error:
+        print(f"instapay serve: {error}", file=sys.stderr)
+        return 2
+    directory = arguments.data_dir or configured.data_dir
+    settings = ServerSettings(
+        directory, configured.engine, fsync=configured.fsync, admin_token=configured.admin_token
+    )
+
+    def ready(base_url: str) -> None:
+        print(f"instapay serving on {base_url}, data in {directory}", flush=True)
+
+    host = arguments.host or configured.host
+    return server.run(settings, host, arguments.port or configured.port, ready)
 
 
 def serve_demo(directory: Path, host: str, port: int) -> int:
@@ -106,8 +127,11 @@ def dump_data_dir(directory: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    if arguments.command == "serve" and arguments.config is not None:
+        return serve_configured(arguments)
     if arguments.command == "serve":
-        return serve_demo(arguments.data_dir, arguments.host, arguments.port)
+        directory = arguments.data_dir or Path("var")
+        return serve_demo(directory, arguments.host or "127.0.0.1", arguments.port or 8080)
     if arguments.wal_command == "verify":
         return verify_data_dir(arguments.data_dir)
     return dump_data_dir(arguments.data_dir)

@@ -129,6 +129,8 @@ class Merchant:
     id: str
     settlement_account: str
     keys: dict[str, bytes] = field(default_factory=dict)
+    # Where the merchant's notifications go (webhooks, a later issue).
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

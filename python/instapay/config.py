@@ -1,0 +1,124 @@
+"""The server's TOML configuration (`instapay serve --config instapay.toml`).
+
+    [server]
+    host = "0.0.0.0"
+    port = 8080
+    admin_token_env = "INSTAPAY_ADMIN_TOKEN"   # the admin token is read from this variable
+
+    [storage]
+    data_dir = "/var/lib/instapay"
+    fsync = "always"                           # "off" is for benchmarks only: unsafe
+
+    [[merchants]]
+    id = "shop"
+    settlement_account = "shop.settlement"
+    webhook_url = "https://shop.example/instapay"
+    keys = { "shop.k1" = { secret_env = "SHOP_K1_SECRET" } }   # or { secret_hex = "..." }
+
+Secrets live in the environment (or, for tests and demos, as hex in the file); an unknown key,
+a missing field or a wrong type is a `ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from instapay.engine import FsyncMode
+from instapay.model import EngineConfig, Merchant
+
+SECRET_BYTES_MIN = 16
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str
+    port: int
+    data_dir: Path
+    fsync: FsyncMode
+    engine: EngineConfig
+    admin_token: str | None
+
+
+def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    if unknown := set(table) - allowed:
+        raise ConfigError(f"[{name}] has unknown keys: {sorted(unknown)}")
+    return table
+
+
+def _typed(where: str, table: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    value = table.get(key, default)
+    if value is None or type(value) is not kind:
+        raise ConfigError(f"{where}.{key} must be a {kind.__name__}")
+    return value
+
+
+def _secret(where: str, spec: Any) -> bytes:
+    if not isinstance(spec, dict) or len(spec) != 1 or not {"secret_env", "secret_hex"} & set(spec):
+        raise ConfigError(f"{where} must be one of secret_env = VAR or secret_hex = HEX")
+    if "secret_env" in spec:
+        value = os.environ.get(spec["secret_env"])
+        if not value:
+            raise ConfigError(f"{where}: environment variable {spec['secret_env']} is not set")
+        secret = value.encode()
+    else:
+        try:
+            secret = bytes.fromhex(spec["secret_hex"])
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{where}.secret_hex is not hex") from error
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ConfigError(f"{where}: a secret must be at least {SECRET_BYTES_MIN} bytes")
+    return secret
+
+
+def _merchant(index: int, table: Any) -> Merchant:
+    where = f"merchants[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    if unknown := set(table) - {"id", "settlement_account", "webhook_url", "keys"}:
+        raise ConfigError(f"{where} has unknown keys: {sorted(unknown)}")
+    keys = _typed(where, table, "keys", dict)
+    if not keys:
+        raise ConfigError(f"{where}.keys must hold at least one key")
+    return Merchant(
+        id=_typed(where, table, "id", str),
+        settlement_account=_typed(where, table, "settlement_account", str),
+        keys={kid: _secret(f"{where}.keys.{kid}", spec) for kid, spec in keys.items()},
+        webhook_url=table.get("webhook_url"),
+    )
+
+
+def load(path: Path) -> ServeConfig:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+    if unknown := set(data) - {"server", "storage", "merchants"}:
+        raise ConfigError(f"unknown tables: {sorted(unknown)}")
+    server = _table(data, "server", {"host", "port", "admin_token_env"})
+    storage = _table(data, "storage", {"data_dir", "fsync"})
+    fsync = storage.get("fsync", "always")
+    if fsync not in ("always", "off"):
+        raise ConfigError('storage.fsync must be "always" or "off"')
+    merchants = data.get("merchants", [])
+    if not isinstance(merchants, list) or not merchants:
+        raise ConfigError("[[merchants]] must list at least one merchant")
+    token_env = _typed("server", server, "admin_token_env", str, "INSTAPAY_ADMIN_TOKEN")
+    return ServeConfig(
+        host=_typed("server", server, "host", str, "127.0.0.1"),
+        port=_typed("server", server, "port", int, 8080),
+        data_dir=Path(_typed("storage", storage, "data_dir", str, "var")),
+        fsync=fsync,
+        engine=EngineConfig(tuple(_merchant(n, m) for n, m in enumerate(merchants))),
+        admin_token=os.environ.get(token_env) or None,
+    )

@@ -1,0 +1,138 @@
+"""The TOML configuration: what it accepts, what it refuses (naming the key), and a server
+running on it."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from instapay import cli, config
+from instapay.demo import DemoMerchant
+from instapay.engine import Engine
+from instapay.http import ServerSettings, create_app
+from instapay.http.app import RUNTIME
+from instapay.signing import SIGNATURE_HEADER
+
+SECRET = b"configured shop secret, 32 bytes"
+MERCHANT = '[[merchants]]\nid = "a"\nsettlement_account = "b"\n'
+
+
+def keys(spec: str) -> str:
+    return MERCHANT + f"keys = {{ k = {{ {spec} }} }}"
+
+
+GOOD = f"""
+[server]
+host = "127.0.0.1"
+port = 9000
+
+[storage]
+data_dir = "shop-data"
+fsync = "always"
+
+[[merchants]]
+id = "shop"
+settlement_account = "shop.settlement"
+webhook_url = "https://shop.example/hooks"
+
+[merchants.keys]
+"shop.k1" = {{ secret_hex = "{SECRET.hex()}" }}
+"shop.k2" = {{ secret_env = "SHOP_K2" }}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "instapay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    monkeypatch.setenv("INSTAPAY_ADMIN_TOKEN", "admin-from-env")
+    loaded = config.load(write(tmp_path, GOOD))
+    assert (loaded.host, loaded.port, loaded.data_dir, loaded.fsync) == (
+        "127.0.0.1",
+        9000,
+        Path("shop-data"),
+        "always",
+    )
+    [shop] = loaded.engine.merchants
+    assert shop.keys == {"shop.k1": SECRET, "shop.k2": b"second key from the environment"}
+    assert (shop.settlement_account, shop.webhook_url) == (
+        "shop.settlement",
+        "https://shop.example/hooks",
+    )
+    assert loaded.admin_token == "admin-from-env"  # noqa: S105 (a test value)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[server]\nport = '80'\n[[merchants]]", "server.port must be a int"),
+        ("[surprise]\n", "unknown tables"),
+        ('[storage]\nfsync = "sometimes"', 'storage.fsync must be "always" or "off"'),
+        ("[server]\nhost = 'x'", "must list at least one merchant"),
+        ('[[merchants]]\nid = "a"\nsettlement_account = "b"\nkeys = {}', "at least one key"),
+        (keys('secret_hex = "zz"'), "not hex"),
+        (keys('secret_hex = "00"'), "at least 16 bytes"),
+        (
+            keys('secret_env = "NOPE_NOT_SET"'),
+            "NOPE_NOT_SET is not set",
+        ),
+        (
+            '[[merchants]]\nid = "a"\nkeys = { k = { secret_hex = "00" } }',
+            "settlement_account must be a str",
+        ),
+        (
+            '[[merchants]]\nid = "a"\nsettlement_account = "b"\ncolour = "red"\nkeys = {}',
+            "unknown keys",
+        ),
+        ("not toml at all [", "instapay.toml"),
+    ],
+)
+def test_a_wrong_config_names_what_is_wrong(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(config.ConfigError, match=problem.replace("[", r"\[").replace("(", r"\(")):
+        config.load(write(tmp_path, text))
+
+
+def test_a_server_runs_on_the_configured_merchant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    loaded = config.load(write(tmp_path, GOOD))
+    shop = DemoMerchant("shop", "shop.k1", SECRET)
+
+    async def scenario() -> int:
+        data_dir = tmp_path / "data"
+        async with Engine.open(data_dir, config=loaded.engine) as engine:
+            await engine.open_account("shop.settlement", "EUR")
+            await engine.open_account(shop.payer(0), "EUR")
+            await engine.deposit(shop.payer(0), 100, "EUR")
+        app = create_app(ServerSettings(data_dir, loaded.engine))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        await app[RUNTIME].ready()
+        request = shop.payment("o-1", shop.payer(0), 40)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""}
+        try:
+            async with (
+                ClientSession() as session,
+                session.post(
+                    str(server.make_url(request.path)), data=request.body, headers=headers
+                ) as response,
+            ):
+                return response.status
+        finally:
+            await server.close()
+
+    assert asyncio.run(scenario()) == 200
+
+
+def test_serve_refuses_a_wrong_config_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--config", str(write(tmp_path, "[surprise]\n"))]) == 2
+    assert "unknown tables" in capsys.readouterr().err
