@@ -36,6 +36,7 @@ def start(directory: Path, port: int) -> subprocess.Popen[str]:
             str(port),
         ],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     assert server.stdout is not None
@@ -60,12 +61,11 @@ def pay(port: int, demo: DemoMerchant, order_id: str) -> tuple[dict[str, object]
         return json.loads(response.read()), response.headers.get("Idempotent-Replayed") == "true"
 
 
-def stop(server: subprocess.Popen[str]) -> int:
+def stop(server: subprocess.Popen[str]) -> tuple[int, list[dict[str, object]]]:
+    """Sends SIGTERM; returns the exit status and the JSON log lines the server wrote."""
     server.send_signal(signal.SIGTERM)
-    status = server.wait(timeout=30)
-    if server.stdout is not None:
-        server.stdout.close()
-    return status
+    _, errors = server.communicate(timeout=30)
+    return server.returncode, [json.loads(line) for line in errors.splitlines()]
 
 
 def test_the_demo_serves_payments_and_shuts_down_gracefully(tmp_path: Path) -> None:
@@ -74,10 +74,15 @@ def test_the_demo_serves_payments_and_shuts_down_gracefully(tmp_path: Path) -> N
     demo = DemoMerchant.load_or_create(tmp_path)
     first, replayed = pay(port, demo, "order-1")
     assert (first["status"], replayed) == ("succeeded", False)
-    assert stop(server) == 0, "SIGTERM is a clean exit"
+    status, logs = stop(server)
+    assert status == 0, "SIGTERM is a clean exit"
     assert list((tmp_path / "snapshots").glob("*.snap")), "the shutdown snapshotted"
+    [access] = [line for line in logs if line["logger"] == "instapay.access"]
+    assert (access["route"], access["status"], access["method"]) == ("/v1/payments", 200, "POST")
+    assert isinstance(access["request_id"], str)
+    assert "v1=" not in str(logs), "no signature in the logs"
 
     server = start(tmp_path, port)
     again, replayed = pay(port, demo, "order-1")
     assert (again["id"], replayed) == (first["id"], True)
-    assert stop(server) == 0
+    assert stop(server)[0] == 0

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
+from instapay.http import logs
 from instapay.http.app import RUNTIME, ServerSettings, create_app
 
 # Requests in flight get this long to finish once a shutdown begins.
@@ -20,8 +22,14 @@ async def serve(
     settings: ServerSettings, host: str, port: int, on_ready: Callable[[str], None]
 ) -> None:
     """Serves until SIGTERM or SIGINT; `on_ready` gets the base URL once requests are taken."""
+    logs.configure()
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log_class=logs.JsonAccessLogger,
+        access_log=logging.getLogger(logs.ACCESS_LOGGER),
+    )
     await runner.setup()  # starts recovery in the background
     try:
         site = web.TCPSite(runner, host, port)
