@@ -327,3 +327,62 @@ def test_readyz_is_503_while_recovering_and_metrics_count_requests(tmp_path: Pat
             await server.close()
 
     asyncio.run(scenario())
+
+
+async def post_batch(
+    session: ClientSession, base: str, lines: list[bytes], header: str | None = None
+) -> tuple[int, bytes]:
+    body = b"".join(line + b"\n" for line in lines)
+    request = DEMO.sign("/v1/payments/batch", body)
+    headers = {
+        "Content-Type": "application/x-ndjson",
+        signing.SIGNATURE_HEADER: header if header is not None else request.header or "",
+    }
+    async with session.post(base + "/v1/payments/batch", data=body, headers=headers) as response:
+        return response.status, await response.read()
+
+
+def payment_line(order_id: str, amount: int = 1) -> bytes:
+    body = {
+        "merchant_id": DEMO.merchant_id,
+        "order_id": order_id,
+        "payer": DEMO.payer(2),
+        "amount": amount,
+        "currency": "EUR",
+    }
+    return orjson.dumps(body)
+
+
+def test_a_batch_streams_one_answer_per_line_in_order_and_signs_the_whole(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession, base: str) -> None:
+        lines = [payment_line(f"b-{n}") for n in range(2500)]
+        lines[7] = b'{"amount": 1.5}'
+        lines[8] = payment_line("b-0")  # the same order again: answered as a replay
+        status, body = await post_batch(session, base, lines)
+        assert status == 200
+        *answers, trailer = body.splitlines()
+        assert len(answers) == 2500
+        parsed = [orjson.loads(answer) for answer in answers]
+        assert [p["line"] for p in parsed] == list(range(2500))
+        assert parsed[7]["error"]["code"] == "invalid_request"
+        assert (parsed[8]["id"], parsed[8]["replayed"]) == (parsed[0]["id"], True)
+        assert all(p["status"] == "succeeded" for n, p in enumerate(parsed) if n not in (7, 8))
+        signature = orjson.loads(trailer)["signature"]
+        signed_part = body[: len(body) - len(trailer) - 1]
+        signing.verify_payload(signed_part, signature, [DEMO.secret])
+
+    serve(tmp_path, scenario)
+
+
+def test_a_batch_is_refused_whole_for_a_bad_signature_or_too_many_lines(tmp_path: Path) -> None:
+    async def scenario(session: ClientSession, base: str) -> None:
+        status, body = await post_batch(
+            session, base, [payment_line("x")], header="t=1,kid=k,v1=00"
+        )
+        assert status == 401
+        status, body = await post_batch(
+            session, base, [payment_line(f"y-{n}") for n in range(10_001)]
+        )
+        assert (status, orjson.loads(body)["error"]["code"]) == (413, "batch_too_large")
+
+    serve(tmp_path, scenario)

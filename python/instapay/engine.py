@@ -139,6 +139,8 @@ class _Job:
     request: SignedRequest | None = None
     idempotency_key: str | None = None
     admin: _AdminOp | None = None
+    # Set for a payment whose signature the caller checked (one signature over a whole batch).
+    merchant: Merchant | None = None
 
     def answer(self, value: Answer) -> None:
         self.answers.put(self.index, value)
@@ -342,12 +344,34 @@ class Engine:
         keys = list(idempotency_keys) or [None] * len(requests)
         if len(keys) != len(requests):
             raise ValueError("one idempotency key (or None) per request")
-        if not requests:
+        parts = [
+            {"request": request, "idempotency_key": key}
+            for request, key in zip(requests, keys, strict=True)
+        ]
+        return await self._submit_all(parts)
+
+    async def submit_authenticated(
+        self, merchant: Merchant, bodies: Sequence[bytes]
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Payments of `merchant` whose signature the caller has checked: the batch endpoint,
+        where one signature covers every body. Idempotency scope: (merchant, order id)."""
+        path = PAYMENTS_PATH
+        parts = [
+            {"request": SignedRequest(None, "POST", path, body), "merchant": merchant}
+            for body in bodies
+        ]
+        return await self._submit_all(parts)
+
+    async def _submit_all(
+        self, parts: list[dict[str, Any]]
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Queues one job per entry of `parts` and waits for all their answers."""
+        if not parts:
             return []
-        answers = _Answers(len(requests))
-        for index, (request, key) in enumerate(zip(requests, keys, strict=True)):
+        answers = _Answers(len(parts))
+        for index, job_parts in enumerate(parts):
             try:
-                self._enqueue(_Job(answers, index, request=request, idempotency_key=key))
+                self._enqueue(_Job(answers, index, **job_parts))
             except Overloaded as error:
                 answers.put(index, error)
         results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
@@ -466,9 +490,11 @@ class Engine:
 
     def _parse(self, jobs: list[_Job], now_s: int) -> list[tuple[_Job, _Op]]:
         """Verifies, routes and parses the batch; refused jobs are answered here."""
-        signed = [(job, job.request) for job in jobs if job.request is not None]
+        signed = [
+            (job, job.request) for job in jobs if job.request is not None and not job.merchant
+        ]
         verdicts = verify_requests(self.ring, [request for _, request in signed], now_s=now_s)
-        payments: list[tuple[_Job, Merchant]] = []
+        payments = [(job, job.merchant) for job in jobs if job.merchant is not None]
         refunds: list[tuple[_Job, Merchant, str]] = []
         for (job, request), verdict in zip(signed, verdicts, strict=True):
             try:

@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 
 # A single payment is a few hundred bytes; 64 KiB leaves room for metadata and nothing silly.
 BODY_BYTES_MAX = 64 * 1024
+BATCH_BODY_BYTES_MAX = 16 * 1024 * 1024
+BATCH_LINES_MAX = 10_000
+# A batch goes to the engine in groups of this many lines, all queued at once, and each group's
+# answers are streamed back as soon as it (and every group before it) is durable.
+BATCH_GROUP_LEN = 1000
+NDJSON_TYPE = "application/x-ndjson"
 RETRY_AFTER_S = 1
 JSON_TYPE = "application/json"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -132,7 +138,8 @@ async def errors_and_request_ids(
             raise
         code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
         response = error_response(request, error.status, code, error.reason)
-    response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    if not response.prepared:  # a streamed response sets its own before it starts
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     return response
 
 
@@ -153,11 +160,11 @@ def merchant_response(request: web.Request, result: PaymentResult | RefundResult
     return response
 
 
-async def signed_reader(request: web.Request) -> Merchant:
-    """The merchant of a signed read (GET, empty body), checked natively like a payment."""
+async def signed_reader(request: web.Request, body: bytes = b"") -> Merchant:
+    """The merchant of a request checked outside the pipeline (a read, or a whole batch)."""
     engine = engine_of(request)
     signed = SignedRequest(
-        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
+        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, body
     )
     [verdict] = verify_requests(engine.ring, [signed], now_s=int(time.time()))
     if isinstance(verdict, SignatureError):
@@ -165,8 +172,68 @@ async def signed_reader(request: web.Request) -> Merchant:
     return engine.merchant_of_kid[verdict]
 
 
+def batch_line(
+    index: int, answer: PaymentResult | RefundResult | RequestError | Overloaded
+) -> bytes:
+    if isinstance(answer, PaymentResult | RefundResult):
+        return orjson.dumps({**answer.to_json(), "line": index, "replayed": answer.replayed})
+    code = answer.code if isinstance(answer, RequestError) else "overloaded"
+    return orjson.dumps(
+        {"object": "error", "line": index, "error": {"code": code, "message": str(answer)}}
+    )
+
+
+async def create_payments_batch(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/payments/batch`: NDJSON payments under one signature over the whole body; the
+    answers stream back as NDJSON, in request order, group by group as they become durable, and
+    end with `{"object": "signature", "signature": "t=..,v1=.."}` over every byte before it. A
+    bad line is answered by an error line and changes nothing; the other lines go ahead."""
+    if request.content_type != NDJSON_TYPE:
+        raise RequestError("unsupported_media_type", f"send {NDJSON_TYPE}", 415)
+    body = await request.clone(client_max_size=BATCH_BODY_BYTES_MAX).read()
+    merchant = await signed_reader(request, body)
+    lines = body.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    if len(lines) > BATCH_LINES_MAX:
+        raise RequestError("batch_too_large", f"at most {BATCH_LINES_MAX} lines", 413)
+    engine = engine_of(request)
+    groups = [
+        asyncio.ensure_future(
+            engine.submit_authenticated(merchant, lines[start : start + BATCH_GROUP_LEN])
+        )
+        for start in range(0, len(lines), BATCH_GROUP_LEN)
+    ]
+    response = web.StreamResponse(
+        headers={"Content-Type": NDJSON_TYPE, REQUEST_ID_HEADER: request[REQUEST_ID]}
+    )
+    await response.prepare(request)
+    signed = bytearray()
+    for number, group in enumerate(groups):
+        try:
+            answers = await group
+        except EngineFailedError:
+            # The stream has started: say so in-band and stop; no signature line ends it.
+            error = {"code": "unavailable", "message": "the engine has stopped"}
+            await response.write(orjson.dumps({"object": "error", "error": error}) + b"\n")
+            for pending in groups[number + 1 :]:
+                pending.cancel()
+            await asyncio.gather(*groups, return_exceptions=True)
+            return response
+        chunk = b"".join(
+            batch_line(number * BATCH_GROUP_LEN + offset, answer) + b"\n"
+            for offset, answer in enumerate(answers)
+        )
+        signed += chunk
+        await response.write(chunk)
+    signature = sign_payload(list(merchant.keys.values()), bytes(signed), int(time.time()))
+    await response.write(orjson.dumps({"object": "signature", "signature": signature}) + b"\n")
+    await response.write_eof()
+    return response
+
+
 async def get_payment(request: web.Request) -> web.Response:
-    merchant = await signed_reader(request)
+    merchant = await signed_reader(request, await request.read())
     payment_id = request.match_info["payment_id"]
     result = engine_of(request).payment(payment_id)
     if result is None or result.merchant_id != merchant.id:
@@ -176,7 +243,7 @@ async def get_payment(request: web.Request) -> web.Response:
 
 async def list_payments(request: web.Request) -> web.Response:
     """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
-    merchant = await signed_reader(request)
+    merchant = await signed_reader(request, await request.read())
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
@@ -351,6 +418,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[METRICS] = Metrics(lambda: runtime.engine)
     app.cleanup_ctx.append(engine_lifetime)
     app.router.add_post("/v1/payments", create_payment)
+    app.router.add_post("/v1/payments/batch", create_payments_batch)
     app.router.add_post("/v1/payments/{payment_id}/refunds", create_refund)
     app.router.add_get("/v1/payments", list_payments)
     app.router.add_get("/v1/payments/{payment_id}", get_payment)
