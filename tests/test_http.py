@@ -33,13 +33,22 @@ async def funded(directory: Path) -> None:
         await DEMO.set_up(engine, payers=3, balance=BALANCE)
 
 
-def serve(directory: Path, scenario: Callable[[ClientSession, str], Awaitable[T]]) -> T:
+def serve(
+    directory: Path,
+    scenario: Callable[[ClientSession, str], Awaitable[T]],
+    requests_in_flight_max: int = 1000,
+) -> T:
     """Runs the real app on a loopback port around `scenario(session, base_url)`."""
 
     async def main() -> T:
         if not (directory / "wal").exists():
             await funded(directory)
-        settings = ServerSettings(directory, DEMO.config(), admin_token=ADMIN_TOKEN)
+        settings = ServerSettings(
+            directory,
+            DEMO.config(),
+            admin_token=ADMIN_TOKEN,
+            requests_in_flight_max=requests_in_flight_max,
+        )
         app = create_app(settings)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
@@ -386,3 +395,21 @@ def test_a_batch_is_refused_whole_for_a_bad_signature_or_too_many_lines(tmp_path
         assert (status, orjson.loads(body)["error"]["code"]) == (413, "batch_too_large")
 
     serve(tmp_path, scenario)
+
+
+def test_too_many_requests_in_flight_get_429_with_retry_after_and_no_state_change(
+    tmp_path: Path,
+) -> None:
+    async def scenario(session: ClientSession, base: str) -> None:
+        requests = [DEMO.payment(f"rush-{n}", DEMO.payer(0), 1) for n in range(100)]
+        answers = await asyncio.gather(*(post(session, base, request) for request in requests))
+        refused = [(body, headers) for status, body, headers in answers if status == 429]
+        assert refused, "more requests than the limit were in flight at once"
+        assert all(headers["Retry-After"] == "1" for _, headers in refused)
+        assert {status for status, _, _ in answers} <= {200, 429}
+        paid = sum(1 for status, _, _ in answers if status == 200)
+        listing = "/v1/admin/accounts/payer-0"
+        status, account = await get(session, base, listing, ADMIN)
+        assert (status, account["balance"]) == (200, BALANCE - paid)
+
+    serve(tmp_path, scenario, requests_in_flight_max=2)

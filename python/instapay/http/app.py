@@ -52,6 +52,8 @@ BATCH_LINES_MAX = 10_000
 # answers are streamed back as soon as it (and every group before it) is durable.
 BATCH_GROUP_LEN = 1000
 NDJSON_TYPE = "application/x-ndjson"
+# Enough for the engine's queue to stay full; more would only wait in memory.
+REQUESTS_IN_FLIGHT_MAX_DEFAULT = 16_384
 RETRY_AFTER_S = 1
 JSON_TYPE = "application/json"
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -68,6 +70,8 @@ class ServerSettings:
     on_first_start: Callable[[Engine], Awaitable[None]] | None = None
     # Bearer token of the admin endpoints; None disables them.
     admin_token: str | None = None
+    # Beyond this many requests in flight, new ones get 429 at once instead of queueing.
+    requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT
 
 
 @dataclass
@@ -75,6 +79,7 @@ class Runtime:
     """What the running application holds: the engine once recovery has finished."""
 
     engine: Engine | None = None
+    requests_in_flight: int = 0
     # Set when recovery has finished, or failed (then `failure` says why).
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     failure: BaseException | None = None
@@ -125,6 +130,13 @@ async def errors_and_request_ids(
 ) -> web.StreamResponse:
     """Gives every request an id and turns every refusal into the API's JSON error."""
     request[REQUEST_ID] = uuid.uuid4().hex
+    runtime = request.app[RUNTIME]
+    if runtime.requests_in_flight >= request.app[SETTINGS].requests_in_flight_max:
+        refused = error_response(request, 429, "too_many_requests", "too many requests in flight")
+        refused.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        return refused
+    runtime.requests_in_flight += 1
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except RequestError as error:
@@ -138,6 +150,8 @@ async def errors_and_request_ids(
             raise
         code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
         response = error_response(request, error.status, code, error.reason)
+    finally:
+        runtime.requests_in_flight -= 1
     if not response.prepared:  # a streamed response sets its own before it starts
         response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     return response
