@@ -300,16 +300,22 @@ def test_webhooks_verify_accepts_a_good_signature_and_refuses_the_rest() -> None
         webhooks.verify(body, None, SECRET)
 
 
-def test_readyz_is_503_while_recovering_and_metrics_count_requests(tmp_path: Path) -> None:
+def write_long_log(directory: Path) -> None:
+    """60 k records to replay and no snapshot: the next start spends a while recovering."""
+
     async def long_log() -> None:
-        opened = Engine.open(tmp_path, config=DEMO.config(), fsync="off", snapshot_on_close=False)
+        opened = Engine.open(directory, config=DEMO.config(), fsync="off", snapshot_on_close=False)
         async with opened as engine:
             await DEMO.set_up(engine, payers=3, balance=10**12)
             for batch in range(60):
                 requests = [DEMO.payment(f"o-{batch}-{n}", DEMO.payer(0), 1) for n in range(1000)]
                 await engine.submit_many(requests)
 
-    asyncio.run(long_log())  # 60 k records to replay, no snapshot: recovery takes a while
+    asyncio.run(long_log())
+
+
+def test_readyz_is_503_while_recovering_and_metrics_count_requests(tmp_path: Path) -> None:
+    write_long_log(tmp_path)
 
     async def scenario() -> None:
         app = create_app(ServerSettings(tmp_path, DEMO.config()))
@@ -413,3 +419,27 @@ def test_too_many_requests_in_flight_get_429_with_retry_after_and_no_state_chang
         assert (status, account["balance"]) == (200, BALANCE - paid)
 
     serve(tmp_path, scenario, requests_in_flight_max=2)
+
+
+def test_the_sdk_retries_a_5xx_with_the_same_key_and_pays_once(tmp_path: Path) -> None:
+    write_long_log(tmp_path)
+
+    async def scenario() -> None:
+        app = create_app(ServerSettings(tmp_path, DEMO.config()))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        patient = Client(
+            str(server.make_url("")), DEMO.merchant_id, DEMO.kid, DEMO.secret, retries_max=12
+        )
+        try:
+            async with patient as sdk:
+                assert app[RUNTIME].engine is None, "the first attempts meet 503 starting"
+                payment = await sdk.create_payment(
+                    order_id="retried", payer=DEMO.payer(1), amount=7, currency="EUR"
+                )
+                assert payment["status"] == "succeeded"
+                assert len(await sdk.payments_for_order("retried")) == 1
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
