@@ -190,8 +190,8 @@ class _Staged:
 
     types: list[int] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
-    # Each job with its result and, for a new idempotency key, its slot.
-    done: list[tuple[_Job, Result, int | None]] = field(default_factory=list)
+    # Each job with its result, its slot if it reserved a new idempotency key, and its LSN.
+    done: list[tuple[_Job, Result, int | None, int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)
 
@@ -477,9 +477,10 @@ class Engine:
         for job, op in ops:
             answer = answer_of.get(id(job))
             if answer is None or answer[0] == _core.RESERVE_NEW:
+                lsn = self.lsn_next
                 result = self._apply(op, now_s, staged)
                 slot = None if answer is None else answer[1]
-                staged.done.append((job, result, slot))
+                staged.done.append((job, result, slot, lsn))
                 if slot is not None:
                     staged.slots.append(slot)
                     staged.refs.append(self.lsn_next - 1)
@@ -739,11 +740,11 @@ class Engine:
 
     def _publish(self, staged: _Staged) -> None:
         """The batch is durable: remember its results, complete its keys, answer its callers."""
-        for _, result, _ in staged.done:
+        for _, result, _, lsn in staged.done:
             if isinstance(result, PaymentResult | RefundResult):
-                self._remember(_lsn_of(result), result)
+                self._remember(lsn, result)
         self.index.complete_batch(staged.slots, staged.refs)
-        for job, result, slot in staged.done:
+        for job, result, slot, _ in staged.done:
             job.answer(result)
             if slot is not None:
                 for waiter in self._waiters.pop(slot):
@@ -760,7 +761,7 @@ class Engine:
 
     def _fail(self, error: BaseException, staged: _Staged) -> None:
         failure = self._stop(error, "the write-ahead log failed")
-        for job, _, slot in staged.done:
+        for job, _, slot, _ in staged.done:
             job.answer(failure)
             for waiter in self._waiters.pop(slot, []) if slot is not None else []:
                 waiter.answer(failure)
@@ -859,36 +860,8 @@ class Engine:
         state = {
             "lsn": self.lsn_next - 1,
             "ledger": self.ledger.to_snapshot(),
-            "payments": [
-                [
-                    lsn,
-                    r.merchant_id,
-                    r.order_id,
-                    r.payer,
-                    r.amount,
-                    r.currency,
-                    r.failure_code,
-                    r.created_s,
-                    r.description,
-                    r.metadata,
-                ]
-                for lsn, r in self.results.items()
-                if isinstance(r, PaymentResult)
-            ],
-            "refunds": [
-                [
-                    lsn,
-                    r.payment_id,
-                    r.merchant_id,
-                    r.amount,
-                    r.currency,
-                    r.failure_code,
-                    r.created_s,
-                    r.reason,
-                ]
-                for lsn, r in self.results.items()
-                if isinstance(r, RefundResult)
-            ],
+            # Every field of each result but `replayed`; its LSN is in its id.
+            "results": [list(result[:-1]) for result in self.results.values()],
         }
         encoded = orjson.dumps(state)
         return SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + self.index.dump()
@@ -900,53 +873,9 @@ class Engine:
         if state["lsn"] != lsn:
             raise ValueError(f"snapshot for LSN {lsn} holds state of LSN {state['lsn']}")
         self.ledger = Ledger.from_snapshot(state["ledger"])
-        for (
-            plsn,
-            merchant_id,
-            order_id,
-            payer,
-            amount,
-            currency,
-            failure,
-            created_s,
-            description,
-            metadata,
-        ) in state["payments"]:
-            failure_code = _failure(failure)
-            self._remember(
-                plsn,
-                PaymentResult(
-                    payment_id(plsn),
-                    merchant_id,
-                    order_id,
-                    payer,
-                    amount,
-                    currency,
-                    _status(failure_code),
-                    failure_code,
-                    created_s,
-                    description,
-                    metadata,
-                ),
-            )
-        for rlsn, paid, merchant_id, amount, currency, failure, created_s, reason in state[
-            "refunds"
-        ]:
-            failure_code = _failure(failure)
-            self._remember(
-                rlsn,
-                RefundResult(
-                    refund_id(rlsn),
-                    paid,
-                    merchant_id,
-                    amount,
-                    currency,
-                    _status(failure_code),
-                    failure_code,
-                    created_s,
-                    reason,
-                ),
-            )
+        for row in state["results"]:
+            result = _result_from_row(row)
+            self._remember(_lsn_of(result), result)
         self.index = _core.IdempotencyIndex.load(payload[start + length :])
         self.lsn_next = lsn + 1
 
@@ -1010,6 +939,15 @@ def _lock_data_dir(directory: Path) -> int:
         os.close(fd)
         raise DataDirectoryInUseError(f"{directory} is in use by another engine") from None
     return fd
+
+
+def _result_from_row(row: list[Any]) -> PaymentResult | RefundResult:
+    """A result from its snapshot row (its fields but `replayed`, enums as their values)."""
+    kind = PaymentResult if row[0].startswith(PAYMENT_ID_PREFIX) else RefundResult
+    status_at = kind._fields.index("status")
+    row[status_at] = Status(row[status_at])
+    row[status_at + 1] = _failure(row[status_at + 1])
+    return kind(*row)
 
 
 def _lsn_of(result: PaymentResult | RefundResult) -> int:

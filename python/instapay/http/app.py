@@ -275,11 +275,8 @@ async def signed_submission(request: web.Request) -> PaymentResult | RefundResul
     return await engine_of(request).submit(signed, idempotency_key=key)
 
 
-async def create_payment(request: web.Request) -> web.Response:
-    return merchant_response(request, await signed_submission(request))
-
-
-async def create_refund(request: web.Request) -> web.Response:
+async def create_payment_or_refund(request: web.Request) -> web.Response:
+    """`POST /v1/payments` and `POST /v1/payments/{id}/refunds`: the engine routes them."""
     return merchant_response(request, await signed_submission(request))
 
 
@@ -431,9 +428,9 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[RUNTIME] = runtime
     app[METRICS] = Metrics(lambda: runtime.engine)
     app.cleanup_ctx.append(engine_lifetime)
-    app.router.add_post("/v1/payments", create_payment)
+    app.router.add_post("/v1/payments", create_payment_or_refund)
     app.router.add_post("/v1/payments/batch", create_payments_batch)
-    app.router.add_post("/v1/payments/{payment_id}/refunds", create_refund)
+    app.router.add_post("/v1/payments/{payment_id}/refunds", create_payment_or_refund)
     app.router.add_get("/v1/payments", list_payments)
     app.router.add_get("/v1/payments/{payment_id}", get_payment)
     app.router.add_post("/v1/admin/accounts", admin_open_account)
