@@ -15,7 +15,7 @@ PY_LIBDIR = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_conf
 BENCH_DIR := .benchmarks
 BENCH_SUITES := $(wildcard benches/test_bench_*.py)
 
-.PHONY: build run test test-rust lint test-python bench clean
+.PHONY: build run test test-rust lint test-python bench bench-tools clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,15 +44,27 @@ lint: build
 test-python: build
 	$(BIN)/pytest
 
-# Micro benchmarks; the table printed at the end is the one in README (ratios from this run).
-# One process per suite: the engine suites leave a large heap behind that slows the others.
-bench: build
+# Micro benchmarks and the HTTP benchmark; the tables printed at the end are the ones in README
+# (ratios from this run). One process per suite: the engine suites leave a large heap behind that
+# slows the others.
+bench: build bench-tools
 	mkdir -p $(BENCH_DIR)
 	set -e; for suite in $(BENCH_SUITES); do \
 		$(BIN)/pytest $$suite --benchmark-only -q \
 			--benchmark-json=$(BENCH_DIR)/$$(basename $$suite .py).json; \
 	done
 	$(BIN)/python benches/report.py $(BENCH_SUITES:benches/%.py=$(BENCH_DIR)/%.json)
+
+# The HTTP suite's load generator is wrk, a Debian package: installed here when we may (root with
+# apt-get), otherwise a clear refusal that says how.
+bench-tools:
+	@command -v wrk >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
+		else \
+			echo "make bench needs wrk: install it with 'sudo apt-get install wrk'" >&2; exit 1; \
+		fi; \
+	}
 
 clean:
 	rm -rf $(VENV) target .benchmarks .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,5 +1,7 @@
-"""Turns a pytest-benchmark JSON file into the README's tables: items/s and same-run ratios, and
-bytes per key for the memory benchmarks (those that record `bytes_per_key`).
+"""Turns a pytest-benchmark JSON file into the README's tables: items/s and same-run ratios, bytes
+per key for the memory benchmarks (those that record `bytes_per_key`), and rates with latencies
+for the HTTP benchmarks (those that record `rate_per_s`: one run each, measured by wrk or the
+batch client, so pytest-benchmark's own timing of them is not used).
 
 Usage: python benches/report.py .benchmarks/test_bench_*.json (one file per suite, merged)
 """
@@ -21,6 +23,9 @@ TARGETS: dict[tuple[str, str], str] = {
     ("memory", "test_memory[IdempotencyIndex 10M keys]"): "<= 64 B per key at 10 M keys",
     ("engine: durable", "test_engine_submit_many[always]"): ">= 300 k/s, >= 50x the naive engine",
     ("engine: recovery", "test_recovery"): ">= 1 M records/s",
+    ("http: single", "test_instapay_single_payment"): ">= 85% of the bare handler",
+    ("http: batch", "test_instapay_batch"): ">= 200 k payments/s",
+    ("webhooks", "test_payments_while_webhooks_go_out[slow receiver]"): "no slowdown beyond noise",
 }
 
 
@@ -49,6 +54,10 @@ def is_memory(benches: list[dict[str, Any]]) -> bool:
     return "bytes_per_key" in benches[0]["extra_info"]
 
 
+def is_http(benches: list[dict[str, Any]]) -> bool:
+    return "rate_per_s" in benches[0]["extra_info"]
+
+
 def throughput_rows(group: str, benches: list[dict[str, Any]]) -> list[str]:
     base_rate = items_per_s(baseline_of(benches))
     return [
@@ -71,26 +80,69 @@ def memory_rows(group: str, benches: list[dict[str, Any]]) -> list[str]:
     return rows
 
 
+def http_rows(group: str, benches: list[dict[str, Any]]) -> list[str]:
+    """Rate, latency, the ratio to the group's baseline (if it has one) and the cores kept busy by
+    the server, the load generator and the rest of the machine (which should be near zero)."""
+    baseline = next((b for b in benches if b["extra_info"].get("baseline")), None)
+    base_rate = baseline["extra_info"]["rate_per_s"] if baseline else None
+    rows = []
+    for bench in benches:
+        info = bench["extra_info"]
+        ratio = f"{info['rate_per_s'] / base_rate:.0%}" if base_rate else ""
+        rows.append(
+            f"| {group} | `{bench['name']}` | {info['rate_per_s'] / 1e3:.1f} k {info['unit']} "
+            f"| {info['p50_ms']:.1f} ms | {info['p99_ms']:.1f} ms | {ratio} "
+            f"| {info['server_cores']:.2f} / {info['generator_cores']:.2f} "
+            f"/ {info['rest_cores']:.2f} "
+            f"| {target_of(group, bench['name'])} |"
+        )
+    return rows
+
+
+THROUGHPUT_HEADER = (
+    "| group | implementation | items/s | vs Python | target |",
+    "|---|---|---:|---:|---|",
+)
+MEMORY_HEADER = (
+    "| memory | keys | bytes/key | RSS growth/key | dict bytes / these | target |",
+    "|---|---:|---:|---:|---:|---|",
+)
+HTTP_HEADER = (
+    "| http | implementation | rate | p50 | p99 | vs bare aiohttp | cores: server / load / rest "
+    "| target |",
+    "|---|---|---:|---:|---:|---:|---:|---|",
+)
+
+
+def table(header: tuple[str, str], rows: list[str]) -> list[str]:
+    """A blank line, then the table; nothing when no suite of this kind ran."""
+    return ["", *header, *rows] if rows else []
+
+
 def render(report: dict[str, Any]) -> str:
     machine = report["machine_info"]
-    throughput = [
-        f"Machine: {machine['cpu']['brand_raw']}, {machine['cpu']['count']} cores, "
-        f"Python {machine['python_version']}; median of each benchmark.",
-        "",
-        "| group | implementation | items/s | vs Python | target |",
-        "|---|---|---:|---:|---|",
-    ]
-    memory = [
-        "",
-        "| memory | keys | bytes/key | RSS growth/key | dict bytes / these | target |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+    throughput: list[str] = []
+    memory: list[str] = []
+    http: list[str] = []
     for group, benches in by_group(report).items():
         if is_memory(benches):
             memory.extend(memory_rows(group, benches))
+        elif is_http(benches):
+            http.extend(http_rows(group, benches))
         else:
             throughput.extend(throughput_rows(group, benches))
-    return "\n".join(throughput + (memory if len(memory) > 3 else []))
+    heading = (
+        f"Machine: {machine['cpu']['brand_raw']}, {machine['cpu']['count']} cores, "
+        f"Python {machine['python_version']}; median of each benchmark."
+    )
+    return "\n".join(
+        [
+            heading,
+            *table(THROUGHPUT_HEADER, throughput),
+            *table(MEMORY_HEADER, memory),
+            *table(HTTP_HEADER, http),
+        ]
+    )
 
 
 def merged(paths: list[str]) -> dict[str, Any]:

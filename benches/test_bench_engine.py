@@ -9,6 +9,7 @@ Snapshot: writing one for 10 000 funded accounts, and its size per account.
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -20,7 +21,8 @@ from benches.baselines.naive_engine import NaiveEngine
 from benches.conftest import pedantic
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
-from instapay.model import PaymentResult
+from instapay.http.server import freeze_survivors_of_full_collections
+from instapay.model import EngineConfig, PaymentResult
 from instapay.signing import SignedRequest
 
 ACCOUNTS = 10_000
@@ -45,10 +47,12 @@ def payments(prefix: str, length: int, first_payer: int = 0) -> list[SignedReque
 class RunningEngine:
     """An engine open in its own event loop across benchmark rounds."""
 
-    def __init__(self, directory: Path, fsync: str) -> None:
+    def __init__(self, directory: Path, fsync: str, config: EngineConfig | None = None) -> None:
+        freeze_survivors_of_full_collections()  # as `instapay serve` does
         self.loop = asyncio.new_event_loop()
         self.stack = contextlib.AsyncExitStack()
-        opened = Engine.open(directory, config=DEMO.config(), fsync=fsync)  # type: ignore[arg-type]
+        config = config or DEMO.config()
+        opened = Engine.open(directory, config=config, fsync=fsync)  # type: ignore[arg-type]
         self.engine = self.loop.run_until_complete(self.stack.enter_async_context(opened))
         self.loop.run_until_complete(DEMO.set_up(self.engine, ACCOUNTS, 10**12))
 
@@ -62,6 +66,25 @@ class RunningEngine:
     def close(self) -> None:
         self.loop.run_until_complete(self.stack.aclose())
         self.loop.close()
+        # What this engine left frozen goes now, so the next benchmark starts on a clean heap.
+        gc.unfreeze()
+        gc.collect()
+
+
+def submit_rounds(benchmark: BenchmarkFixture, engine: RunningEngine, prefix: str) -> list[object]:
+    """Times ROUNDS rounds of BATCHES_IN_FLIGHT concurrent batches of new payments; the answers
+    of the last round."""
+    rounds = count()
+
+    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
+        number = next(rounds)
+        batches = [
+            payments(f"{prefix}{number}-b{b}", BATCH_LEN, b * BATCH_LEN)
+            for b in range(BATCHES_IN_FLIGHT)
+        ]
+        return (batches,), {}
+
+    return pedantic(benchmark, engine.submit, setup=setup, rounds=ROUNDS, warmup_rounds=1)
 
 
 @pytest.fixture(params=["always", "off"])
@@ -76,16 +99,7 @@ def test_engine_submit_many(
     benchmark: BenchmarkFixture, running: tuple[str, RunningEngine]
 ) -> None:
     fsync, engine = running
-    rounds = count()
-
-    def setup() -> tuple[tuple[object, ...], dict[str, object]]:
-        number = next(rounds)
-        batches = [
-            payments(f"r{number}-b{b}", BATCH_LEN, b * BATCH_LEN) for b in range(BATCHES_IN_FLIGHT)
-        ]
-        return (batches,), {}
-
-    answers = pedantic(benchmark, engine.submit, setup=setup, rounds=ROUNDS, warmup_rounds=1)
+    answers = submit_rounds(benchmark, engine, "r")
     assert all(isinstance(a, PaymentResult) and not a.replayed for a in answers)
     benchmark.extra_info.update(items=BATCH_LEN * BATCHES_IN_FLIGHT, baseline=False, fsync=fsync)
 
@@ -127,6 +141,7 @@ def write_log_without_snapshot(directory: Path, records: int) -> None:
 
 @pytest.mark.benchmark(group=RECOVERY_GROUP)
 def test_recovery(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
+    freeze_survivors_of_full_collections()  # as `instapay serve` does before it recovers
     write_log_without_snapshot(tmp_path, RECOVERY_RECORDS)
 
     def reopen() -> int:

@@ -7,6 +7,8 @@ use std::fmt;
 use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
+use crate::idempotency::KEY_LEN_MAX;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreError {
     /// An argument is not of the expected Python type.
@@ -114,7 +116,7 @@ impl fmt::Display for CoreError {
             }
             Self::KeyLength { index, len } => write!(
                 f,
-                "keys[{index}] is {len} bytes long; idempotency keys are 1 to 255 bytes"
+                "keys[{index}] is {len} bytes long; idempotency keys are 1 to {KEY_LEN_MAX} bytes"
             ),
             Self::FingerprintLength { index, len } => write!(
                 f,

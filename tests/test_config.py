@@ -13,9 +13,11 @@ from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import RUNTIME
+from instapay.notify import DeliveryPolicy
 from instapay.signing import SIGNATURE_HEADER
 
 SECRET = b"configured shop secret, 32 bytes"
+WEBHOOK_SECRET = b"configured webhook secret, 32 b."
 MERCHANT = '[[merchants]]\nid = "a"\nsettlement_account = "b"\n'
 
 
@@ -32,10 +34,16 @@ port = 9000
 data_dir = "shop-data"
 fsync = "always"
 
+[webhooks]
+schedule_s = [1, 2.5, 60]
+jitter = 0.0
+timeout_s = 3.0
+
 [[merchants]]
 id = "shop"
 settlement_account = "shop.settlement"
 webhook_url = "https://shop.example/hooks"
+webhook_secret = {{ secret_hex = "{WEBHOOK_SECRET.hex()}" }}
 
 [merchants.keys]
 "shop.k1" = {{ secret_hex = "{SECRET.hex()}" }}
@@ -65,7 +73,9 @@ def test_a_full_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "shop.settlement",
         "https://shop.example/hooks",
     )
+    assert shop.webhook_secret == WEBHOOK_SECRET
     assert loaded.admin_token == "admin-from-env"  # noqa: S105 (a test value)
+    assert loaded.delivery == DeliveryPolicy(schedule_s=(1, 2.5, 60), jitter=0.0, timeout_s=3.0)
 
 
 @pytest.mark.parametrize(
@@ -91,6 +101,20 @@ def test_a_full_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             "unknown keys",
         ),
         ("not toml at all [", "instapay.toml"),
+        (
+            '[[merchants]]\nid = "a"\nsettlement_account = "b"\nwebhook_url = "https://a.example"'
+            '\nkeys = { k = { secret_hex = "00" } }',
+            "webhook_secret is required with webhook_url",
+        ),
+        ("[webhooks]\nschedule_s = [1, -2]", "schedule_s must be a list of waits"),
+        (
+            keys('secret_hex = "' + "ab" * 16 + '"')
+            + "\n"
+            + keys('secret_hex = "' + "cd" * 16 + '"'),
+            "each id must be unique, repeated: ['a']",
+        ),
+        ("[webhooks]\njitter = 1.5", "jitter must be at least 0 and below 1"),
+        ("[webhooks]\ntimeout_s = 'soon'", "webhooks.timeout_s must be a float"),
     ],
 )
 def test_a_wrong_config_names_what_is_wrong(tmp_path: Path, text: str, problem: str) -> None:

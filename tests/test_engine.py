@@ -13,8 +13,10 @@ from instapay import cli, wal
 from instapay.demo import DemoMerchant
 from instapay.engine import DataDirectoryInUseError, Engine
 from instapay.model import (
+    EngineConfig,
     EngineFailedError,
     Failure,
+    Merchant,
     Overloaded,
     PaymentResult,
     RefundResult,
@@ -307,3 +309,27 @@ def test_a_data_directory_takes_one_engine_at_a_time(tmp_path: Path) -> None:
 
     run(tmp_path, scenario)
     run(tmp_path, lambda engine: pay(engine, "after-release"))
+
+
+def test_the_longest_ids_and_keys_are_taken(tmp_path: Path) -> None:
+    """Ids and keys of 255 characters each: the engine's scoped idempotency keys are longer
+    than any one of them, and must still fit the index."""
+    longest = DemoMerchant(merchant_id="m" * 255, kid="k" * 255, secret=DEMO.secret)
+    merchant = Merchant(longest.merchant_id, "settles", {longest.kid: longest.secret})
+
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=EngineConfig((merchant,))) as engine:
+            for account in ("settles", "p" * 255):
+                await engine.open_account(account, "EUR")
+            await engine.deposit("p" * 255, 100, "EUR")
+            key = "i" * 255
+            request = longest.payment("o" * 255, "p" * 255, 10)
+            paid = await engine.submit(request, idempotency_key=key)
+            assert paid.status == Status.SUCCEEDED
+            assert (await engine.submit(request, idempotency_key=key)).replayed
+            refunded = await engine.submit(longest.refund(paid.id, 5), idempotency_key=key)
+            assert (refunded.status, refunded.amount) == (Status.SUCCEEDED, 5)
+            again = await engine.submit(longest.refund(paid.id, 5), idempotency_key=key)
+            assert (again.id, again.replayed) == (refunded.id, True)
+
+    asyncio.run(main())

@@ -71,13 +71,13 @@ def test_a_released_key_can_be_retried_with_corrected_content(index: Idempotency
     assert reserve_one(index, b"k", FP_B)[0] == RESERVE_NEW
 
 
-@pytest.mark.parametrize("length", [1, 255])
-def test_keys_of_1_to_255_bytes_are_accepted(index: IdempotencyIndex, length: int) -> None:
+@pytest.mark.parametrize("length", [1, _core.IDEMPOTENCY_KEY_LEN_MAX])
+def test_keys_of_1_to_1024_bytes_are_accepted(index: IdempotencyIndex, length: int) -> None:
     assert reserve_one(index, b"k" * length)[0] == RESERVE_NEW
 
 
-@pytest.mark.parametrize("length", [0, 256])
-def test_keys_outside_1_to_255_bytes_are_refused_by_index(
+@pytest.mark.parametrize("length", [0, _core.IDEMPOTENCY_KEY_LEN_MAX + 1])
+def test_keys_outside_1_to_1024_bytes_are_refused_by_index(
     index: IdempotencyIndex, length: int
 ) -> None:
     with pytest.raises(ValueError, match=rf"keys\[1\] is {length} bytes long"):

@@ -4,11 +4,6 @@ graceful shutdown on SIGTERM that loses nothing."""
 import asyncio
 import json
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,68 +12,9 @@ import aiohttp
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.signing import SIGNATURE_HEADER
+from servers import STARTUP_TIMEOUT_S, free_port, start
 
-STARTUP_TIMEOUT_S = 30.0
 ACKNOWLEDGED_BEFORE_SIGTERM = 50
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Server:
-    """A running `instapay serve` process; its stderr (the JSON logs) is read as it comes, so a
-    full pipe can never block the server."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.log_lines: list[str] = []
-        assert process.stderr is not None
-        errors = process.stderr
-        self.reader = threading.Thread(target=lambda: self.log_lines.extend(errors), daemon=True)
-        self.reader.start()
-
-    def stop(self) -> tuple[int, list[dict[str, object]]]:
-        """Sends SIGTERM (if still running); the exit status and the JSON log lines."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(timeout=60)
-        self.reader.join(timeout=10)
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-        return status, [json.loads(line) for line in self.log_lines]
-
-
-def start(directory: Path, port: int) -> Server:
-    process = subprocess.Popen(  # noqa: S603 (this interpreter and our own entry point)
-        [
-            sys.executable,
-            "-c",
-            "from instapay.cli import main; raise SystemExit(main())",
-            "serve",
-            "--data-dir",
-            str(directory),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = Server(process)
-    assert process.stdout is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("instapay serving on"):
-            return server
-        assert line, f"the server exited with {process.wait()} before serving"
-    process.kill()
-    raise AssertionError("the server did not start in time")
 
 
 def pay(port: int, demo: DemoMerchant, order_id: str) -> tuple[dict[str, object], bool]:

@@ -104,7 +104,7 @@ RESERVE_IN_FLIGHT: Final[int]
 RESERVE_FULL: Final[int]
 """4: a new key, but the index holds ``capacity_max`` keys; the value is 0."""
 IDEMPOTENCY_KEY_LEN_MAX: Final[int]
-"""255: keys are 1 to 255 bytes."""
+"""1024: keys are 1 to 1024 bytes (the engine's scoped keys exceed 255)."""
 IDEMPOTENCY_CAPACITY_MAX: Final[int]
 IDEMPOTENCY_TTL_SECONDS_DEFAULT: Final[int]
 """86400 (24 h), the retention Stripe documents."""
@@ -274,7 +274,7 @@ class IdempotencyIndex:
 
         A key twice in one batch: the first is NEW, the second IN_FLIGHT (MISMATCH if its
         fingerprint differs). Known keys are answered even when the index is full. ValueError
-        naming the index for a key outside 1..255 bytes or a fingerprint that is not 32 bytes.
+        naming the index for a key outside 1..1024 bytes or a fingerprint that is not 32 bytes.
         """
 
     def complete_batch(self, slots: Sequence[int], refs: Sequence[int]) -> None:

@@ -9,9 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
+
 from instapay import __version__, config, wal
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
-from instapay.engine import Engine, RecordType
+from instapay.engine import Engine, RecordType, redacted
 from instapay.http import ServerSettings, server
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
@@ -46,7 +48,11 @@ def serve_configured(arguments: argparse.Namespace) -> int:
         return 2
     directory = arguments.data_dir or configured.data_dir
     settings = ServerSettings(
-        directory, configured.engine, fsync=configured.fsync, admin_token=configured.admin_token
+        directory,
+        configured.engine,
+        fsync=configured.fsync,
+        admin_token=configured.admin_token,
+        delivery=configured.delivery,
     )
 
     def ready(base_url: str) -> None:
@@ -112,13 +118,13 @@ def verify_data_dir(directory: Path) -> int:
 
 def dump_data_dir(directory: Path) -> int:
     """Prints the records the log holds (from its oldest segment), one per line."""
-    names = {kind.value: kind.name for kind in RecordType}
     segments = wal.segment_paths(directory / "wal")
     try:
         for scan in wal.scan_log(directory, segments[0][0] - 1 if segments else 0):
             for record in scan.records:
-                kind = names.get(record.type, str(record.type))
-                print(f"{record.lsn} {kind} {record.payload.decode()}")
+                kind = RecordType(record.type)
+                fields = redacted(kind, orjson.loads(record.payload))
+                print(f"{record.lsn} {kind.name} {orjson.dumps(fields).decode()}")
     except wal.WalCorruptError as error:
         print(f"CORRUPT: {error}")
         return 1

@@ -13,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 import orjson
 
 from instapay.signing import SIGNATURE_HEADER, sign_request, verify_payload
 
+JSON_TYPE = "application/json"
+NDJSON_TYPE = "application/x-ndjson"
+BATCH_PATH = "/v1/payments/batch"
 RETRIES_MAX_DEFAULT = 3
 BACKOFF_S_FIRST = 0.05
 TIMEOUT_S_DEFAULT = 10.0
@@ -35,6 +40,31 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
+
+
+T = TypeVar("T")
+
+
+def _signed_json(payload: bytes, signature: str | None, secret: bytes) -> dict[str, Any]:
+    """A JSON answer; one that is not signed by our key is not trusted, whatever it says."""
+    verify_payload(payload, signature, [secret])
+    answer: dict[str, Any] = orjson.loads(payload)
+    return answer
+
+
+def _signed_lines(stream: bytes, signature: str | None, secret: bytes) -> list[dict[str, Any]]:
+    """The lines of a batch answer, once its last line's signature over all the others checks
+    out (the header carries none: the stream starts before the last group is durable). A stream
+    cut short (the server stopped) is a 503, which may be retried."""
+    del signature
+    body, _, last = stream.rstrip(b"\n").rpartition(b"\n")
+    trailer = orjson.loads(last)
+    if trailer.get("object") != "signature":
+        code = trailer.get("error", {}).get("code", "unavailable")
+        raise ApiError(503, code, "the batch answer was cut short", None)
+    signed = body + b"\n" if body else b""
+    verify_payload(signed, trailer["signature"], [secret])
+    return [orjson.loads(line) for line in signed.splitlines()]
 
 
 class Client:
@@ -105,17 +135,58 @@ class Client:
         return await self._call("GET", f"/v1/payments/{payment_id}", b"", None)
 
     async def payments_for_order(self, order_id: str) -> list[dict[str, Any]]:
-        listing = await self._call("GET", f"/v1/payments?order_id={order_id}", b"", None)
+        query = urlencode({"order_id": order_id})
+        listing = await self._call("GET", f"/v1/payments?{query}", b"", None)
         data: list[dict[str, Any]] = listing["data"]
         return data
+
+    async def create_payments_batch(
+        self, payments: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Up to 10 000 payments in one request (NDJSON under one signature). Per payment, in
+        order: the payment, or `{"object": "error", ...}` for a refused line. Each line is
+        idempotent by its order id, so a retry of the whole batch charges nothing twice."""
+        lines = [orjson.dumps({"merchant_id": self.merchant_id, **payment}) for payment in payments]
+        body = b"\n".join(lines) + b"\n"
+        return await self._request(
+            "POST", BATCH_PATH, body, decode=_signed_lines, content_type=NDJSON_TYPE
+        )
+
+    async def list_events(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """A page of the merchant's events, oldest first: `data` and `has_more`; pass the last
+        event's id as `after` for the next page."""
+        query = {"limit": str(limit)} | ({} if after is None else {"after": after})
+        return await self._call("GET", f"/v1/events?{urlencode(query)}", b"", None)
+
+    async def get_event(self, event_id: str) -> dict[str, Any]:
+        """An event with its delivery attempts."""
+        return await self._call("GET", f"/v1/events/{event_id}", b"", None)
 
     async def _call(
         self, method: str, path: str, body: bytes, idempotency_key: str | None
     ) -> dict[str, Any]:
-        """Signs and sends; retries network errors and 5xx (safe: same key, same body)."""
+        return await self._request(
+            method, path, body, idempotency_key=idempotency_key, decode=_signed_json
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        *,
+        idempotency_key: str | None = None,
+        decode: Callable[[bytes, str | None, bytes], T],
+        content_type: str = JSON_TYPE,
+    ) -> T:
+        """Signs, sends and checks the answer's signature (`decode`); retries network errors
+        and 5xx (safe: same key, same body)."""
         for attempt in range(self.retries_max + 1):
             try:
-                return await self._send(method, path, body, idempotency_key)
+                payload, signature = await self._send(
+                    method, path, body, idempotency_key, content_type
+                )
+                return decode(payload, signature, self.secret)
             except ApiError as error:
                 if error.status < 500 or attempt == self.retries_max:
                     raise
@@ -126,8 +197,14 @@ class Client:
         raise AssertionError("the loop returns or raises")
 
     async def _send(
-        self, method: str, path: str, body: bytes, idempotency_key: str | None
-    ) -> dict[str, Any]:
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        idempotency_key: str | None,
+        content_type: str,
+    ) -> tuple[bytes, str | None]:
+        """The answer's body and signature header; an ApiError for a refusal."""
         if self._session is None:
             raise RuntimeError("use the client as `async with Client(...) as client`")
         headers = {
@@ -139,7 +216,7 @@ class Client:
                 body=body,
                 timestamp_s=int(time.time()),
             ),
-            "Content-Type": "application/json",
+            "Content-Type": content_type,
         }
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
@@ -148,10 +225,7 @@ class Client:
             payload = await response.read()
             if response.status >= 400:
                 raise _api_error(response.status, payload)
-            # An answer that is not signed by our key is not trusted, whatever it says.
-            verify_payload(payload, response.headers.get(SIGNATURE_HEADER), [self.secret])
-            answer: dict[str, Any] = orjson.loads(payload)
-            return answer
+            return payload, response.headers.get(SIGNATURE_HEADER)
 
 
 def _api_error(status: int, payload: bytes) -> ApiError:

@@ -9,10 +9,19 @@
     data_dir = "/var/lib/instapay"
     fsync = "always"                           # "off" is for benchmarks only: unsafe
 
+    [webhooks]                                 # all optional; the defaults are shown
+    schedule_s = [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800,
+                  21600, 21600]                # waits between attempts (WeChat Pay's, ~24 h)
+    jitter = 0.1                               # each wait shortened by up to this share
+    timeout_s = 10.0
+    in_flight_max = 64
+    in_flight_per_merchant_max = 8
+
     [[merchants]]
     id = "shop"
     settlement_account = "shop.settlement"
     webhook_url = "https://shop.example/instapay"
+    webhook_secret = { secret_env = "SHOP_WEBHOOK_SECRET" }    # required with webhook_url
     keys = { "shop.k1" = { secret_env = "SHOP_K1_SECRET" } }   # or { secret_hex = "..." }
 
 Secrets live in the environment (or, for tests and demos, as hex in the file); an unknown key,
@@ -29,6 +38,7 @@ from typing import Any
 
 from instapay.engine import FsyncMode
 from instapay.model import EngineConfig, Merchant
+from instapay.notify import DeliveryPolicy
 
 SECRET_BYTES_MIN = 16
 
@@ -45,6 +55,7 @@ class ServeConfig:
     fsync: FsyncMode
     engine: EngineConfig
     admin_token: str | None
+    delivery: DeliveryPolicy
 
 
 def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -85,17 +96,62 @@ def _merchant(index: int, table: Any) -> Merchant:
     where = f"merchants[{index}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    if unknown := set(table) - {"id", "settlement_account", "webhook_url", "keys"}:
+    allowed = {"id", "settlement_account", "webhook_url", "webhook_secret", "keys"}
+    if unknown := set(table) - allowed:
         raise ConfigError(f"{where} has unknown keys: {sorted(unknown)}")
     keys = _typed(where, table, "keys", dict)
     if not keys:
         raise ConfigError(f"{where}.keys must hold at least one key")
+    webhook_url = table.get("webhook_url")
+    if webhook_url is not None:
+        _typed(where, table, "webhook_url", str)
+        if "webhook_secret" not in table:
+            raise ConfigError(f"{where}.webhook_secret is required with webhook_url")
+    webhook_secret = table.get("webhook_secret")
     return Merchant(
         id=_typed(where, table, "id", str),
         settlement_account=_typed(where, table, "settlement_account", str),
         keys={kid: _secret(f"{where}.keys.{kid}", spec) for kid, spec in keys.items()},
-        webhook_url=table.get("webhook_url"),
+        webhook_url=webhook_url,
+        webhook_secret=None
+        if webhook_secret is None
+        else _secret(f"{where}.webhook_secret", webhook_secret),
     )
+
+
+def _merchants(tables: list[Any]) -> EngineConfig:
+    merchants = tuple(_merchant(n, table) for n, table in enumerate(tables))
+    for name, values in (
+        ("id", [m.id for m in merchants]),
+        # Refunds are authorised by the settlement account: it must be one merchant's.
+        ("settlement_account", [m.settlement_account for m in merchants]),
+        ("kid", [kid for m in merchants for kid in m.keys]),
+    ):
+        if repeated := sorted({value for value in values if values.count(value) > 1}):
+            raise ConfigError(f"merchants: each {name} must be unique, repeated: {repeated}")
+    return EngineConfig(merchants)
+
+
+def _delivery(data: dict[str, Any]) -> DeliveryPolicy:
+    defaults = DeliveryPolicy()
+    numbers = {"jitter", "timeout_s", "in_flight_max", "in_flight_per_merchant_max"}
+    table = _table(data, "webhooks", {"schedule_s", *numbers})
+    schedule = table.get("schedule_s", list(defaults.schedule_s))
+    if not isinstance(schedule, list) or not all(
+        type(wait) in (int, float) and wait >= 0 for wait in schedule
+    ):
+        raise ConfigError("webhooks.schedule_s must be a list of waits in seconds (>= 0)")
+    values = {}
+    for name in numbers:
+        kind = type(getattr(defaults, name))
+        value = table.get(name, getattr(defaults, name))
+        if type(value) not in (kind, int) or isinstance(value, bool):
+            raise ConfigError(f"webhooks.{name} must be a {kind.__name__}")
+        values[name] = value
+    try:
+        return DeliveryPolicy(schedule_s=tuple(schedule), **values)
+    except ValueError as error:
+        raise ConfigError(f"[webhooks]: {error}") from error
 
 
 def load(path: Path) -> ServeConfig:
@@ -103,13 +159,14 @@ def load(path: Path) -> ServeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from error
-    if unknown := set(data) - {"server", "storage", "merchants"}:
+    if unknown := set(data) - {"server", "storage", "webhooks", "merchants"}:
         raise ConfigError(f"unknown tables: {sorted(unknown)}")
     server = _table(data, "server", {"host", "port", "admin_token_env"})
     storage = _table(data, "storage", {"data_dir", "fsync"})
     fsync = storage.get("fsync", "always")
     if fsync not in ("always", "off"):
         raise ConfigError('storage.fsync must be "always" or "off"')
+    delivery = _delivery(data)
     merchants = data.get("merchants", [])
     if not isinstance(merchants, list) or not merchants:
         raise ConfigError("[[merchants]] must list at least one merchant")
@@ -119,6 +176,7 @@ def load(path: Path) -> ServeConfig:
         port=_typed("server", server, "port", int, 8080),
         data_dir=Path(_typed("storage", storage, "data_dir", str, "var")),
         fsync=fsync,
-        engine=EngineConfig(tuple(_merchant(n, m) for n, m in enumerate(merchants))),
+        engine=_merchants(merchants),
         admin_token=os.environ.get(token_env) or None,
+        delivery=delivery,
     )

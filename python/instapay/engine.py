@@ -16,6 +16,7 @@ first one's result. A write or fsync error stops the engine for good (fail-stop)
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import logging
@@ -29,12 +30,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
+import yarl
 
 from instapay import _core, wal
 from instapay.ledger import Ledger
+from instapay.merchants import Merchants, merchant_from_row, merchant_row, new_kid, new_secret
 from instapay.model import (
     AdminResult,
     EngineConfig,
@@ -43,11 +46,13 @@ from instapay.model import (
     Merchant,
     Overloaded,
     PaymentResult,
+    Recorded,
     RefundResult,
     RequestError,
     Result,
     Status,
 )
+from instapay.outbox import DeliveryOutcome, Outbox, event_id, event_json
 from instapay.signing import SignatureError, SignedRequest, verify_requests
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,12 @@ class RecordType(IntEnum):
     WITHDRAW = 3
     PAYMENT = 4
     REFUND = 5
+    MERCHANT_CREATED = 6
+    KEY_ADDED = 7
+    KEY_REVOKED = 8
+    # Finished webhook delivery attempts, and admin redeliveries (see instapay.outbox).
+    DELIVERIES = 9
+    REDELIVERY = 10
 
 
 def payment_id(lsn: int) -> str:
@@ -107,7 +118,30 @@ class _AdminOp(NamedTuple):
     overdraft: bool = False
 
 
-Answer = Result | RequestError | Overloaded | EngineFailedError
+class _MerchantOp(NamedTuple):
+    merchant: Merchant
+
+
+class _KeyOp(NamedTuple):
+    kind: RecordType
+    merchant_id: str
+    kid: str
+    secret: bytes = b""
+
+
+class _DeliveriesOp(NamedTuple):
+    outcomes: tuple[DeliveryOutcome, ...]
+
+
+class _RedeliveryOp(NamedTuple):
+    event_lsns: tuple[int, ...]
+    at_ms: int
+
+
+# Changes an admin (or the webhook dispatcher) makes, in log order with the payments.
+_ControlOp = _AdminOp | _MerchantOp | _KeyOp | _DeliveriesOp | _RedeliveryOp
+Applied = Result | Merchant | Recorded
+Answer = Applied | RequestError | Overloaded | EngineFailedError
 
 
 class _Answers:
@@ -138,7 +172,7 @@ class _Job:
     index: int
     request: SignedRequest | None = None
     idempotency_key: str | None = None
-    admin: _AdminOp | None = None
+    control: _ControlOp | None = None
     # Set for a payment whose signature the caller checked (one signature over a whole batch).
     merchant: Merchant | None = None
 
@@ -167,7 +201,28 @@ class _RefundOp(NamedTuple):
     fingerprint: bytes
 
 
-_Op = _PaymentOp | _RefundOp | _AdminOp
+_Op = _PaymentOp | _RefundOp | _ControlOp
+
+
+class BucketCounts:
+    """Counts per bucket (value <= bound; the last bucket is +Inf) and the sum: what a Prometheus
+    histogram exports, without the engine depending on a metrics library."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+
+BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096)
+# fdatasync takes ~0.2 ms on a good SSD; a slow disk shows up in the upper buckets.
+LOG_WRITE_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0)
 
 
 @dataclass(slots=True)
@@ -182,6 +237,10 @@ class EngineStats:
     # Time spent in write + fdatasync, in the log thread.
     log_write_seconds: float = 0.0
     log_write_seconds_max: float = 0.0
+    batch_sizes: BucketCounts = field(default_factory=lambda: BucketCounts(BATCH_SIZE_BUCKETS))
+    log_write_latency: BucketCounts = field(
+        default_factory=lambda: BucketCounts(LOG_WRITE_BUCKETS_S)
+    )
 
 
 @dataclass(slots=True)
@@ -191,7 +250,7 @@ class _Staged:
     types: list[int] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
     # Each job with its result, its slot if it reserved a new idempotency key, and its LSN.
-    done: list[tuple[_Job, Result, int | None, int]] = field(default_factory=list)
+    done: list[tuple[_Job, Applied, int | None, int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)
 
@@ -237,13 +296,8 @@ class Engine:
             raise ValueError("snapshot_every_records must be at least 1")
         self.snapshot_every_records = snapshot_every_records
         self._snapshot_lsn = 0
-        self.merchants = {merchant.id: merchant for merchant in config.merchants}
-        self.ring = _core.KeyRing()
-        self.merchant_of_kid: dict[str, Merchant] = {}
-        for merchant in config.merchants:
-            for kid, secret in merchant.keys.items():
-                self.ring.insert(kid, secret)
-                self.merchant_of_kid[kid] = merchant
+        self.merchants = Merchants(config.merchants)
+        self.outbox = Outbox()
         self.ledger = Ledger()
         self.index = _core.IdempotencyIndex(idempotency_capacity)
         # Durable payment and refund results by LSN (their ids carry the LSN).
@@ -318,7 +372,7 @@ class Engine:
         self._queue.append(job)
         self._wakeup.set()
 
-    async def _one(self, **parts: Any) -> Result:
+    async def _one(self, **parts: Any) -> Applied:
         answers = _Answers(1)
         self._enqueue(_Job(answers, 0, **parts))
         [answer] = await answers.future
@@ -378,16 +432,13 @@ class Engine:
         for answer in await answers.future:
             if isinstance(answer, EngineFailedError):
                 raise answer
-            if answer is None or isinstance(answer, AdminResult):
+            if answer is None or isinstance(answer, AdminResult | Merchant | Recorded):
                 raise TypeError(f"a signed request was answered with {answer!r}")
             results.append(answer)
         return results
 
     async def _admin(self, op: _AdminOp) -> AdminResult:
-        result = await self._one(admin=op)
-        if not isinstance(result, AdminResult):
-            raise TypeError(f"an account operation produced {result!r}")
-        return result
+        return _expect(AdminResult, await self._one(control=op))
 
     async def open_account(
         self, account_id: str, currency: str, *, overdraft: bool = False
@@ -407,6 +458,55 @@ class Engine:
         _check_amount(amount)
         return await self._admin(_AdminOp(RecordType.WITHDRAW, account_id, currency, amount))
 
+    async def create_merchant(
+        self, merchant_id: str, settlement_account: str, webhook_url: str | None = None
+    ) -> Merchant:
+        """A new merchant with a fresh key (and a webhook secret if it has a webhook URL); the
+        returned Merchant holds the secrets, which the caller shows once."""
+        _check_id("merchant id", merchant_id)
+        _check_id("settlement_account", settlement_account)
+        if webhook_url is not None:
+            _check_webhook_url(webhook_url)
+        merchant = Merchant(
+            merchant_id,
+            settlement_account,
+            {new_kid(): new_secret()},
+            webhook_url,
+            None if webhook_url is None else new_secret(),
+        )
+        return _expect(Merchant, await self._one(control=_MerchantOp(merchant)))
+
+    async def add_key(self, merchant_id: str) -> tuple[str, bytes]:
+        """A new key for the merchant, valid at once next to its other keys: (kid, secret)."""
+        kid, secret = new_kid(), new_secret()
+        await self._one(control=_KeyOp(RecordType.KEY_ADDED, merchant_id, kid, secret))
+        return kid, secret
+
+    async def revoke_key(self, merchant_id: str, kid: str) -> Merchant:
+        """Revokes a key; requests signed with it fail from the next batch on."""
+        op = _KeyOp(RecordType.KEY_REVOKED, merchant_id, kid)
+        return _expect(Merchant, await self._one(control=op))
+
+    async def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Logs finished webhook attempts (one record), so a restart resumes the schedule."""
+        await self._one(control=_DeliveriesOp(tuple(outcomes)))
+
+    async def redeliver(self, event_lsns: Sequence[int]) -> None:
+        """Starts a fresh round of deliveries for these events, due now."""
+        unknown = [lsn for lsn in event_lsns if lsn not in self.results]
+        if unknown:
+            raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
+        await self._one(control=_RedeliveryOp(tuple(event_lsns), int(time.time() * 1000)))
+
+    def event(self, lsn: int) -> dict[str, Any] | None:
+        result = self.results.get(lsn)
+        return None if result is None else event_json(lsn, result)
+
+    @property
+    def failed(self) -> EngineFailedError | None:
+        """Why the engine stopped (fail-stop), or None while it runs."""
+        return self._failed
+
     def queue_depth(self) -> int:
         """Requests waiting for a batch."""
         return len(self._queue)
@@ -416,11 +516,18 @@ class Engine:
         account = self.ledger.accounts.get(account_id)
         return None if account is None else (account.currency, account.balance)
 
-    def _remember(self, lsn: int, result: PaymentResult | RefundResult) -> None:
-        """Keeps a durable result for replays and reads."""
+    def _remember(
+        self, lsn: int, result: PaymentResult | RefundResult, *, notify: bool = True
+    ) -> None:
+        """Keeps a durable result for replays and reads; its event goes to the outbox, and to
+        the merchant's webhook if it has one (`notify=False`: a snapshot restores deliveries)."""
         self.results[lsn] = result
         if isinstance(result, PaymentResult):
             self._orders.setdefault((result.merchant_id, result.order_id), []).append(lsn)
+        self.outbox.add_event(result.merchant_id, lsn)
+        merchant = self.merchants.get(result.merchant_id)
+        if notify and merchant is not None and merchant.webhook_url is not None:
+            self.outbox.schedule_new(merchant.id, lsn, result.created_s * 1000)
 
     def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
         """The durable payments a merchant made for one order id, oldest first."""
@@ -445,6 +552,7 @@ class Engine:
                 try:
                     staged = self._stage(jobs)
                     self.stats.batches += 1
+                    self.stats.batch_sizes.observe(len(jobs))
                     self.stats.requests += len(jobs)
                     self.stats.records += len(staged.payloads)
                 except Exception as error:  # a bug: memory may hold half a batch, so stop
@@ -467,7 +575,7 @@ class Engine:
         keys: list[bytes] = []
         fingerprints: list[bytes] = []
         for job, op in ops:
-            if not isinstance(op, _AdminOp) and op.key is not None:
+            if isinstance(op, _PaymentOp | _RefundOp) and op.key is not None:
                 keyed.append(job)
                 keys.append(op.key)
                 fingerprints.append(op.fingerprint)
@@ -477,6 +585,11 @@ class Engine:
         for job, op in ops:
             answer = answer_of.get(id(job))
             if answer is None or answer[0] == _core.RESERVE_NEW:
+                try:
+                    self._check(op)
+                except RequestError as error:
+                    job.answer(error)
+                    continue
                 lsn = self.lsn_next
                 result = self._apply(op, now_s, staged)
                 slot = None if answer is None else answer[1]
@@ -494,14 +607,16 @@ class Engine:
         signed = [
             (job, job.request) for job in jobs if job.request is not None and not job.merchant
         ]
-        verdicts = verify_requests(self.ring, [request for _, request in signed], now_s=now_s)
+        verdicts = verify_requests(
+            self.merchants.ring, [request for _, request in signed], now_s=now_s
+        )
         payments = [(job, job.merchant) for job in jobs if job.merchant is not None]
         refunds: list[tuple[_Job, Merchant, str]] = []
         for (job, request), verdict in zip(signed, verdicts, strict=True):
             try:
                 if isinstance(verdict, SignatureError):
                     raise RequestError(verdict.code, str(verdict), 401)
-                merchant = self.merchant_of_kid[verdict]
+                merchant = self.merchants.by_kid[verdict]
                 if job.idempotency_key is not None:
                     _check_client_key(job.idempotency_key)
                 route = _route(request)
@@ -515,8 +630,8 @@ class Engine:
         parsed = dict(self._parse_payments(payments) + self._parse_refunds(refunds))
         ops: list[tuple[_Job, _Op]] = []
         for job in jobs:
-            if job.admin is not None:
-                ops.append((job, job.admin))
+            if job.control is not None:
+                ops.append((job, job.control))
             elif (op := parsed.get(id(job))) is not None:
                 ops.append((job, op))
         return ops
@@ -591,9 +706,27 @@ class Engine:
 
     # ---- applying (the same code runs live and on recovery) ---------------------------------
 
-    def _apply(self, op: _Op, now_s: int, staged: _Staged) -> Result:
+    def _check(self, op: _Op) -> None:
+        """Refuses a change that cannot be applied, before anything is logged (RequestError)."""
+        if isinstance(op, _MerchantOp):
+            self.merchants.check_create(op.merchant)
+            settlement = op.merchant.settlement_account
+            if settlement not in self.ledger.accounts:
+                raise RequestError("account_not_found", f"no account {settlement}", 400)
+            if any(m.settlement_account == settlement for m in self.merchants.by_id.values()):
+                # Refunds are authorised by the settlement account: it must be one merchant's.
+                raise RequestError(
+                    "settlement_account_in_use", f"{settlement} settles another merchant", 409
+                )
+        elif isinstance(op, _KeyOp) and op.kind == RecordType.KEY_ADDED:
+            self.merchants.check_add_key(op.merchant_id, op.kid)
+        elif isinstance(op, _KeyOp):
+            self.merchants.check_revoke_key(op.merchant_id, op.kid)
+
+    def _apply(self, op: _Op, now_s: int, staged: _Staged) -> Applied:
         lsn = self.lsn_next
         self.lsn_next += 1
+        result: Applied
         if isinstance(op, _PaymentOp):
             record = [
                 op.merchant.id,
@@ -608,9 +741,9 @@ class Engine:
                 op.key.decode(),
                 op.fingerprint.hex(),
             ]
-            result: Result = self._replay_payment(lsn, record)
-            record.append(result.failure_code)
-            kind = RecordType.PAYMENT
+            paid = self._replay_payment(lsn, record)
+            record.append(paid.failure_code)
+            kind, result = RecordType.PAYMENT, paid
         elif isinstance(op, _RefundOp):
             record = [
                 op.payment_id,
@@ -621,14 +754,17 @@ class Engine:
                 op.key.decode() if op.key else None,
                 op.fingerprint.hex(),
             ]
-            result = self._replay_refund(lsn, record)
-            record += [result.amount, result.failure_code]
-            kind = RecordType.REFUND
-        else:
+            refunded = self._replay_refund(lsn, record)
+            record += [refunded.amount, refunded.failure_code]
+            kind, result = RecordType.REFUND, refunded
+        elif isinstance(op, _AdminOp):
             record = [op.account_id, op.currency, op.amount, op.overdraft]
-            result = self._replay_admin(op.kind, record)
-            record.append(result.failure_code)
-            kind = op.kind
+            done = self._replay_admin(op.kind, record)
+            record.append(done.failure_code)
+            kind, result = op.kind, done
+        else:
+            kind, record = _control_record(op)
+            result = self._replay_control(kind, lsn, record)
         staged.types.append(kind)
         staged.payloads.append(orjson.dumps(record))
         return result
@@ -690,6 +826,29 @@ class Engine:
         balance = account.balance if account else 0
         return AdminResult(account_id, _status(failure), failure, balance)
 
+    def _replay_control(self, kind: RecordType, lsn: int, record: list[Any]) -> Applied:
+        """Applies a merchant, key or delivery change; its check has passed (or it is logged)."""
+        if kind == RecordType.MERCHANT_CREATED:
+            merchant = merchant_from_row(record)
+            self.merchants.create(merchant)
+            return merchant
+        if kind == RecordType.KEY_ADDED:
+            merchant_id, kid, secret = record
+            return self.merchants.add_key(merchant_id, kid, bytes.fromhex(secret))
+        if kind == RecordType.KEY_REVOKED:
+            return self.merchants.revoke_key(*record)
+        if kind == RecordType.DELIVERIES:
+            for outcome in record:
+                event_lsn = outcome[0]
+                self.outbox.record(self.results[event_lsn].merchant_id, DeliveryOutcome(*outcome))
+        elif kind == RecordType.REDELIVERY:
+            at_ms, event_lsns = record
+            for event_lsn in event_lsns:
+                self.outbox.schedule(self.results[event_lsn].merchant_id, event_lsn, at_ms)
+        else:
+            raise ValueError(f"record type {kind!r} is not a control record")
+        return Recorded(lsn)
+
     # ---- durability -------------------------------------------------------------------------
 
     async def _commit(self, staged: _Staged) -> None:
@@ -723,6 +882,7 @@ class Engine:
         self.stats.log_bytes += writer.bytes_written - bytes_before
         self.stats.log_write_seconds += seconds
         self.stats.log_write_seconds_max = max(self.stats.log_write_seconds_max, seconds)
+        self.stats.log_write_latency.observe(seconds)
         return first
 
     async def _finish(self, written: asyncio.Future[int], staged: _Staged) -> None:
@@ -811,6 +971,9 @@ class Engine:
             self.lsn_next += 1
             fields = orjson.loads(record.payload)
             kind = RecordType(record.type)
+            if kind in CONTROL_RECORDS:
+                self._replay_logged_control(kind, record.lsn, fields)
+                continue
             result: Result
             if kind == RecordType.PAYMENT:
                 result = self._replay_payment(record.lsn, fields)
@@ -835,6 +998,15 @@ class Engine:
                         (key.encode(), bytes.fromhex(fingerprint), result.created_s, record.lsn)
                     )
         self._restore_keys(keys)
+
+    def _replay_logged_control(self, kind: RecordType, lsn: int, fields: list[Any]) -> None:
+        try:
+            self._replay_control(kind, lsn, fields)
+        except (RequestError, ValueError, KeyError) as error:
+            # The log holds it, so it applied once: the configuration file changed since.
+            detail = error.message if isinstance(error, RequestError) else str(error)
+            message = f"the {kind.name} record at LSN {lsn} does not apply: {detail}"
+            raise ValueError(message) from None
 
     def _restore_keys(self, keys: list[tuple[bytes, bytes, int, int]]) -> None:
         """Re-reserves and completes logged idempotency keys, a run of equal times at a time."""
@@ -862,6 +1034,8 @@ class Engine:
             "ledger": self.ledger.to_snapshot(),
             # Every field of each result but `replayed`; its LSN is in its id.
             "results": [list(result[:-1]) for result in self.results.values()],
+            "merchants": self.merchants.to_snapshot(),
+            "deliveries": self.outbox.to_snapshot(),
         }
         encoded = orjson.dumps(state)
         return SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + self.index.dump()
@@ -873,9 +1047,12 @@ class Engine:
         if state["lsn"] != lsn:
             raise ValueError(f"snapshot for LSN {lsn} holds state of LSN {state['lsn']}")
         self.ledger = Ledger.from_snapshot(state["ledger"])
+        # Snapshots written before merchants and deliveries were logged have neither.
+        self.merchants.restore(state.get("merchants", []))
         for row in state["results"]:
             result = _result_from_row(row)
-            self._remember(_lsn_of(result), result)
+            self._remember(_lsn_of(result), result, notify=False)
+        self.outbox.restore(state.get("deliveries", []))
         self.index = _core.IdempotencyIndex.load(payload[start + length :])
         self.lsn_next = lsn + 1
 
@@ -929,6 +1106,56 @@ class Engine:
         self._log_thread.shutdown(wait=True)
 
 
+CONTROL_RECORDS = frozenset(
+    (
+        RecordType.MERCHANT_CREATED,
+        RecordType.KEY_ADDED,
+        RecordType.KEY_REVOKED,
+        RecordType.DELIVERIES,
+        RecordType.REDELIVERY,
+    )
+)
+
+
+def _control_record(op: _ControlOp) -> tuple[RecordType, list[Any]]:
+    """The log record of a merchant, key or delivery change."""
+    if isinstance(op, _MerchantOp):
+        return RecordType.MERCHANT_CREATED, merchant_row(op.merchant)
+    if isinstance(op, _KeyOp):
+        if op.kind == RecordType.KEY_ADDED:
+            return op.kind, [op.merchant_id, op.kid, op.secret.hex()]
+        return op.kind, [op.merchant_id, op.kid]
+    if isinstance(op, _DeliveriesOp):
+        return RecordType.DELIVERIES, [list(outcome) for outcome in op.outcomes]
+    if isinstance(op, _RedeliveryOp):
+        return RecordType.REDELIVERY, [op.at_ms, list(op.event_lsns)]
+    raise TypeError(f"{op!r} is not a control change")
+
+
+SECRET_REDACTED = "<secret>"  # noqa: S105 (what a printed secret is replaced by)
+
+
+def redacted(kind: RecordType, fields: list[Any]) -> list[Any]:
+    """A record's fields with its secrets replaced, for printing (`instapay wal dump`)."""
+    if kind == RecordType.MERCHANT_CREATED:
+        merchant_id, settlement, webhook_url, keys, webhook_secret = fields
+        hidden = SECRET_REDACTED if webhook_secret else None
+        return [merchant_id, settlement, webhook_url, dict.fromkeys(keys, SECRET_REDACTED), hidden]
+    if kind == RecordType.KEY_ADDED:
+        return [*fields[:2], SECRET_REDACTED]
+    return fields
+
+
+T = TypeVar("T")
+
+
+def _expect(kind: type[T], value: object) -> T:
+    """The pipeline's answer, of the type the operation produces; anything else is a bug."""
+    if not isinstance(value, kind):
+        raise TypeError(f"expected a {kind.__name__}, the pipeline produced {value!r}")
+    return value
+
+
 def _lock_data_dir(directory: Path) -> int:
     """Takes the data directory's lock: two engines writing one log would corrupt it. The
     kernel drops the lock with the process, so a crash never leaves it held."""
@@ -954,9 +1181,9 @@ def _lsn_of(result: PaymentResult | RefundResult) -> int:
     return int(result.id.rpartition("_")[2])
 
 
-def _signed(result: Result) -> PaymentResult | RefundResult:
+def _signed(result: Applied) -> PaymentResult | RefundResult:
     """The result of a signed request; anything else is a bug in the pipeline."""
-    if isinstance(result, AdminResult):
+    if not isinstance(result, PaymentResult | RefundResult):
         raise TypeError(f"a signed request produced {result!r}")
     return result
 
@@ -982,11 +1209,38 @@ def _is_id(text: str) -> bool:
     )
 
 
-def _check_account(account_id: str, currency: str) -> None:
-    if not _is_id(account_id):
+def _check_id(name: str, value: str) -> None:
+    if not _is_id(value):
         raise RequestError(
-            "invalid_request", "account id: 1 to 255 printable ASCII characters without spaces"
+            "invalid_request", f"{name}: 1 to 255 printable ASCII characters without spaces"
         )
+
+
+# Long enough for any real endpoint, short enough to keep the log and snapshots small.
+WEBHOOK_URL_LEN_MAX = 2048
+
+
+def _check_webhook_url(url: str) -> None:
+    try:
+        parsed = yarl.URL(url)
+    except (TypeError, ValueError):
+        parsed = None
+    if (
+        parsed is None
+        or len(url) > WEBHOOK_URL_LEN_MAX
+        or parsed.scheme not in ("http", "https")
+        or not parsed.host
+        or not url.isascii()
+        or not url.isprintable()
+    ):
+        raise RequestError(
+            "invalid_request",
+            f"webhook_url: an absolute http(s) URL of at most {WEBHOOK_URL_LEN_MAX} characters",
+        )
+
+
+def _check_account(account_id: str, currency: str) -> None:
+    _check_id("account id", account_id)
     if not (
         len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
     ):

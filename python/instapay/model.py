@@ -101,6 +101,13 @@ class AdminResult:
 Result = PaymentResult | RefundResult | AdminResult
 
 
+class Recorded(NamedTuple):
+    """The answer to a change that has no result of its own (a delivery attempt, a redelivery):
+    it is durable at this LSN."""
+
+    lsn: int
+
+
 class RequestError(Exception):
     """A request refused before anything was applied: nothing is stored, a fixed retry is fine.
 
@@ -128,9 +135,12 @@ class Merchant:
 
     id: str
     settlement_account: str
-    keys: dict[str, bytes] = field(default_factory=dict)
-    # Where the merchant's notifications go (webhooks, a later issue).
+    # kid -> secret; never printed (repr=False), like the webhook secret.
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # Where the merchant's notifications are POSTed, signed with `webhook_secret`; without a URL
+    # the merchant polls `GET /v1/events`.
     webhook_url: str | None = None
+    webhook_secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,10 @@ use crate::convert::{read_bytes_items, same_lengths, u64_items};
 use crate::error::{CoreError, CoreResult};
 use crate::parallel::detach_when;
 
-pub const KEY_LEN_MAX: usize = 255;
+/// The engine scopes a client's key by merchant and route (`<merchant id>\0r:<payment id>:<key>`,
+/// each id up to 255 bytes), so keys run past 255 bytes; only their hash is stored, so a longer
+/// key costs nothing but the hashing.
+pub const KEY_LEN_MAX: usize = 1024;
 /// Requests are fingerprinted with SHA-256.
 pub const FINGERPRINT_LEN: usize = 32;
 /// 1 G keys would take about 59 GB; the bound keeps table handles in 31 bits.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -12,10 +13,30 @@ import uvloop
 from aiohttp import web
 
 from instapay.http import logs
-from instapay.http.app import RUNTIME, ServerSettings, create_app
+from instapay.http.app import HEADER_LIMITS, RUNTIME, ServerSettings, create_app
 
 # Requests in flight get this long to finish once a shutdown begins.
 SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def freeze_survivors_of_full_collections() -> None:
+    """After each full (generation 2) collection, moves its survivors to the permanent
+    generation, out of the collector's sight.
+
+    The engine keeps every result for the life of the process, so without this each full
+    collection walks the whole heap: pauses of 20 to 160 ms under load, growing with the heap, that
+    stall every request in flight. Survivors of a full collection are reachable by definition;
+    refcounting still frees frozen objects. What it costs: an object in flight during a full
+    collection that later becomes cyclic garbage is never collected; full collections come after
+    the heap grew by a quarter, so that is a few in-flight requests per 25 % of growth.
+    """
+    if _freeze_after_full_collection not in gc.callbacks:
+        gc.callbacks.append(_freeze_after_full_collection)
+
+
+def _freeze_after_full_collection(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()
 
 
 async def serve(
@@ -23,12 +44,14 @@ async def serve(
 ) -> None:
     """Serves until SIGTERM or SIGINT; `on_ready` gets the base URL once requests are taken."""
     logs.configure()
+    freeze_survivors_of_full_collections()
     app = create_app(settings)
     runner = web.AppRunner(
         app,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log_class=logs.JsonAccessLogger,
         access_log=logging.getLogger(logs.ACCESS_LOGGER),
+        **HEADER_LIMITS,
     )
     await runner.setup()  # starts recovery in the background
     try:

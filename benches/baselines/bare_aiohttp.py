@@ -1,0 +1,56 @@
+"""The HTTP baseline instapay's single-payment POST is measured against: a bare aiohttp handler on
+uvloop that reads the body and answers 200, nothing else.
+
+Fair to it, and to us: one process, like `instapay serve`, started the same way (`AppRunner` +
+`TCPSite` under `uvloop.run`) and with the same access log (`instapay.http.logs`: one JSON line
+per request to stderr), so the gap between the two is the payment work, not the logging.
+
+Usage: python benches/baselines/bare_aiohttp.py PORT (prints "... serving on URL" when ready,
+stops on SIGTERM or SIGINT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvloop
+from aiohttp import web
+
+from instapay.engine import PAYMENTS_PATH
+from instapay.http import logs
+
+HOST = "127.0.0.1"
+
+
+async def ok(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response()
+
+
+async def serve(port: int) -> None:
+    logs.configure()
+    app = web.Application()
+    app.router.add_post(PAYMENTS_PATH, ok)
+    runner = web.AppRunner(
+        app,
+        access_log_class=logs.JsonAccessLogger,
+        access_log=logging.getLogger(logs.ACCESS_LOGGER),
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, HOST, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(f"bare aiohttp serving on http://{HOST}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    uvloop.run(serve(int(sys.argv[1])))

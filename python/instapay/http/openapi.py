@@ -1,0 +1,956 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at `GET /openapi.json`.
+
+The document is plain data built here once; `tests/test_openapi.py` keeps it true: its operations
+are exactly the router's, real responses validate against its schemas, and schemathesis fuzzes
+every operation through it. Response objects are closed (`additionalProperties: false`), so a field
+added to a response without being documented here fails those tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from instapay import _core
+from instapay.model import Failure, Status
+
+JSON = dict[str, Any]
+
+JSON_TYPE: Final = "application/json"
+NDJSON_TYPE: Final = "application/x-ndjson"
+TEXT_TYPE: Final = "text/plain"
+
+
+def _ref(kind: str, name: str) -> JSON:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> JSON:
+    return _ref("schemas", name)
+
+
+def _closed(properties: JSON, required: list[str] | None = None, **extra: Any) -> JSON:
+    """An object with exactly these properties (all required unless `required` says otherwise)."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+        **extra,
+    }
+
+
+def _const(value: str) -> JSON:
+    return {"type": "string", "const": value}
+
+
+def _nullable(schema: JSON) -> JSON:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _json(schema: JSON) -> JSON:
+    return {JSON_TYPE: {"schema": schema}}
+
+
+# ---- schemas ------------------------------------------------------------------------------------
+
+ID: Final[JSON] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": _core.ID_LEN_MAX,
+    "pattern": "^[!-~]+$",
+    "description": "1 to 255 printable ASCII characters, no spaces.",
+}
+CURRENCY: Final[JSON] = {
+    "type": "string",
+    "pattern": "^[A-Z]{3}$",
+    "description": "ISO 4217 code, 3 uppercase letters.",
+    "examples": ["EUR"],
+}
+AMOUNT: Final[JSON] = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": _core.AMOUNT_MAX,
+    "description": (
+        "Minor units (1999 = 19.99): an integer from 1 to 10^15. Floats, strings, booleans and "
+        "numbers with a fraction or an exponent are refused."
+    ),
+}
+UNIX_S: Final[JSON] = {"type": "integer", "minimum": 0, "description": "Unix time, seconds."}
+HEX: Final[JSON] = {"type": "string", "pattern": "^[0-9a-f]+$"}
+PAYMENT_ID: Final[JSON] = {"type": "string", "pattern": "^pay_[0-9]{1,20}$", "examples": ["pay_42"]}
+REFUND_ID: Final[JSON] = {"type": "string", "pattern": "^re_[0-9]{1,20}$", "examples": ["re_43"]}
+EVENT_ID: Final[JSON] = {"type": "string", "pattern": "^evt_[0-9]{1,20}$", "examples": ["evt_7"]}
+METADATA: Final[JSON] = {
+    "type": "object",
+    "maxProperties": 50,
+    "propertyNames": {"minLength": 1, "maxLength": 40},
+    "additionalProperties": {"type": "string", "maxLength": 500},
+    "description": "Up to 50 keys of 1 to 40 characters, each at most once; string values.",
+}
+
+# The result fields of a payment; the batch line adds two to them.
+PAYMENT_PROPERTIES: Final[JSON] = {
+    "id": PAYMENT_ID,
+    "object": _const("payment"),
+    "merchant_id": ID,
+    "order_id": ID,
+    "payer": ID,
+    "amount": AMOUNT,
+    "currency": CURRENCY,
+    "status": _schema("Status"),
+    "failure_code": {
+        "oneOf": [_schema("FailureCode"), {"type": "null"}],
+        "description": "Why the payment was declined; null when it succeeded.",
+    },
+    "created": UNIX_S,
+    "description": {"type": ["string", "null"], "maxLength": 1000},
+    "metadata": METADATA,
+}
+EVENT_PROPERTIES: Final[JSON] = {
+    "id": EVENT_ID,
+    "object": _const("event"),
+    "type": {
+        "type": "string",
+        "enum": ["payment.succeeded", "payment.failed", "refund.succeeded", "refund.failed"],
+    },
+    "created": UNIX_S,
+    "data": _closed(
+        {"object": {"oneOf": [_schema("Payment"), _schema("Refund")]}},
+        description="The payment or refund, as the answer to its request showed it.",
+    ),
+}
+MERCHANT_PROPERTIES: Final[JSON] = {
+    "object": _const("merchant"),
+    "id": ID,
+    "settlement_account": ID,
+    "webhook_url": {"type": ["string", "null"]},
+    "kids": {"type": "array", "items": ID, "description": "The merchant's live key ids."},
+}
+ERROR_LINE_ERROR: Final[JSON] = _closed({"code": {"type": "string"}, "message": {"type": "string"}})
+
+SCHEMAS: Final[JSON] = {
+    "Error": _closed(
+        {
+            "error": _closed(
+                {
+                    "code": {
+                        "type": "string",
+                        "description": "Machine-readable, e.g. `invalid_request`.",
+                        "examples": ["invalid_request"],
+                    },
+                    "message": {"type": "string", "description": "For humans."},
+                    "request_id": {
+                        "type": "string",
+                        "description": "The `X-Request-Id` of the response.",
+                    },
+                }
+            )
+        },
+        description="Every refusal: nothing was applied.",
+    ),
+    "Status": {"type": "string", "enum": [status.value for status in Status]},
+    "FailureCode": {
+        "type": "string",
+        "enum": [failure.value for failure in Failure],
+        "description": "Why a processed operation was declined (a stored, replayable result).",
+    },
+    "PaymentCreate": _closed(
+        {
+            "merchant_id": {**ID, "description": "The merchant of the signing key."},
+            "order_id": {
+                **ID,
+                "description": "The default idempotency scope is (merchant_id, order_id).",
+            },
+            "payer": {**ID, "description": "The account debited."},
+            "amount": AMOUNT,
+            "currency": CURRENCY,
+            "description": {"type": ["string", "null"], "maxLength": 1000},
+            "metadata": _nullable(METADATA),
+        },
+        required=["merchant_id", "order_id", "payer", "amount", "currency"],
+        description=(
+            "Strict JSON: UTF-8 only; duplicate keys (also inside `metadata`), NaN/Infinity and "
+            "unknown fields are refused."
+        ),
+        examples=[
+            {
+                "merchant_id": "demo",
+                "order_id": "order-1",
+                "payer": "payer-0",
+                "amount": 1999,
+                "currency": "EUR",
+            }
+        ],
+    ),
+    "Payment": _closed(
+        PAYMENT_PROPERTIES,
+        description=(
+            "A processed payment. A declined one (`status: failed`) is stored and replayed like a "
+            "success."
+        ),
+    ),
+    "PaymentList": _closed(
+        {"object": _const("list"), "data": {"type": "array", "items": _schema("Payment")}}
+    ),
+    "RefundCreate": _closed(
+        {
+            "amount": {
+                **_nullable(AMOUNT),
+                "description": "Omitted or null: whatever of the payment is left.",
+            },
+            "reason": {"type": ["string", "null"], "maxLength": 500},
+        },
+        required=[],
+        description="An empty body refunds whatever of the payment is left.",
+    ),
+    "Refund": _closed(
+        {
+            "id": REFUND_ID,
+            "object": _const("refund"),
+            "payment_id": PAYMENT_ID,
+            "merchant_id": ID,
+            "amount": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": _core.AMOUNT_MAX,
+                "description": "Minor units; 0 when a declined refund found nothing left.",
+            },
+            "currency": CURRENCY,
+            "status": _schema("Status"),
+            "failure_code": {"oneOf": [_schema("FailureCode"), {"type": "null"}]},
+            "created": UNIX_S,
+            "reason": {"type": ["string", "null"]},
+        }
+    ),
+    "PaymentsBatch": {
+        "type": "array",
+        "items": _schema("PaymentCreate"),
+        "maxItems": 10_000,
+        "description": (
+            "NDJSON: each item of this array is one line of the body (a `PaymentCreate`, "
+            "newline-terminated), not a JSON array. At most 10,000 lines and 16 MiB, all for the "
+            "signing merchant, under one signature over the whole body."
+        ),
+    },
+    "BatchAnswers": {
+        "type": "array",
+        "items": {
+            "oneOf": [
+                _schema("BatchPaymentLine"),
+                _schema("BatchErrorLine"),
+                _schema("BatchSignatureLine"),
+                _schema("BatchStoppedLine"),
+            ]
+        },
+        "description": (
+            "NDJSON: each item of this array is one line of the body. One answer per request "
+            "line, in request order, streamed group by group as they become durable; the last "
+            "line is a `BatchSignatureLine` over every byte before it. If the engine stops "
+            "mid-stream a `BatchStoppedLine` ends the body instead."
+        ),
+    },
+    "BatchPaymentLine": _closed(
+        {
+            **PAYMENT_PROPERTIES,
+            "line": {"type": "integer", "minimum": 0, "description": "0-based request line."},
+            "replayed": {"type": "boolean"},
+        }
+    ),
+    "BatchErrorLine": _closed(
+        {
+            "object": _const("error"),
+            "line": {"type": "integer", "minimum": 0},
+            "error": ERROR_LINE_ERROR,
+        },
+        description="A refused line: it changed nothing; the other lines went ahead.",
+    ),
+    "BatchSignatureLine": _closed(
+        {
+            "object": _const("signature"),
+            "signature": {
+                "type": "string",
+                "pattern": "^t=[0-9]+(,v1=[0-9a-f]{64})+$",
+                "description": '`t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + lines)>`',
+            },
+        }
+    ),
+    "BatchStoppedLine": _closed(
+        {"object": _const("error"), "error": ERROR_LINE_ERROR},
+        description="The engine stopped mid-stream (`unavailable`): no signature line follows.",
+    ),
+    "AccountCreate": _closed(
+        {"id": ID, "currency": CURRENCY, "overdraft": {"type": "boolean", "default": False}},
+        required=["id", "currency"],
+        examples=[{"id": "payer-9", "currency": "EUR"}],
+    ),
+    "MoneyMovement": _closed(
+        {"amount": AMOUNT, "currency": CURRENCY}, examples=[{"amount": 500, "currency": "EUR"}]
+    ),
+    "AccountOperation": _closed(
+        {
+            "object": _const("account_operation"),
+            "account_id": ID,
+            "status": _schema("Status"),
+            "failure_code": {"oneOf": [_schema("FailureCode"), {"type": "null"}]},
+            "balance": {"type": "integer", "description": "Minor units, after the operation."},
+        },
+        description="The outcome of an account operation; a decline is `status: failed`.",
+    ),
+    "Balance": _closed(
+        {
+            "object": _const("balance"),
+            "account_id": ID,
+            "currency": CURRENCY,
+            "balance": {"type": "integer", "description": "Minor units."},
+        }
+    ),
+    "MerchantCreate": _closed(
+        {
+            "id": ID,
+            "settlement_account": {**ID, "description": "An open account of the engine."},
+            "webhook_url": {
+                "type": ["string", "null"],
+                "format": "uri",
+                "maxLength": 2048,
+                "description": (
+                    "An absolute http(s) URL the events are POSTed to; without one the merchant "
+                    "polls `GET /v1/events`."
+                ),
+            },
+        },
+        required=["id", "settlement_account"],
+    ),
+    "Merchant": _closed(MERCHANT_PROPERTIES),
+    "MerchantCreated": _closed(
+        {
+            **MERCHANT_PROPERTIES,
+            "key": _schema("Key"),
+            "webhook_secret": {
+                **_nullable(HEX),
+                "description": "Signs the merchant's webhooks; shown once. Null without a URL.",
+            },
+        }
+    ),
+    "Key": _closed(
+        {
+            "object": _const("key"),
+            "kid": ID,
+            "secret": {**HEX, "description": "Shown once, here."},
+            "merchant_id": ID,
+        },
+        description="A new signing key. Older keys stay valid until revoked.",
+    ),
+    "RevokedKey": _closed(
+        {
+            "object": _const("key"),
+            "kid": ID,
+            "merchant_id": ID,
+            "revoked": {"type": "boolean", "const": True},
+        }
+    ),
+    "Event": _closed(EVENT_PROPERTIES, description="A notification, as webhooks deliver it."),
+    "EventList": _closed(
+        {
+            "object": _const("list"),
+            "data": {"type": "array", "items": _schema("Event")},
+            "has_more": {"type": "boolean"},
+        }
+    ),
+    "EventWithDelivery": _closed({**EVENT_PROPERTIES, "delivery": _schema("Delivery")}),
+    "Delivery": _closed(
+        {
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed", "none"]},
+            "attempts": {"type": "array", "items": _schema("DeliveryAttempt")},
+            "next_attempt_at": _nullable(UNIX_S),
+        },
+        description="The webhook delivery of an event; `none` when the merchant has no URL.",
+    ),
+    "DeliveryAttempt": _closed(
+        {
+            "attempt": {"type": "integer", "minimum": 1},
+            "at": UNIX_S,
+            "outcome": {
+                "type": "string",
+                "description": "The HTTP status answered (`500`) or an error name (`timeout`).",
+            },
+            "delivered": {"type": "boolean"},
+        }
+    ),
+    "Redelivery": _closed(
+        {
+            "object": _const("redelivery"),
+            "merchant_id": ID,
+            "count": {"type": "integer", "minimum": 0, "description": "Events queued again."},
+        }
+    ),
+    "Health": _closed({"status": _const("ok")}),
+    "Ready": _closed({"status": _const("ready")}),
+}
+
+# ---- headers, parameters, responses -------------------------------------------------------------
+
+HEADERS: Final[JSON] = {
+    "X-Request-Id": {
+        "description": "The request's id; errors repeat it as `error.request_id`.",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    },
+    "Instapay-Signature": {
+        "description": (
+            "`t=<unix>,v1=<hex>[,v1=<hex>...]` with "
+            '`v1 = hex(HMAC-SHA256(secret, "<t>." + body))`, one v1 per live key of the '
+            "merchant (Stripe's scheme)."
+        ),
+        "required": True,
+        "schema": {"type": "string", "pattern": "^t=[0-9]+(,v1=[0-9a-f]{64})+$"},
+    },
+    "Idempotent-Replayed": {
+        "description": "Present when the answer is the stored result of an earlier request.",
+        "schema": {"type": "string", "const": "true"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
+
+PARAMETERS: Final[JSON] = {
+    "IdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": (
+            "Same key + same request: the stored result again (`Idempotent-Replayed: true`), "
+            "never a second charge. Same key + different request: 422. Same key while the first "
+            "is in flight: the first one's result. Kept at least 24 h. Without it, payments are "
+            "idempotent per (merchant_id, order_id)."
+        ),
+        "schema": ID,
+    },
+    "PaymentId": {"name": "payment_id", "in": "path", "required": True, "schema": PAYMENT_ID},
+    "AccountId": {"name": "account_id", "in": "path", "required": True, "schema": ID},
+    "MerchantId": {"name": "merchant_id", "in": "path", "required": True, "schema": ID},
+    "Kid": {"name": "kid", "in": "path", "required": True, "schema": ID},
+    "EventId": {"name": "event_id", "in": "path", "required": True, "schema": EVENT_ID},
+    "OrderId": {"name": "order_id", "in": "query", "required": True, "schema": ID},
+    "After": {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "Only events after this one (the last id of the previous page).",
+        "schema": EVENT_ID,
+    },
+    "Limit": {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+}
+
+_PATH_PARAMETERS: Final = {
+    name for name, parameter in PARAMETERS.items() if parameter["in"] == "path"
+}
+_REQUEST_ID: Final = {"X-Request-Id": _ref("headers", "X-Request-Id")}
+_RETRY: Final = {**_REQUEST_ID, "Retry-After": _ref("headers", "Retry-After")}
+
+
+def _error(description: str, headers: JSON = _REQUEST_ID) -> JSON:
+    return {"description": description, "headers": headers, "content": _json(_schema("Error"))}
+
+
+RESPONSES: Final[JSON] = {
+    "BadRequest": _error("`invalid_request`: malformed or invalid; nothing was applied."),
+    "SignatureRefused": _error(
+        "Bad, missing or expired signature, or an unknown key: `signature_malformed`, "
+        "`signature_expired`, `signature_mismatch`, `unknown_key`."
+    ),
+    "AdminUnauthorized": _error("`admin_unauthorized`: no or the wrong bearer token."),
+    "AdminDisabled": _error("`admin_disabled`: the server runs without an admin token."),
+    "NotFound": _error("`not_found`."),
+    "TooLarge": _error("`body_too_large` (64 KiB for a single request)."),
+    "UnsupportedMediaType": _error("`unsupported_media_type`."),
+    "TooManyRequests": _error(
+        "`too_many_requests`: too many requests in flight; retry after `Retry-After`.", _RETRY
+    ),
+    "Unavailable": _error(
+        "`starting` (recovering the data directory), `overloaded` (queue full) or "
+        "`unavailable` (the engine stopped); retry after `Retry-After`.",
+        _RETRY,
+    ),
+}
+
+_SIGNED_HEADERS: Final = {
+    **_REQUEST_ID,
+    "Instapay-Signature": _ref("headers", "Instapay-Signature"),
+}
+_RESULT_HEADERS: Final = {
+    **_SIGNED_HEADERS,
+    "Idempotent-Replayed": _ref("headers", "Idempotent-Replayed"),
+}
+_MERCHANT: Final[list[JSON]] = [{"InstapaySignature": []}]
+_ADMIN: Final[list[JSON]] = [{"AdminBearer": []}]
+
+
+def _ok(description: str, schema: JSON, headers: JSON = _REQUEST_ID) -> JSON:
+    return {"description": description, "headers": headers, "content": _json(schema)}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    tag: str,
+    responses: JSON,
+    *,
+    description: str | None = None,
+    security: list[JSON] | None = None,
+    parameters: list[JSON] | None = None,
+    request_body: JSON | None = None,
+    engine: bool = True,
+) -> JSON:
+    """An operation; every one may answer 429, every one that needs the engine 503, and every one
+    with a path parameter 404 (a value that leaves no route, like an empty one, meets 404)."""
+    operation: JSON = {"operationId": operation_id, "summary": summary, "tags": [tag]}
+    if description is not None:
+        operation["description"] = description
+    if security is not None:
+        operation["security"] = security
+    if parameters:
+        operation["parameters"] = parameters
+    if request_body is not None:
+        operation["requestBody"] = request_body
+    errors = {"429": _ref("responses", "TooManyRequests")}
+    if engine:
+        errors["503"] = _ref("responses", "Unavailable")
+    if any(
+        parameter["$ref"].rpartition("/")[2] in _PATH_PARAMETERS for parameter in parameters or []
+    ):
+        errors["404"] = _ref("responses", "NotFound")
+    if security == _ADMIN:
+        errors |= {
+            "401": _ref("responses", "AdminUnauthorized"),
+            "403": _ref("responses", "AdminDisabled"),
+        }
+    elif security == _MERCHANT:
+        errors["401"] = _ref("responses", "SignatureRefused")
+    operation["responses"] = dict(sorted({**errors, **responses}.items()))
+    return operation
+
+
+def _param(name: str) -> JSON:
+    return _ref("parameters", name)
+
+
+def _body(schema: JSON, media_type: str = JSON_TYPE, *, required: bool = True) -> JSON:
+    return {"required": required, "content": {media_type: {"schema": schema}}}
+
+
+_400 = {"400": _ref("responses", "BadRequest")}
+_404 = {"404": _ref("responses", "NotFound")}
+_413 = {"413": _ref("responses", "TooLarge")}
+_415 = {"415": _ref("responses", "UnsupportedMediaType")}
+
+
+def _conflict(codes: str) -> JSON:
+    return {"409": _error(codes)}
+
+
+PAYMENT_RESULT: Final = (
+    "The payment, processed and durable: `status` is `succeeded`, or `failed` with a "
+    "`failure_code` (a decline is a stored result, replayed like a success)."
+)
+
+PATHS: Final[JSON] = {
+    "/v1/payments": {
+        "post": _operation(
+            "createPayment",
+            "Pay: debit the payer, credit the merchant's settlement account",
+            "payments",
+            {
+                "200": _ok(PAYMENT_RESULT, _schema("Payment"), _RESULT_HEADERS),
+                **_400,
+                "403": _error("`merchant_mismatch`: merchant_id is not the signing merchant."),
+                **_413,
+                **_415,
+                "422": _error(
+                    "`idempotency_key_reused`: this Idempotency-Key came with another request."
+                ),
+            },
+            security=_MERCHANT,
+            parameters=[_param("IdempotencyKey")],
+            request_body=_body(_schema("PaymentCreate")),
+        ),
+        "get": _operation(
+            "listPayments",
+            "The merchant's payments for one order, oldest first",
+            "payments",
+            {
+                "200": _ok("The payments.", _schema("PaymentList"), _SIGNED_HEADERS),
+                **_400,
+                **_413,
+            },
+            description="Signed like a POST, over an empty body (the query string included).",
+            security=_MERCHANT,
+            parameters=[_param("OrderId")],
+        ),
+    },
+    "/v1/payments/batch": {
+        "post": _operation(
+            "createPaymentsBatch",
+            "Many payments under one signature, answered as a stream",
+            "payments",
+            {
+                "200": {
+                    "description": (
+                        "NDJSON, one line per request line in order, then the signature line. "
+                        "A refused line is answered by an error line and changes nothing."
+                    ),
+                    "headers": _REQUEST_ID,
+                    "content": {NDJSON_TYPE: {"schema": _schema("BatchAnswers")}},
+                },
+                "413": _error("`batch_too_large` (over 10,000 lines) or `body_too_large`."),
+                **_415,
+            },
+            security=_MERCHANT,
+            request_body=_body(_schema("PaymentsBatch"), NDJSON_TYPE),
+        ),
+    },
+    "/v1/payments/{payment_id}": {
+        "get": _operation(
+            "getPayment",
+            "One of the merchant's payments",
+            "payments",
+            {
+                "200": _ok("The payment.", _schema("Payment"), _SIGNED_HEADERS),
+                **_404,
+                **_413,
+            },
+            description="Signed like a POST, over an empty body.",
+            security=_MERCHANT,
+            parameters=[_param("PaymentId")],
+        ),
+    },
+    "/v1/payments/{payment_id}/refunds": {
+        "post": _operation(
+            "createRefund",
+            "Refund a payment, partly or fully",
+            "payments",
+            {
+                "200": _ok(
+                    "The refund, processed and durable; declined (`refund_exceeds_payment`, "
+                    "`payment_not_refundable`, ...) as `status: failed`. The total refunded never "
+                    "exceeds the amount.",
+                    _schema("Refund"),
+                    _RESULT_HEADERS,
+                ),
+                **_400,
+                **_404,
+                **_413,
+                **_415,
+                "422": _error(
+                    "`idempotency_key_reused`: this Idempotency-Key came with another request."
+                ),
+            },
+            description=(
+                "Without an Idempotency-Key every refund request is a new refund; with one, it "
+                "is scoped to the payment."
+            ),
+            security=_MERCHANT,
+            parameters=[_param("PaymentId"), _param("IdempotencyKey")],
+            request_body=_body(_schema("RefundCreate"), required=False),
+        ),
+    },
+    "/v1/events": {
+        "get": _operation(
+            "listEvents",
+            "The merchant's notification stream, oldest first, for polling",
+            "events",
+            {
+                "200": _ok("A page of events.", _schema("EventList"), _SIGNED_HEADERS),
+                **_400,
+                **_413,
+            },
+            description="Signed like a POST, over an empty body (the query string included).",
+            security=_MERCHANT,
+            parameters=[_param("After"), _param("Limit")],
+        ),
+    },
+    "/v1/events/{event_id}": {
+        "get": _operation(
+            "getEvent",
+            "One of the merchant's events, with its webhook delivery",
+            "events",
+            {
+                "200": _ok("The event.", _schema("EventWithDelivery"), _SIGNED_HEADERS),
+                **_404,
+                **_413,
+            },
+            security=_MERCHANT,
+            parameters=[_param("EventId")],
+        ),
+    },
+    "/v1/admin/accounts": {
+        "post": _operation(
+            "createAccount",
+            "Open an account",
+            "admin",
+            {
+                "200": _ok(
+                    "Opened, or `status: failed` with `account_exists`.",
+                    _schema("AccountOperation"),
+                ),
+                **_400,
+                **_413,
+            },
+            security=_ADMIN,
+            request_body=_body(_schema("AccountCreate")),
+        ),
+    },
+    "/v1/admin/accounts/{account_id}": {
+        "get": _operation(
+            "getAccountBalance",
+            "An account's balance",
+            "admin",
+            {"200": _ok("The balance.", _schema("Balance")), **_404},
+            security=_ADMIN,
+            parameters=[_param("AccountId")],
+        ),
+    },
+    "/v1/admin/accounts/{account_id}/deposits": {
+        "post": _operation(
+            "createDeposit",
+            "Put money into an account",
+            "admin",
+            {
+                "200": _ok(
+                    "Deposited, or `status: failed` (`account_not_found`, `currency_mismatch`, "
+                    "`amount_too_large`).",
+                    _schema("AccountOperation"),
+                ),
+                **_400,
+                **_413,
+            },
+            security=_ADMIN,
+            parameters=[_param("AccountId")],
+            request_body=_body(_schema("MoneyMovement")),
+        ),
+    },
+    "/v1/admin/accounts/{account_id}/withdrawals": {
+        "post": _operation(
+            "createWithdrawal",
+            "Take money out of an account",
+            "admin",
+            {
+                "200": _ok(
+                    "Withdrawn, or `status: failed` (`account_not_found`, `currency_mismatch`, "
+                    "`insufficient_funds`).",
+                    _schema("AccountOperation"),
+                ),
+                **_400,
+                **_413,
+            },
+            security=_ADMIN,
+            parameters=[_param("AccountId")],
+            request_body=_body(_schema("MoneyMovement")),
+        ),
+    },
+    "/v1/admin/merchants": {
+        "post": _operation(
+            "createMerchant",
+            "Register a merchant with its first key (and webhook secret, given a URL)",
+            "admin",
+            {
+                "201": _ok(
+                    "The merchant; the key's secret and the webhook secret are shown only here.",
+                    _schema("MerchantCreated"),
+                ),
+                "400": _error(
+                    "`invalid_request`, or `account_not_found`: the settlement account is not open."
+                ),
+                **_conflict(
+                    "`merchant_exists`, `key_exists`, or `settlement_account_in_use` (by another "
+                    "merchant: refunds are authorised by the settlement account)."
+                ),
+                **_413,
+            },
+            security=_ADMIN,
+            request_body=_body(_schema("MerchantCreate")),
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}": {
+        "get": _operation(
+            "getMerchant",
+            "A merchant and its live key ids",
+            "admin",
+            {"200": _ok("The merchant.", _schema("Merchant")), **_404},
+            security=_ADMIN,
+            parameters=[_param("MerchantId")],
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}/keys": {
+        "post": _operation(
+            "createMerchantKey",
+            "Add a signing key (rotation: the old keys stay valid until revoked)",
+            "admin",
+            {
+                "201": _ok("The key; its secret is shown only here.", _schema("Key")),
+                **_404,
+                **_conflict(
+                    "`too_many_keys` (revoke an old one first), `key_exists`, or "
+                    "`merchant_managed_by_config` (change the configuration file instead)."
+                ),
+            },
+            description="The body is empty.",
+            security=_ADMIN,
+            parameters=[_param("MerchantId")],
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}/keys/{kid}": {
+        "delete": _operation(
+            "revokeMerchantKey",
+            "Revoke a signing key",
+            "admin",
+            {
+                "200": _ok("Revoked.", _schema("RevokedKey")),
+                **_404,
+                **_conflict(
+                    "`last_key` (a merchant keeps at least one key: add the new one first), or "
+                    "`merchant_managed_by_config`."
+                ),
+            },
+            security=_ADMIN,
+            parameters=[_param("MerchantId"), _param("Kid")],
+        ),
+    },
+    "/v1/admin/events/{event_id}/redeliver": {
+        "post": _operation(
+            "redeliverEvent",
+            "Deliver an event's webhook again",
+            "admin",
+            {
+                "202": _ok("Queued for delivery.", _schema("EventWithDelivery")),
+                **_404,
+                **_conflict("`no_webhook_url`: the merchant polls instead."),
+            },
+            security=_ADMIN,
+            parameters=[_param("EventId")],
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}/events/redeliver": {
+        "post": _operation(
+            "redeliverMerchantEvents",
+            "Deliver a merchant's failed events again",
+            "admin",
+            {
+                "202": _ok(
+                    "The merchant's failed events (up to 10,000 per call) are queued again.",
+                    _schema("Redelivery"),
+                ),
+                **_404,
+                **_conflict("`no_webhook_url`: the merchant polls instead."),
+            },
+            security=_ADMIN,
+            parameters=[_param("MerchantId")],
+        ),
+    },
+    "/healthz": {
+        "get": _operation(
+            "health",
+            "Alive (also while recovering)",
+            "operations",
+            {"200": _ok("Alive.", _schema("Health"))},
+            engine=False,
+        ),
+    },
+    "/readyz": {
+        "get": _operation(
+            "ready",
+            "Ready: recovery has finished",
+            "operations",
+            {"200": _ok("Ready.", _schema("Ready"))},
+        ),
+    },
+    "/metrics": {
+        "get": _operation(
+            "metrics",
+            "Prometheus metrics",
+            "operations",
+            {
+                "200": {
+                    "description": "Prometheus text exposition format 0.0.4.",
+                    "headers": _REQUEST_ID,
+                    "content": {TEXT_TYPE: {"schema": {"type": "string"}}},
+                }
+            },
+            engine=False,
+        ),
+    },
+    "/openapi.json": {
+        "get": _operation(
+            "openapi",
+            "This document",
+            "operations",
+            {"200": _ok("OpenAPI 3.1.", {"type": "object"})},
+            engine=False,
+        ),
+    },
+}
+
+SECURITY_SCHEMES: Final[JSON] = {
+    "InstapaySignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Instapay-Signature",
+        "description": (
+            "`t=<unix>,kid=<kid>,v1=<hex HMAC-SHA256(secret, "
+            '"<t>\\n<METHOD>\\n<path>\\n" + body)>`: `<path>` is the request target as sent, '
+            "query string included; `body` the exact bytes (empty for a GET). Timestamps more "
+            "than 300 s from the server clock are refused. Keys rotate by kid: old and new are "
+            "valid side by side until the old one is revoked."
+        ),
+    },
+    "AdminBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <admin token>` (the server's configured token).",
+    },
+}
+
+SPEC: Final[JSON] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "instapay",
+        "version": "1",
+        "summary": "Real-time payment engine",
+        "description": (
+            "Amounts are integers in minor units. Every response carries `X-Request-Id`; every "
+            'refusal is `{"error": {"code", "message", "request_id"}}` and applied nothing. '
+            "Answers to merchants are signed (`Instapay-Signature`, Stripe's scheme)."
+        ),
+        "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+    },
+    "tags": [
+        {"name": "payments", "description": "Signed by the merchant."},
+        {"name": "events", "description": "Signed by the merchant."},
+        {"name": "admin", "description": "Bearer admin token."},
+        {"name": "operations", "description": "Health, readiness, metrics, this document."},
+    ],
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "parameters": PARAMETERS,
+        "headers": HEADERS,
+        "responses": RESPONSES,
+        "securitySchemes": SECURITY_SCHEMES,
+    },
+}
+_SPEC_JSON = orjson.dumps(SPEC)
+
+
+async def openapi_spec(request: web.Request) -> web.Response:
+    del request
+    return web.Response(body=_SPEC_JSON, content_type=JSON_TYPE)

@@ -1,0 +1,294 @@
+"""The outbox: every final payment and refund result is an event, and the state of its delivery.
+
+An event is its result's log record seen from the merchant's side: `evt_<LSN>` is the event of the
+payment or refund at that LSN, so the event is in the same log batch as the result by
+construction, and an acknowledged payment always has its event after any crash. Delivery attempts
+and redeliveries are log records too (applied here, live and on replay, in log order), so pending
+deliveries resume after a restart where they stopped. Applying never fails: any attempt for any
+event can be recorded, which keeps replay trivially deterministic.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+from instapay.model import PaymentResult, RefundResult
+
+EVENT_ID_PREFIX = "evt_"
+# Attempts remembered per event (the schedule has 16; redeliveries add rounds): the oldest go.
+ATTEMPTS_KEPT_MAX = 32
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    # The merchant has no webhook URL: it polls `GET /v1/events`.
+    NONE = "none"
+
+
+class Attempt(NamedTuple):
+    attempt: int
+    at_ms: int
+    # An HTTP status ("200", "500") or what went wrong ("timeout", "connection_refused").
+    outcome: str
+    delivered: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": self.at_ms // 1000,
+            "outcome": self.outcome,
+            "delivered": self.delivered,
+        }
+
+
+class DeliveryOutcome(NamedTuple):
+    """One finished attempt, as the dispatcher reports it and the log records it."""
+
+    event_lsn: int
+    at_ms: int
+    outcome: str
+    delivered: bool
+    # When to try again; None once delivered, or when the schedule is spent (then: failed).
+    next_at_ms: int | None
+
+
+@dataclass(slots=True)
+class Delivery:
+    merchant_id: str
+    status: DeliveryStatus
+    next_at_ms: int | None
+    # Attempts since the event was created or last redelivered: the position in the schedule.
+    round_attempts: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    attempts_total: int = 0
+
+
+def event_id(lsn: int) -> str:
+    return f"{EVENT_ID_PREFIX}{lsn}"
+
+
+def event_lsn(event_id_: str) -> int | None:
+    """The LSN in an event id, or None when it is not one."""
+    digits = event_id_.removeprefix(EVENT_ID_PREFIX)
+    if digits == event_id_ or not digits.isdigit() or len(digits) > 20:
+        return None
+    return int(digits)
+
+
+class Outbox:
+    """Events by merchant, in order, and the deliveries still to make."""
+
+    def __init__(self) -> None:
+        self.events_of: dict[str, list[int]] = {}
+        self.deliveries: dict[int, Delivery] = {}
+        # Per merchant, (next attempt time, LSN) of its pending deliveries. An entry is stale once
+        # its delivery moved on; `take_due` skips those.
+        self._due: dict[str, list[tuple[int, int]]] = {}
+        # LSN -> (merchant, when it became pending) of every pending delivery, oldest first (a
+        # dict keeps insertion order). A new event's delivery is only this entry and its queue
+        # entry until its first attempt: no Delivery object on the payment path.
+        self._pending: dict[int, tuple[str, int]] = {}
+        # Called when a delivery becomes due; the dispatcher sets it to wake itself. Once per
+        # look at the queues (`due_seen`), not once per event: a batch schedules thousands.
+        self.on_due: Callable[[], None] | None = None
+        self._signalled = False
+
+    def add_event(self, merchant_id: str, lsn: int) -> None:
+        """Indexes an event (LSNs arrive in increasing order)."""
+        self.events_of.setdefault(merchant_id, []).append(lsn)
+
+    def schedule_new(self, merchant_id: str, lsn: int, at_ms: int) -> None:
+        """Makes a new event's delivery pending from `at_ms` on (the cheap path: one per
+        payment)."""
+        self._pending[lsn] = (merchant_id, at_ms)
+        self._push(merchant_id, lsn, at_ms)
+
+    def schedule(self, merchant_id: str, lsn: int, at_ms: int) -> None:
+        """Makes the event's delivery pending from `at_ms` on, as a fresh round of the schedule."""
+        delivery = self._delivery(merchant_id, lsn)
+        if delivery.status != DeliveryStatus.PENDING:
+            self._pending[lsn] = (merchant_id, at_ms)
+        delivery.status = DeliveryStatus.PENDING
+        delivery.round_attempts = 0
+        self._set_due(delivery, lsn, at_ms)
+
+    def _delivery(self, merchant_id: str, lsn: int) -> Delivery:
+        """The event's Delivery, made on first need: pending if the event is new and pending."""
+        delivery = self.deliveries.get(lsn)
+        if delivery is None:
+            since = self._pending.get(lsn)
+            status = DeliveryStatus.NONE if since is None else DeliveryStatus.PENDING
+            next_at_ms = None if since is None else since[1]
+            delivery = self.deliveries[lsn] = Delivery(merchant_id, status, next_at_ms)
+        return delivery
+
+    def _set_due(self, delivery: Delivery, lsn: int, at_ms: int) -> None:
+        delivery.next_at_ms = at_ms
+        self._push(delivery.merchant_id, lsn, at_ms)
+
+    def _push(self, merchant_id: str, lsn: int, at_ms: int) -> None:
+        heapq.heappush(self._due.setdefault(merchant_id, []), (at_ms, lsn))
+        if not self._signalled and self.on_due is not None:
+            self._signalled = True
+            self.on_due()
+
+    def due_seen(self) -> None:
+        """The dispatcher is about to look at the queues: the next push signals it again."""
+        self._signalled = False
+
+    def _next_at_ms(self, lsn: int) -> int | None:
+        """When the event's pending delivery is due; None if it is not pending."""
+        delivery = self.deliveries.get(lsn)
+        if delivery is not None:
+            return delivery.next_at_ms if delivery.status == DeliveryStatus.PENDING else None
+        since = self._pending.get(lsn)
+        return None if since is None else since[1]
+
+    def round_attempts(self, lsn: int) -> int:
+        """Attempts made in the event's current round (0 for a new event)."""
+        delivery = self.deliveries.get(lsn)
+        return 0 if delivery is None else delivery.round_attempts
+
+    def record(self, merchant_id: str, outcome: DeliveryOutcome) -> None:
+        """Applies a finished attempt: delivered, failed for good, or due again later."""
+        lsn = outcome.event_lsn
+        delivery = self._delivery(merchant_id, lsn)
+        delivery.attempts_total += 1
+        delivery.round_attempts += 1
+        delivery.attempts.append(
+            Attempt(delivery.attempts_total, outcome.at_ms, outcome.outcome, outcome.delivered)
+        )
+        del delivery.attempts[:-ATTEMPTS_KEPT_MAX]
+        if outcome.delivered:
+            self._finish(delivery, lsn, DeliveryStatus.DELIVERED)
+        elif outcome.next_at_ms is None:
+            self._finish(delivery, lsn, DeliveryStatus.FAILED)
+        else:
+            if delivery.status != DeliveryStatus.PENDING:
+                self._pending[lsn] = (merchant_id, outcome.at_ms)
+            delivery.status = DeliveryStatus.PENDING
+            self._set_due(delivery, lsn, outcome.next_at_ms)
+
+    def _finish(self, delivery: Delivery, lsn: int, status: DeliveryStatus) -> None:
+        delivery.status = status
+        delivery.next_at_ms = None
+        self._pending.pop(lsn, None)
+
+    def take_due(self, merchant_id: str, now_ms: int, count_max: int) -> list[int]:
+        """Up to `count_max` of the merchant's deliveries due by `now_ms`, oldest due first. They
+        leave the queue; an outcome (or `requeue`) puts them back if they must be tried again."""
+        heap = self._due.get(merchant_id, [])
+        taken: list[int] = []
+        while heap and len(taken) < count_max and heap[0][0] <= now_ms:
+            at_ms, lsn = heapq.heappop(heap)
+            if self._next_at_ms(lsn) == at_ms:
+                taken.append(lsn)
+        return taken
+
+    def merchants_due(self) -> list[str]:
+        return [merchant for merchant, heap in self._due.items() if heap]
+
+    def next_due_ms(self, busy: Container[str] = ()) -> int | None:
+        """The earliest time a delivery of a merchant not in `busy` is due (possibly a stale
+        entry's: an early wake-up)."""
+        return min(
+            (heap[0][0] for merchant, heap in self._due.items() if heap and merchant not in busy),
+            default=None,
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def oldest_pending_ms(self) -> int | None:
+        """When the delivery that has waited longest became pending."""
+        oldest = next(iter(self._pending.values()), None)
+        return None if oldest is None else oldest[1]
+
+    def events_after(self, merchant_id: str, after_lsn: int, limit: int) -> tuple[list[int], bool]:
+        """The merchant's event LSNs after `after_lsn`, oldest first, and whether more follow."""
+        lsns = self.events_of.get(merchant_id, [])
+        start = bisect.bisect_right(lsns, after_lsn)
+        return lsns[start : start + limit], start + limit < len(lsns)
+
+    def failed_of(self, merchant_id: str) -> list[int]:
+        return [
+            lsn
+            for lsn, delivery in self.deliveries.items()
+            if delivery.merchant_id == merchant_id and delivery.status == DeliveryStatus.FAILED
+        ]
+
+    def delivery_json(self, lsn: int) -> dict[str, Any]:
+        delivery = self.deliveries.get(lsn)
+        if delivery is None:
+            next_at_ms = self._next_at_ms(lsn)
+            status = DeliveryStatus.NONE if next_at_ms is None else DeliveryStatus.PENDING
+            return {
+                "status": status.value,
+                "attempts": [],
+                "next_attempt_at": None if next_at_ms is None else next_at_ms // 1000,
+            }
+        next_at_ms = delivery.next_at_ms
+        return {
+            "status": delivery.status.value,
+            "attempts": [attempt.to_json() for attempt in delivery.attempts],
+            "next_attempt_at": None if next_at_ms is None else next_at_ms // 1000,
+        }
+
+    # ---- snapshots -----------------------------------------------------------------------------
+
+    def to_snapshot(self) -> list[list[Any]]:
+        """Every delivery as a row; a new event's pending delivery too."""
+        rows = [
+            [
+                lsn,
+                d.merchant_id,
+                d.status.value,
+                d.next_at_ms,
+                d.round_attempts,
+                d.attempts_total,
+                [list(attempt) for attempt in d.attempts],
+                self._pending[lsn][1] if lsn in self._pending else None,
+            ]
+            for lsn, d in self.deliveries.items()
+        ]
+        for lsn, (merchant_id, since_ms) in self._pending.items():
+            if lsn not in self.deliveries:
+                rows.append([lsn, merchant_id, "pending", since_ms, 0, 0, [], since_ms])
+        return rows
+
+    def restore(self, rows: list[list[Any]]) -> None:
+        # Pending ones oldest first, as they were (for `oldest_pending_ms`).
+        for row in sorted(rows, key=lambda row: (row[7] is None, row[7] or 0)):
+            lsn, merchant_id, status, next_at_ms, round_attempts, total, attempts, since_ms = row
+            delivery = Delivery(
+                merchant_id,
+                DeliveryStatus(status),
+                None,
+                round_attempts,
+                [Attempt(*attempt) for attempt in attempts],
+                total,
+            )
+            self.deliveries[lsn] = delivery
+            if delivery.status == DeliveryStatus.PENDING:
+                self._pending[lsn] = (merchant_id, since_ms)
+                self._set_due(delivery, lsn, next_at_ms)
+
+
+def event_json(lsn: int, result: PaymentResult | RefundResult) -> dict[str, Any]:
+    """The event of a result, shaped like Stripe's: `data.object` is the payment or refund."""
+    kind = "payment" if isinstance(result, PaymentResult) else "refund"
+    return {
+        "id": event_id(lsn),
+        "object": "event",
+        "type": f"{kind}.{result.status.value}",
+        "created": result.created_s,
+        "data": {"object": result.to_json()},
+    }

@@ -1,0 +1,139 @@
+"""Real server processes for the tests: `instapay serve` started, read and stopped."""
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp.test_utils import TestServer
+
+from instapay.client import Client
+from instapay.demo import DemoMerchant
+from instapay.engine import Engine
+from instapay.http import ServerSettings, create_app
+from instapay.http.app import HEADER_LIMITS, RUNTIME
+from instapay.model import EngineConfig
+from instapay.notify import DeliveryPolicy
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    """A running `instapay serve` process; its stderr (the JSON logs) is read as it comes, so a
+    full pipe can never block the server."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.log_lines: list[str] = []
+        assert process.stderr is not None
+        errors = process.stderr
+        self.reader = threading.Thread(target=lambda: self.log_lines.extend(errors), daemon=True)
+        self.reader.start()
+
+    def stop(self) -> tuple[int, list[dict[str, object]]]:
+        """Sends SIGTERM (if still running); the exit status and the JSON log lines."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return status, [json.loads(line) for line in self.log_lines]
+
+
+def start(directory: Path, port: int, *arguments: str) -> Server:
+    """`instapay serve` on `directory` and `port` (and more `arguments`), once it serves."""
+    process = subprocess.Popen(  # noqa: S603 (this interpreter and our own entry point)
+        [
+            sys.executable,
+            "-c",
+            "from instapay.cli import main; raise SystemExit(main())",
+            "serve",
+            "--data-dir",
+            str(directory),
+            "--port",
+            str(port),
+            *arguments,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = Server(process)
+    assert process.stdout is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("instapay serving on"):
+            return server
+        assert line, f"the server exited with {process.wait()} before serving"
+    process.kill()
+    raise AssertionError("the server did not start in time")
+
+
+# ---- the application in this process, on a loopback port ---------------------------------------
+
+DEMO = DemoMerchant()
+ADMIN_TOKEN = "test-admin-token"  # noqa: S105 (a test's token)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@dataclass
+class Running:
+    """A running application: its engine, its URL, and a session to call it with."""
+
+    engine: Engine
+    base_url: str
+    session: aiohttp.ClientSession
+
+    def client(self, demo: DemoMerchant = DEMO) -> Client:
+        return Client(self.base_url, demo.merchant_id, demo.kid, demo.secret)
+
+    async def admin(
+        self, method: str, path: str, body: object = None
+    ) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else orjson.dumps(body)
+        async with self.session.request(
+            method, self.base_url + path, data=data, headers=ADMIN
+        ) as response:
+            return response.status, orjson.loads(await response.read())
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    directory: Path, config: EngineConfig, delivery: DeliveryPolicy | None = None
+) -> AsyncIterator[Running]:
+    """The real application on a loopback port; on a new directory, the demo payers funded."""
+    if not (directory / "wal").exists():
+        async with Engine.open(directory, config=config) as engine:
+            await DEMO.set_up(engine, payers=3, balance=1_000_000)
+    settings = ServerSettings(
+        directory, config, admin_token=ADMIN_TOKEN, delivery=delivery or DeliveryPolicy()
+    )
+    app = create_app(settings)
+    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
+    await server.start_server()
+    engine = await app[RUNTIME].ready()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Running(engine, str(server.make_url("")).rstrip("/"), session)
+    finally:
+        await server.close()
