@@ -15,7 +15,7 @@ PY_LIBDIR = $(shell $(BIN)/python -c 'import sysconfig; print(sysconfig.get_conf
 BENCH_DIR := .benchmarks
 BENCH_SUITES := $(wildcard benches/test_bench_*.py)
 
-.PHONY: build run test test-rust lint test-python bench bench-tools clean
+.PHONY: build run demo test test-rust lint test-python bench bench-quick bench-tools clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ build: $(VENV)/.installed
 
 run: build
 	$(BIN)/instapay serve
+
+# The embedded default server (data in var/demo-load, port 8081, so `make run` can stay up), 15 s
+# of open-loop load at DEMO_RATE, the summary, demo-load.png and demo-load.json, a clean stop.
+DEMO_RATE ?= 2000/s
+demo: build
+	$(BIN)/python -m instapay.load.demo --rate $(DEMO_RATE)
 
 test: build test-rust lint test-python
 
@@ -44,26 +50,49 @@ lint: build
 test-python: build
 	$(BIN)/pytest
 
-# Micro benchmarks and the HTTP benchmark; the tables printed at the end are the ones in README
-# (ratios from this run). One process per suite: the engine suites leave a large heap behind that
-# slows the others.
+# The benchmark suites, then BENCHMARKS.md at the root: every figure with its baselines measured in
+# the same run, the ratios, DESIGN.md's targets and the command that reproduces each row, and
+# BENCHMARKS.json, the same rows for tooling (benches/report.py; it also prints the tables). One
+# process per suite: the engine suites leave a large heap behind that slows the others. About
+# 5 minutes on the project's 2-core machine; run it on an otherwise idle one.
 bench: build bench-tools
-	mkdir -p $(BENCH_DIR)
-	set -e; for suite in $(BENCH_SUITES); do \
-		$(BIN)/pytest $$suite --benchmark-only -q \
-			--benchmark-json=$(BENCH_DIR)/$$(basename $$suite .py).json; \
+	$(call bench-suites,0,$(BENCH_DIR),.)
+
+# The same suites with smaller sizes and shorter runs (INSTAPAY_BENCH_QUICK=1, benches/conftest.py),
+# about a minute and a half: what CI runs. Its BENCHMARKS.md and .json (marked as a quick run) go
+# to .benchmarks/quick/ and the terminal, never over the committed full-run ones at the root: its
+# figures are not comparable to those, and a smoke test should not leave the tree dirty.
+bench-quick: build bench-tools
+	$(call bench-suites,1,$(BENCH_DIR)/quick,$(BENCH_DIR)/quick)
+
+# $(1): INSTAPAY_BENCH_QUICK (1 or 0); $(2): the folder for each suite's pytest-benchmark JSON;
+# $(3): the folder for BENCHMARKS.md and BENCHMARKS.json.
+define bench-suites
+	mkdir -p $(2)
+	for suite in $(BENCH_SUITES); do \
+		INSTAPAY_BENCH_QUICK=$(1) $(BIN)/pytest $$suite --benchmark-only -q \
+			--benchmark-json=$(2)/$$(basename $$suite .py).json; \
 	done
-	$(BIN)/python benches/report.py $(BENCH_SUITES:benches/%.py=$(BENCH_DIR)/%.json)
+	$(BIN)/python benches/report.py --write $(3) $(BENCH_SUITES:benches/%.py=$(2)/%.json)
+endef
 
 # The HTTP suite's load generator is wrk, a Debian package: installed here when we may (root with
-# apt-get), otherwise a clear refusal that says how.
+# apt-get, as in CI), otherwise a clear refusal that says how. A failed install stops the run.
 bench-tools:
 	@command -v wrk >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; \
+			echo "bench-tools: installing wrk with apt-get"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } || { \
+				echo "bench-tools: apt-get could not install wrk (see above);" \
+					"the HTTP benchmarks need it" >&2; \
+				exit 1; \
+			}; \
 		else \
 			echo "make bench needs wrk: install it with 'sudo apt-get install wrk'" >&2; exit 1; \
 		fi; \
+	}
+	@command -v wrk >/dev/null || { \
+		echo "bench-tools: wrk is not on PATH after installing it" >&2; exit 1; \
 	}
 
 clean:

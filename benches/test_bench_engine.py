@@ -3,7 +3,8 @@
 Throughput: `submit_many` with batches of 1000 signed payments over 10 000 funded accounts, four
 batches in flight (a server has many clients), fsync="always" (the default) and "off" (unsafe, for
 comparison); the naive baseline (`benches/baselines/naive_engine.py`) fdatasyncs each payment.
-Recovery: reopening a data directory whose log holds 1 M payment records and no snapshot.
+Recovery: reopening a data directory whose log holds 1 M payment records (50 k in quick mode) and
+no snapshot.
 Snapshot: writing one for 10 000 funded accounts, and its size per account.
 """
 
@@ -18,7 +19,7 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from benches.baselines.naive_engine import NaiveEngine
-from benches.conftest import pedantic
+from benches.conftest import pedantic, scaled
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http.server import freeze_survivors_of_full_collections
@@ -28,12 +29,12 @@ from instapay.signing import SignedRequest
 ACCOUNTS = 10_000
 BATCH_LEN = 1000
 BATCHES_IN_FLIGHT = 4
-ROUNDS = 12
-NAIVE_PAYMENTS = 300
+ROUNDS = scaled(12, 3)
+NAIVE_PAYMENTS = scaled(300, 100)
 THROUGHPUT_GROUP = "engine: durable payments"
 RECOVERY_GROUP = "engine: recovery"
 SNAPSHOT_GROUP = "engine: snapshot of 10 000 funded accounts"
-RECOVERY_RECORDS = 1_000_000
+RECOVERY_RECORDS = scaled(1_000_000, 50_000)
 DEMO = DemoMerchant()
 
 
@@ -101,7 +102,9 @@ def test_engine_submit_many(
     fsync, engine = running
     answers = submit_rounds(benchmark, engine, "r")
     assert all(isinstance(a, PaymentResult) and not a.replayed for a in answers)
-    benchmark.extra_info.update(items=BATCH_LEN * BATCHES_IN_FLIGHT, baseline=False, fsync=fsync)
+    benchmark.extra_info.update(
+        items=BATCH_LEN * BATCHES_IN_FLIGHT, unit="payments/s", baseline=False, fsync=fsync
+    )
 
 
 @pytest.mark.benchmark(group=THROUGHPUT_GROUP)
@@ -119,7 +122,7 @@ def test_naive_engine(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
     answers = pedantic(benchmark, run, setup=setup, rounds=5)
     naive.close()
     assert all(answer["status"] == "succeeded" for answer in answers)
-    benchmark.extra_info.update(items=NAIVE_PAYMENTS, baseline=True)
+    benchmark.extra_info.update(items=NAIVE_PAYMENTS, unit="payments/s", baseline=True)
 
 
 def write_log_without_snapshot(directory: Path, records: int) -> None:
@@ -154,7 +157,7 @@ def test_recovery(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
 
     last_lsn = pedantic(benchmark, reopen, rounds=1)
     assert last_lsn >= RECOVERY_RECORDS
-    benchmark.extra_info.update(items=last_lsn, baseline=True)
+    benchmark.extra_info.update(items=last_lsn, unit="records/s", baseline=False)
 
 
 @pytest.mark.benchmark(group=SNAPSHOT_GROUP)
@@ -164,5 +167,9 @@ def test_snapshot_of_funded_accounts(benchmark: BenchmarkFixture, tmp_path: Path
     size = path.stat().st_size
     engine.close()
     benchmark.extra_info.update(
-        items=ACCOUNTS, baseline=True, snapshot_bytes=size, bytes_per_account=size / ACCOUNTS
+        items=ACCOUNTS,
+        unit="accounts/s",
+        baseline=False,
+        snapshot_bytes=size,
+        bytes_per_account=size / ACCOUNTS,
     )

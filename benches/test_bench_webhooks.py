@@ -108,5 +108,8 @@ def test_payments_while_webhooks_go_out(
     if webhooks is not None:
         assert pending > 0, "the receiver kept up: it was not slow"
     benchmark.extra_info.update(
-        items=BATCH_LEN * BATCHES_IN_FLIGHT, baseline=webhooks is None, webhooks_pending=pending
+        items=BATCH_LEN * BATCHES_IN_FLIGHT,
+        unit="payments/s",
+        baseline=webhooks is None,
+        webhooks_pending=pending,
     )

@@ -2,10 +2,10 @@
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
+from instapay.cli import serve_command
 from instapay.client import Client
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
@@ -59,23 +60,17 @@ class Server:
         return status, [json.loads(line) for line in self.log_lines]
 
 
-def start(directory: Path, port: int, *arguments: str) -> Server:
+def start(directory: Path, port: int, *arguments: str, admin_token: str | None = None) -> Server:
     """`instapay serve` on `directory` and `port` (and more `arguments`), once it serves."""
+    environment = dict(os.environ)
+    if admin_token is not None:
+        environment["INSTAPAY_ADMIN_TOKEN"] = admin_token
     process = subprocess.Popen(  # noqa: S603 (this interpreter and our own entry point)
-        [
-            sys.executable,
-            "-c",
-            "from instapay.cli import main; raise SystemExit(main())",
-            "serve",
-            "--data-dir",
-            str(directory),
-            "--port",
-            str(port),
-            *arguments,
-        ],
+        serve_command(directory, port, *arguments),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=environment,
     )
     server = Server(process)
     assert process.stdout is not None

@@ -5,7 +5,7 @@ Fair to it, and to us: one process, like `instapay serve`, started the same way 
 `TCPSite` under `uvloop.run`) and with the same access log (`instapay.http.logs`: one JSON line
 per request to stderr), so the gap between the two is the payment work, not the logging.
 
-Usage: python benches/baselines/bare_aiohttp.py PORT (prints "... serving on URL" when ready,
+Usage: python -m benches.baselines.bare_aiohttp PORT (prints "... serving on URL" when ready,
 stops on SIGTERM or SIGINT).
 """
 
@@ -30,10 +30,9 @@ async def ok(request: web.Request) -> web.Response:
     return web.Response()
 
 
-async def serve(port: int) -> None:
+async def serve(app: web.Application, port: int, name: str) -> None:
+    """Serves `app` as `instapay serve` does, until SIGTERM or SIGINT (shared by the baselines)."""
     logs.configure()
-    app = web.Application()
-    app.router.add_post(PAYMENTS_PATH, ok)
     runner = web.AppRunner(
         app,
         access_log_class=logs.JsonAccessLogger,
@@ -46,11 +45,13 @@ async def serve(port: int) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        print(f"bare aiohttp serving on http://{HOST}:{port}", flush=True)
+        print(f"{name} serving on http://{HOST}:{port}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
 
 
 if __name__ == "__main__":
-    uvloop.run(serve(int(sys.argv[1])))
+    bare = web.Application()
+    bare.router.add_post(PAYMENTS_PATH, ok)
+    uvloop.run(serve(bare, int(sys.argv[1]), "bare aiohttp"))

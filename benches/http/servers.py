@@ -1,5 +1,6 @@
 """The servers under test, each in its own process (the load generator never shares one with
-them): `instapay serve` on a fresh data directory, and the bare aiohttp baseline."""
+them): `instapay serve` on a fresh data directory, and the baselines: the bare aiohttp handler and
+the naive server (`benches/baselines/`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from benches.baselines import naive_server
 from instapay.cli import ADMIN_TOKEN_ENV
 from instapay.demo import DemoMerchant
 
@@ -21,8 +23,9 @@ HOST = "127.0.0.1"
 ADMIN_TOKEN = "bench-admin-token"  # noqa: S105 (a benchmark's throwaway token)
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
-BARE_AIOHTTP = Path(__file__).parent.parent / "baselines" / "bare_aiohttp.py"
-# Both servers print a line with this once they take requests.
+# The baselines run as modules of `benches`, from the repository's root.
+REPO_ROOT = Path(__file__).parents[2]
+# Every server prints a line with this once it takes requests.
 READY_MARK = b" serving on "
 
 
@@ -51,7 +54,7 @@ class Server:
         env = {**os.environ, ADMIN_TOKEN_ENV: ADMIN_TOKEN}
         with self.stdout_path.open("wb") as out, (directory / "server.stderr").open("wb") as err:
             self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and entry points)
-                command, stdout=out, stderr=err, env=env
+                command, stdout=out, stderr=err, env=env, cwd=REPO_ROOT
             )
         self.wait_until_ready()
 
@@ -108,4 +111,21 @@ def start_instapay(directory: Path) -> tuple[Server, DemoMerchant]:
 
 def start_bare_aiohttp(directory: Path) -> Server:
     port = free_port()
-    return Server([sys.executable, str(BARE_AIOHTTP), str(port)], port, directory)
+    return Server(
+        [sys.executable, "-m", "benches.baselines.bare_aiohttp", str(port)], port, directory
+    )
+
+
+def start_naive_server(directory: Path) -> tuple[Server, DemoMerchant]:
+    """`benches/baselines/naive_server.py` in `directory`, with a demo key this process signs with;
+    it logs each payment it answers to `naive_payments_logged`'s file."""
+    demo = DemoMerchant.load_or_create(directory)
+    port = free_port()
+    module = "benches.baselines.naive_server"
+    command = [sys.executable, "-m", module, str(port), str(directory)]
+    return Server(command, port, directory), demo
+
+
+def naive_payments_logged(directory: Path) -> int:
+    with (directory / naive_server.LOG_FILE).open("rb") as log:
+        return sum(1 for _ in log)

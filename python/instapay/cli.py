@@ -15,6 +15,7 @@ from instapay import __version__, config, wal
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType, redacted
 from instapay.http import ServerSettings, server
+from instapay.load import options as load_options
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("data_dir", type=Path)
     dump = wal_commands.add_parser("dump", help="print every record, one per line")
     dump.add_argument("data_dir", type=Path)
+    load_options.add_parser(commands)
     return parser
 
 
@@ -131,6 +133,21 @@ def dump_data_dir(directory: Path) -> int:
     return 0
 
 
+def serve_command(directory: Path, port: int, *arguments: str) -> list[str]:
+    """The command that runs `instapay serve` with this interpreter (tests, `make demo`)."""
+    return [
+        sys.executable,
+        "-c",
+        "from instapay.cli import main; raise SystemExit(main())",
+        "serve",
+        "--data-dir",
+        str(directory),
+        "--port",
+        str(port),
+        *arguments,
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.command == "serve" and arguments.config is not None:
@@ -138,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "serve":
         directory = arguments.data_dir or Path("var")
         return serve_demo(directory, arguments.host or "127.0.0.1", arguments.port or 8080)
+    if arguments.command == "load":
+        return load_options.main(arguments)
     if arguments.wal_command == "verify":
         return verify_data_dir(arguments.data_dir)
     return dump_data_dir(arguments.data_dir)

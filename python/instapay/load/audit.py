@@ -1,0 +1,146 @@
+"""The end of every load run: an audit through the API that nothing acknowledged was lost or
+charged twice.
+
+- Every payment answered 2xx is read back (`GET /v1/payments/{id}`, signed, its answer's
+  signature checked) and must have the same status, amount, order and payer.
+- Every replay (a resent request with its idempotency key) got the original's payments again,
+  marked replayed (checked as the answers came, by the workers).
+- With an admin token: each touched payer's balance moved by exactly minus its succeeded
+  payments, and the merchant's settlement account by plus all of them. This assumes the load
+  harness is the only client while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from instapay.client import ApiError, Client
+from instapay.load.plan import Plan, Target
+from instapay.load.worker import Acknowledged
+
+READS_IN_FLIGHT = 64
+# Problems listed in full; beyond, only counted.
+PROBLEMS_SHOWN_MAX = 20
+
+
+@dataclass
+class AuditResult:
+    payments_checked: int = 0
+    balances_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    problem_count: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.problem_count == 0
+
+    def problem(self, text: str) -> None:
+        self.problem_count += 1
+        if len(self.problems) < PROBLEMS_SHOWN_MAX:
+            self.problems.append(text)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "payments_checked": self.payments_checked,
+            "balances_checked": self.balances_checked,
+            "problem_count": self.problem_count,
+            "problems": self.problems,
+            "skipped": self.skipped,
+        }
+
+
+async def balances(target: Target, accounts: list[str]) -> dict[str, int] | None:
+    """The accounts' balances through the admin API; None without an admin token."""
+    if target.admin_token is None:
+        return None
+    headers = {"Authorization": f"Bearer {target.admin_token}"}
+    base = target.base_url.rstrip("/")
+    limit = asyncio.Semaphore(READS_IN_FLIGHT)
+
+    async def one(session: aiohttp.ClientSession, account: str) -> tuple[str, int]:
+        async with limit, session.get(f"{base}/v1/admin/accounts/{account}") as response:
+            payload = await response.read()
+            if response.status != 200:
+                raise ApiError(response.status, "balance_unreadable", payload[:200].decode(), None)
+            return account, int(orjson.loads(payload)["balance"])
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+        return dict(await asyncio.gather(*(one(session, account) for account in accounts)))
+
+
+def touched_accounts(plan: Plan) -> list[str]:
+    return [plan.payer(n) for n in range(plan.payers)] + [plan.target.settlement_account]
+
+
+async def audit(
+    plan: Plan,
+    acknowledged: list[Acknowledged],
+    replays: tuple[int, list[str]],
+    before: dict[str, int] | None,
+) -> AuditResult:
+    """`replays`: how many replays did not get the stored result, and some examples."""
+    result = AuditResult()
+    mismatched, examples = replays
+    for example in examples:
+        result.problem(f"replay: {example}")
+    result.problem_count += mismatched - len(examples)
+    await _read_back(plan.target, acknowledged, result)
+    if before is None:
+        result.skipped.append(
+            "balances: no admin token (--admin-token or INSTAPAY_ADMIN_TOKEN), not checked"
+        )
+    else:
+        after = await balances(plan.target, touched_accounts(plan))
+        _check_balances(plan, acknowledged, before, after or {}, result)
+    return result
+
+
+async def _read_back(target: Target, acknowledged: list[Acknowledged], result: AuditResult) -> None:
+    limit = asyncio.Semaphore(READS_IN_FLIGHT)
+    async with Client(target.base_url, target.merchant_id, target.kid, target.secret) as client:
+
+        async def one(payment: Acknowledged) -> None:
+            async with limit:
+                try:
+                    read = await client.get_payment(payment.payment_id)
+                except ApiError as error:
+                    result.problem(f"{payment.payment_id} was answered 2xx, now: {error}")
+                    return
+            seen = (read["status"], read["amount"], read["order_id"], read["payer"])
+            expected = (payment.status, payment.amount, payment.order_id, payment.payer)
+            if seen != expected:
+                result.problem(f"{payment.payment_id} was answered {expected}, reads {seen}")
+
+        await asyncio.gather(*(one(payment) for payment in acknowledged))
+    result.payments_checked = len(acknowledged)
+
+
+def _check_balances(
+    plan: Plan,
+    acknowledged: list[Acknowledged],
+    before: dict[str, int],
+    after: dict[str, int],
+    result: AuditResult,
+) -> None:
+    paid: Counter[str] = Counter()
+    for payment in acknowledged:
+        if payment.status == "succeeded":
+            paid[payment.payer] += payment.amount
+    expected = {payer: -amount for payer, amount in paid.items()}
+    expected[plan.target.settlement_account] = sum(paid.values())
+    for account in touched_accounts(plan):
+        moved = after[account] - before[account]
+        if moved != expected.get(account, 0):
+            result.problem(
+                f"balance of {account} moved by {moved}, the acknowledged payments say "
+                f"{expected.get(account, 0)}"
+            )
+    result.balances_checked = len(before)
