@@ -22,9 +22,9 @@ from instapay.client import Client
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
-from instapay.http.app import HEADER_LIMITS, RUNTIME
+from instapay.http.app import HEADER_LIMITS, RUNTIME, Runtime
 from instapay.model import EngineConfig
-from instapay.notify import DeliveryPolicy
+from instapay.notify import DeliveryPolicy, Dispatcher
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -98,6 +98,12 @@ class Running:
     engine: Engine
     base_url: str
     session: aiohttp.ClientSession
+    runtime: Runtime
+
+    def dispatcher(self) -> Dispatcher:
+        if self.runtime.dispatcher is None:
+            raise AssertionError("the webhook dispatcher is not running")
+        return self.runtime.dispatcher
 
     def client(self, demo: DemoMerchant = DEMO) -> Client:
         return Client(self.base_url, demo.merchant_id, demo.kid, demo.secret)
@@ -129,6 +135,7 @@ async def serving(
     engine = await app[RUNTIME].ready()
     try:
         async with aiohttp.ClientSession() as session:
-            yield Running(engine, str(server.make_url("")).rstrip("/"), session)
+            url = str(server.make_url("")).rstrip("/")
+            yield Running(engine, url, session, app[RUNTIME])
     finally:
         await server.close()

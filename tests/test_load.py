@@ -5,6 +5,7 @@ harness must catch: a non-zero exit and a message that names the problem."""
 
 import asyncio
 import base64
+import dataclasses
 import io
 import re
 import threading
@@ -25,6 +26,7 @@ from rich.console import Console
 from instapay import cli
 from instapay.demo import DemoMerchant
 from instapay.load import Amounts, Plan, PlanError, Target, run
+from instapay.load import worker as worker_module
 from instapay.load.plan import Mode
 from instapay.signing import SIGNATURE_HEADER, sign_payload
 from servers import free_port, start
@@ -32,6 +34,8 @@ from servers import free_port, start
 ADMIN_TOKEN = "load-test-admin"  # noqa: S105 (a test's token)
 DEMO = DemoMerchant()
 PAYERS = 5
+# Not the `<merchant>.settlement` of the demo: the harness must read it from the admin API.
+SETTLEMENT = "shop-settles-here"
 BALANCE = 1_000_000
 
 
@@ -41,6 +45,8 @@ class FakeServer:
     what it acknowledged, charge twice, or stall every request for a while."""
 
     drop_every: int = 0
+    # Every n-th payment is applied, then its connection is closed without an answer.
+    unanswered_every: int = 0
     charge_times: int = 1
     stall_at_s: float | None = None
     stall_s: float = 0.0
@@ -51,7 +57,7 @@ class FakeServer:
 
     def __post_init__(self) -> None:
         self.balances = {f"payer-{n}": BALANCE for n in range(PAYERS)}
-        self.balances[f"{DEMO.merchant_id}.settlement"] = 0
+        self.balances[SETTLEMENT] = 0
 
     def signed(self, payload: dict[str, Any], **headers: str) -> web.Response:
         body = orjson.dumps(payload)
@@ -78,8 +84,16 @@ class FakeServer:
         self.payments[payment_id] = payment
         self.by_key[key] = payment_id
         self.balances[fields["payer"]] -= fields["amount"] * self.charge_times
-        self.balances[f"{DEMO.merchant_id}.settlement"] += fields["amount"]
+        self.balances[SETTLEMENT] += fields["amount"]
+        if self.unanswered_every and len(self.payments) % self.unanswered_every == 0:
+            assert request.transport is not None
+            request.transport.close()
         return self.signed(payment)
+
+    async def by_order(self, request: web.Request) -> web.Response:
+        order_id = request.query["order_id"]
+        found = [p for p in self.payments.values() if p["order_id"] == order_id]
+        return self.signed({"object": "list", "data": found})
 
     async def read(self, request: web.Request) -> web.Response:
         payment_id = request.match_info["payment_id"]
@@ -89,6 +103,10 @@ class FakeServer:
             return web.json_response({"error": error}, status=404)
         return self.signed(self.payments[payment_id])
 
+    async def merchant(self, request: web.Request) -> web.Response:
+        merchant_id = request.match_info["merchant_id"]
+        return web.json_response({"id": merchant_id, "settlement_account": SETTLEMENT})
+
     async def balance(self, request: web.Request) -> web.Response:
         account = request.match_info["account_id"]
         return web.json_response({"account_id": account, "balance": self.balances[account]})
@@ -96,8 +114,10 @@ class FakeServer:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/payments", self.pay)
+        app.router.add_get("/v1/payments", self.by_order)
         app.router.add_get("/v1/payments/{payment_id}", self.read)
         app.router.add_get("/v1/admin/accounts/{account_id}", self.balance)
+        app.router.add_get("/v1/admin/merchants/{merchant_id}", self.merchant)
         return app
 
 
@@ -146,6 +166,8 @@ def test_the_counts_add_up_and_the_audit_passes_on_a_real_server(tmp_path: Path)
         workers=2,
     )
     status, printed, report = load(plan, tmp_path)
+    batched = dataclasses.replace(plan, batch=50, requests=30, replay_ratio=0.3, workers=1)
+    batch_status, batch_printed, batch_report = load(batched, tmp_path)
     plot = tmp_path / "plot.png"
     with_plot = run(
         Plan(plan.target, "open", rate_per_s=100, duration_s=1),
@@ -166,6 +188,8 @@ def test_the_counts_add_up_and_the_audit_passes_on_a_real_server(tmp_path: Path)
     assert audit["payments_checked"] == 400 - counts["replays"]["matched"]
     assert audit["balances_checked"] == 1001, "the demo's 1000 payers and the settlement account"
     assert_printed_is_reported(printed, report)
+    assert batch_status == 0, batch_printed
+    assert batch_report["counts"]["replays"]["matched"] > 0, "batch replays, line by line"
     assert with_plot == 0
     assert plot.read_bytes().startswith(b"\x89PNG"), "a PNG"
     assert plot.stat().st_size > 10_000, "with something drawn on it"
@@ -268,3 +292,26 @@ def test_the_command_line_refuses_a_missing_secret(
 ) -> None:
     assert cli.main(["load", "--data-dir", str(tmp_path), "--requests", "1"]) == 2
     assert "--secret-hex is needed" in capsys.readouterr().err
+
+
+def test_payments_applied_without_an_answer_are_found_and_counted(tmp_path: Path) -> None:
+    """A server that applies a payment and then drops the connection is not lying: the audit
+    finds the payment by its order id and counts it in the balances."""
+    with listening(FakeServer(unanswered_every=5)) as base_url:
+        status, printed, report = load(fake_plan(base_url), tmp_path)
+    assert status == 0, printed
+    assert report["counts"]["failed"] == 60 // 5
+    assert report["audit"]["unanswered_applied"] == 60 // 5
+    assert "had been applied (counted in the balances)" in printed
+
+
+def test_a_closed_loop_runs_its_whole_duration_past_the_drain_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "DRAIN_TIMEOUT_S", 0.2)
+    with listening(FakeServer()) as base_url:
+        plan = Plan(target(base_url), "closed", concurrency=2, duration_s=1.0, payers=PAYERS)
+        generator = worker_module.Worker(plan, plan.share(0), lambda message: None)
+        asyncio.run(generator.run(time.time()))
+    assert generator.last_done_s >= 0.9, "the clients kept going until the deadline"
+    assert generator.counts.failed == 0

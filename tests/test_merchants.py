@@ -117,6 +117,15 @@ REFUSED = [
         (400, "invalid_request"),
     ),
     (("POST", "/v1/admin/merchants", {"id": "other"}), (400, "invalid_request")),
+    (
+        (
+            "POST",
+            "/v1/admin/merchants",
+            {"id": "o", "settlement_account": "x", "webhook_url": "http://xn--zz/"},
+        ),
+        (400, "invalid_request"),
+    ),
+    (("POST", "/v1/admin/events/evt_%D9%A3/redeliver", None), (404, "not_found")),
     (("POST", "/v1/admin/merchants", [1]), (400, "invalid_request")),
     (("POST", "/v1/admin/merchants/nobody/keys", None), (404, "not_found")),
     (

@@ -24,8 +24,9 @@ from aiohttp.test_utils import TestServer
 from instapay import webhooks
 from instapay.client import Client
 from instapay.engine import Engine
-from instapay.model import EngineConfig, Merchant
+from instapay.model import EngineConfig, Merchant, RequestError
 from instapay.notify import EVENT_ID_HEADER, DeliveryPolicy, Dispatcher
+from instapay.outbox import DeliveryOutcome
 from instapay.signing import SIGNATURE_HEADER
 from servers import DEMO, free_port, serving, start
 
@@ -60,8 +61,12 @@ class Receiver:
     arrivals: list[Arrival] = field(default_factory=list)
     bad_signatures: list[str] = field(default_factory=list)
     url: str = ""
+    # While set, answers wait until it is released (an attempt held in flight).
+    hold: asyncio.Event | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
+        if self.hold is not None:
+            await self.hold.wait()
         body = await request.read()
         header = request.headers.get(SIGNATURE_HEADER, "")
         try:
@@ -309,7 +314,11 @@ def test_events_list_in_order_page_by_page(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("query", "problem"),
-    [("after=pay_1", "after: not an event id"), ("limit=0", "limit: an integer from 1")],
+    [
+        ("after=pay_1", "after: not an event id"),
+        ("after=evt_%C2%B2", "after: not an event id"),  # a superscript two is no digit here
+        ("limit=0", "limit: an integer from 1"),
+    ],
 )
 def test_a_bad_events_query_is_refused(tmp_path: Path, query: str, problem: str) -> None:
     async def scenario() -> None:
@@ -389,5 +398,44 @@ def test_pending_deliveries_survive_a_sigkill(tmp_path: Path) -> None:
             server = start(tmp_path / "data", port, "--config", str(config))
             await until(lambda: receiver.delivered_ids() == expected, "deliveries after restart")
             assert server.stop()[0] == 0
+
+    run(scenario)
+
+
+def test_a_redelivery_while_an_attempt_is_in_flight_waits_for_it_and_goes_out_once(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        receiver = Receiver(failures=1, hold=asyncio.Event())
+        async with listening(receiver), serving(tmp_path, shop(receiver.url), FAST) as api:
+            paid = await api.engine.submit(DEMO.payment("o-1", DEMO.payer(0), 10))
+            lsn = int(paid.id.removeprefix("pay_"))
+            dispatcher = api.dispatcher()
+            await until(lambda: lsn in dispatcher._in_flight, "the first attempt in flight")
+            await api.engine.redeliver([lsn, lsn])  # twice in one call: still one round
+            await asyncio.sleep(0.1)  # the dispatcher looks at the queue meanwhile
+            assert receiver.hold is not None
+            receiver.hold.set()
+            await until(lambda: api.engine.outbox.pending == 0, "the redelivery's outcome")
+            assert [a.status for a in receiver.arrivals] == [500, 200]
+            assert api.engine.outbox.delivery_json(lsn)["status"] == "delivered"
+            assert sum(dispatcher._in_flight_of.values()) == 0, "no slot leaked"
+
+    run(scenario)
+
+
+def test_an_outcome_for_an_unknown_event_is_refused_and_the_engine_goes_on(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with Engine.open(tmp_path, config=shop(None)) as engine:
+            await DEMO.set_up(engine, payers=1, balance=100)
+            with pytest.raises(RequestError, match="no event evt_999"):
+                await engine.record_deliveries([DeliveryOutcome(999, 1, "500", False, None)])
+            with pytest.raises(RequestError, match="no event evt_999"):
+                await engine.redeliver([999])
+            assert (
+                await engine.submit(DEMO.payment("o-1", DEMO.payer(0), 10))
+            ).status == "succeeded"
 
     run(scenario)

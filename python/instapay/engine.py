@@ -493,10 +493,8 @@ class Engine:
 
     async def redeliver(self, event_lsns: Sequence[int]) -> None:
         """Starts a fresh round of deliveries for these events, due now."""
-        unknown = [lsn for lsn in event_lsns if lsn not in self.results]
-        if unknown:
-            raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
-        await self._one(control=_RedeliveryOp(tuple(event_lsns), int(time.time() * 1000)))
+        lsns = tuple(dict.fromkeys(event_lsns))  # each event once
+        await self._one(control=_RedeliveryOp(lsns, int(time.time() * 1000)))
 
     def event(self, lsn: int) -> dict[str, Any] | None:
         result = self.results.get(lsn)
@@ -722,6 +720,14 @@ class Engine:
             self.merchants.check_add_key(op.merchant_id, op.kid)
         elif isinstance(op, _KeyOp):
             self.merchants.check_revoke_key(op.merchant_id, op.kid)
+        elif isinstance(op, _DeliveriesOp | _RedeliveryOp):
+            lsns = (
+                [outcome.event_lsn for outcome in op.outcomes]
+                if isinstance(op, _DeliveriesOp)
+                else op.event_lsns
+            )
+            if unknown := [lsn for lsn in lsns if lsn not in self.results]:
+                raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
 
     def _apply(self, op: _Op, now_s: int, staged: _Staged) -> Applied:
         lsn = self.lsn_next
@@ -1223,13 +1229,14 @@ WEBHOOK_URL_LEN_MAX = 2048
 def _check_webhook_url(url: str) -> None:
     try:
         parsed = yarl.URL(url)
-    except (TypeError, ValueError):
-        parsed = None
+        host = parsed.host
+    except (TypeError, ValueError):  # UnicodeError too: a host that is not valid IDNA
+        parsed, host = None, None
     if (
         parsed is None
         or len(url) > WEBHOOK_URL_LEN_MAX
         or parsed.scheme not in ("http", "https")
-        or not parsed.host
+        or not host
         or not url.isascii()
         or not url.isprintable()
     ):

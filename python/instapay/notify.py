@@ -93,6 +93,8 @@ class Dispatcher:
         self._wakeup = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._in_flight_of: Counter[str] = Counter()
+        # Events redelivered while an attempt of them was in flight: taken again after it.
+        self._retake: set[int] = set()
         self._outcomes: list[DeliveryOutcome] = []
         self._outcomes_ready = asyncio.Event()
 
@@ -130,24 +132,31 @@ class Dispatcher:
     def _start_due(self) -> None:
         now_ms = self._now_ms()
         room = self.policy.in_flight_max - len(self._in_flight)
-        taken: list[tuple[Merchant, int]] = []
+        taken: list[tuple[Merchant | None, int]] = []
         for merchant_id in self.engine.outbox.merchants_due():
             share = self.policy.in_flight_per_merchant_max - self._in_flight_of[merchant_id]
             count = min(room - len(taken), share)
             if count <= 0:
                 continue
-            merchant = self.engine.merchants[merchant_id]
-            due = self.engine.outbox.take_due(merchant_id, now_ms, count)
-            taken += [(merchant, lsn) for lsn in due]
+            merchant = self.engine.merchants.get(merchant_id)
+            for lsn in self.engine.outbox.take_due(merchant_id, now_ms, count):
+                if lsn in self._in_flight:  # redelivered meanwhile: once this attempt is over
+                    self._retake.add(lsn)
+                else:
+                    taken.append((merchant, lsn))
         if taken:
             self._send(taken, now_ms)
 
-    def _send(self, taken: list[tuple[Merchant, int]], now_ms: int) -> None:
+    def _send(self, taken: list[tuple[Merchant | None, int]], now_ms: int) -> None:
         """Signs the bodies of a batch with one native call and starts their attempts."""
-        signable = [(m, lsn) for m, lsn in taken if m.webhook_url and m.webhook_secret]
+        signable: list[tuple[Merchant, int]] = []
         for merchant, lsn in taken:
-            if not (merchant.webhook_url and merchant.webhook_secret):
+            if merchant is None:  # removed from the configuration file since
+                self._finished(lsn, now_ms, "merchant_unknown", delivered=False)
+            elif not (merchant.webhook_url and merchant.webhook_secret):
                 self._finished(lsn, now_ms, "no_webhook_url", delivered=False)
+            else:
+                signable.append((merchant, lsn))
         bodies = [orjson.dumps(self.engine.event(lsn)) for _, lsn in signable]
         timestamp_s = now_ms // 1000
         prefix = f"{timestamp_s}.".encode()
@@ -156,11 +165,14 @@ class Dispatcher:
         )
         for (merchant, lsn), body, mac in zip(signable, bodies, macs, strict=True):
             header = f"t={timestamp_s},v1={mac.hex()}"
-            task = asyncio.create_task(self._attempt(merchant, lsn, body, header))
+            round_ = self.engine.outbox.round_of(lsn)
+            task = asyncio.create_task(self._attempt(merchant, lsn, round_, body, header))
             self._in_flight[lsn] = task
             self._in_flight_of[merchant.id] += 1
 
-    async def _attempt(self, merchant: Merchant, lsn: int, body: bytes, header: str) -> None:
+    async def _attempt(
+        self, merchant: Merchant, lsn: int, round_: int, body: bytes, header: str
+    ) -> None:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
@@ -187,10 +199,18 @@ class Dispatcher:
         finally:
             del self._in_flight[lsn]
             self._in_flight_of[merchant.id] -= 1
+            if lsn in self._retake:
+                self._retake.discard(lsn)
+                self.engine.outbox.requeue(lsn)
             self.wake()
-        self._finished(lsn, self._now_ms(), outcome, delivered=delivered)
+        self._finished(lsn, self._now_ms(), outcome, delivered=delivered, round_=round_)
 
-    def _finished(self, lsn: int, at_ms: int, outcome: str, *, delivered: bool) -> None:
+    def _finished(
+        self, lsn: int, at_ms: int, outcome: str, *, delivered: bool, round_: int | None = None
+    ) -> None:
+        """Logs an attempt's outcome (in a batch); `round_`: the round it was made in."""
+        if round_ is None:
+            round_ = self.engine.outbox.round_of(lsn)
         next_at_ms = None
         if not delivered:
             done = self.engine.outbox.round_attempts(lsn) + 1
@@ -199,7 +219,7 @@ class Dispatcher:
         self.attempts[result] += 1
         if result == "failed":
             log.warning("webhook delivery of %s failed for good: %s", event_id(lsn), outcome)
-        self._outcomes.append(DeliveryOutcome(lsn, at_ms, outcome, delivered, next_at_ms))
+        self._outcomes.append(DeliveryOutcome(lsn, at_ms, outcome, delivered, next_at_ms, round_))
         self._outcomes_ready.set()
 
     async def _record_outcomes(self) -> None:

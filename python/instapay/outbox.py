@@ -57,6 +57,9 @@ class DeliveryOutcome(NamedTuple):
     delivered: bool
     # When to try again; None once delivered, or when the schedule is spent (then: failed).
     next_at_ms: int | None
+    # The round the attempt belonged to: an outcome of a round that a redelivery has replaced
+    # joins the history but changes nothing else.
+    round: int = 0
 
 
 @dataclass(slots=True)
@@ -68,6 +71,8 @@ class Delivery:
     round_attempts: int = 0
     attempts: list[Attempt] = field(default_factory=list)
     attempts_total: int = 0
+    # 0 for the first round, one more for each redelivery.
+    round: int = 0
 
 
 def event_id(lsn: int) -> str:
@@ -77,7 +82,7 @@ def event_id(lsn: int) -> str:
 def event_lsn(event_id_: str) -> int | None:
     """The LSN in an event id, or None when it is not one."""
     digits = event_id_.removeprefix(EVENT_ID_PREFIX)
-    if digits == event_id_ or not digits.isdigit() or len(digits) > 20:
+    if digits == event_id_ or not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
         return None
     return int(digits)
 
@@ -117,7 +122,17 @@ class Outbox:
             self._pending[lsn] = (merchant_id, at_ms)
         delivery.status = DeliveryStatus.PENDING
         delivery.round_attempts = 0
+        delivery.round += 1
         self._set_due(delivery, lsn, at_ms)
+
+    def requeue(self, lsn: int) -> None:
+        """Puts a pending delivery back in its merchant's queue, due when it was (the dispatcher
+        took it while an attempt of it was still in flight)."""
+        next_at_ms = self._next_at_ms(lsn)
+        delivery = self.deliveries.get(lsn)
+        merchant_id = delivery.merchant_id if delivery else self._pending.get(lsn, ("", 0))[0]
+        if next_at_ms is not None and merchant_id:
+            self._push(merchant_id, lsn, next_at_ms)
 
     def _delivery(self, merchant_id: str, lsn: int) -> Delivery:
         """The event's Delivery, made on first need: pending if the event is new and pending."""
@@ -156,16 +171,22 @@ class Outbox:
         delivery = self.deliveries.get(lsn)
         return 0 if delivery is None else delivery.round_attempts
 
+    def round_of(self, lsn: int) -> int:
+        delivery = self.deliveries.get(lsn)
+        return 0 if delivery is None else delivery.round
+
     def record(self, merchant_id: str, outcome: DeliveryOutcome) -> None:
         """Applies a finished attempt: delivered, failed for good, or due again later."""
         lsn = outcome.event_lsn
         delivery = self._delivery(merchant_id, lsn)
         delivery.attempts_total += 1
-        delivery.round_attempts += 1
         delivery.attempts.append(
             Attempt(delivery.attempts_total, outcome.at_ms, outcome.outcome, outcome.delivered)
         )
         del delivery.attempts[:-ATTEMPTS_KEPT_MAX]
+        if outcome.round != delivery.round:
+            return  # a redelivery started a new round meanwhile: that round goes on
+        delivery.round_attempts += 1
         if outcome.delivered:
             self._finish(delivery, lsn, DeliveryStatus.DELIVERED)
         elif outcome.next_at_ms is None:
@@ -256,18 +277,21 @@ class Outbox:
                 d.attempts_total,
                 [list(attempt) for attempt in d.attempts],
                 self._pending[lsn][1] if lsn in self._pending else None,
+                d.round,
             ]
             for lsn, d in self.deliveries.items()
         ]
         for lsn, (merchant_id, since_ms) in self._pending.items():
             if lsn not in self.deliveries:
-                rows.append([lsn, merchant_id, "pending", since_ms, 0, 0, [], since_ms])
+                rows.append([lsn, merchant_id, "pending", since_ms, 0, 0, [], since_ms, 0])
         return rows
 
     def restore(self, rows: list[list[Any]]) -> None:
         # Pending ones oldest first, as they were (for `oldest_pending_ms`).
         for row in sorted(rows, key=lambda row: (row[7] is None, row[7] or 0)):
-            lsn, merchant_id, status, next_at_ms, round_attempts, total, attempts, since_ms = row
+            lsn, merchant_id, status, next_at_ms, round_attempts, total, attempts, since_ms = row[
+                :8
+            ]
             delivery = Delivery(
                 merchant_id,
                 DeliveryStatus(status),
@@ -275,6 +299,7 @@ class Outbox:
                 round_attempts,
                 [Attempt(*attempt) for attempt in attempts],
                 total,
+                round=row[8] if len(row) > 8 else 0,  # snapshots before rounds have none
             )
             self.deliveries[lsn] = delivery
             if delivery.status == DeliveryStatus.PENDING:

@@ -26,9 +26,10 @@ def freeze_survivors_of_full_collections() -> None:
     The engine keeps every result for the life of the process, so without this each full
     collection walks the whole heap: pauses of 20 to 160 ms under load, growing with the heap, that
     stall every request in flight. Survivors of a full collection are reachable by definition;
-    refcounting still frees frozen objects. What it costs: an object in flight during a full
-    collection that later becomes cyclic garbage is never collected; full collections come after
-    the heap grew by a quarter, so that is a few in-flight requests per 25 % of growth.
+    refcounting still frees frozen objects. What it costs: objects of the requests in flight
+    during a full collection that later become cyclic garbage are never collected (a review
+    measured about 7 % of them with 2000 in flight); full collections come after the heap grew
+    by a quarter, so that is a small share of one collection's in-flight requests each time.
     """
     if _freeze_after_full_collection not in gc.callbacks:
         gc.callbacks.append(_freeze_after_full_collection)

@@ -5,6 +5,7 @@ merges their histograms into one summary (`report`), and ends with an audit thro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import queue
 import time
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from instapay.load import worker
-from instapay.load.audit import audit, balances, touched_accounts
+from instapay.load.audit import audit, balances, touched_accounts, with_settlement_account
 from instapay.load.plan import Amounts, Plan, PlanError, Target
 from instapay.load.report import Summary, print_summary, write_json, write_plot
 from instapay.load.stats import Counts, Second, merged, percentiles_ms
@@ -107,7 +108,9 @@ def _generate(plan: Plan, console: Console, show_progress: bool) -> Collector:
             go.set()
             _collect(messages, collector, processes, console, show_progress)
     finally:
-        go.set()
+        if not go.is_set():
+            start_at.value = worker.ABORT  # the workers that are ready leave without sending
+            go.set()
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():
@@ -182,15 +185,17 @@ def run(
     """Runs the plan, prints the summary and the audit, writes the report and the plot; the
     exit status: 0 if every worker finished and the audit passed, 1 otherwise."""
     console = console or Console()
+    plan = dataclasses.replace(plan, target=asyncio.run(with_settlement_account(plan.target)))
     accounts = touched_accounts(plan)
     before = asyncio.run(balances(plan.target, accounts))
     collector = _generate(plan, console, show_progress)
     summary = collector.summary()
     acknowledged = [payment for done in collector.done for payment in done.acknowledged]
     mismatches = [mismatch for done in collector.done for mismatch in done.mismatches]
+    unanswered = [payment for done in collector.done for payment in done.unanswered]
     replays = (summary.counts.replays_mismatched, mismatches)
     console.print(f"auditing {len(acknowledged):,} acknowledged payments through the API ...")
-    summary.audit = asyncio.run(audit(plan, acknowledged, replays, before))
+    summary.audit = asyncio.run(audit(plan, acknowledged, replays, before, unanswered))
     print_summary(summary, console)
     if report_path is not None:
         write_json(summary, report_path)

@@ -13,6 +13,7 @@ charged twice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,9 @@ PROBLEMS_SHOWN_MAX = 20
 class AuditResult:
     payments_checked: int = 0
     balances_checked: int = 0
+    # Payments sent without an answer, and how many of them the server had applied.
+    unanswered_checked: int = 0
+    unanswered_applied: int = 0
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
     skipped: list[str] = field(default_factory=list)
@@ -51,10 +55,28 @@ class AuditResult:
             "passed": self.passed,
             "payments_checked": self.payments_checked,
             "balances_checked": self.balances_checked,
+            "unanswered_checked": self.unanswered_checked,
+            "unanswered_applied": self.unanswered_applied,
             "problem_count": self.problem_count,
             "problems": self.problems,
             "skipped": self.skipped,
         }
+
+
+async def with_settlement_account(target: Target) -> Target:
+    """The target with its merchant's settlement account, read through the admin API (without
+    an admin token there is no balance check, and no need for it)."""
+    if target.admin_token is None:
+        return target
+    headers = {"Authorization": f"Bearer {target.admin_token}"}
+    url = f"{target.base_url.rstrip('/')}/v1/admin/merchants/{target.merchant_id}"
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(url) as response:
+        payload = await response.read()
+        if response.status != 200:
+            raise ApiError(response.status, "merchant_unreadable", payload[:200].decode(), None)
+    return dataclasses.replace(
+        target, settlement_account=orjson.loads(payload)["settlement_account"]
+    )
 
 
 async def balances(target: Target, accounts: list[str]) -> dict[str, int] | None:
@@ -85,14 +107,18 @@ async def audit(
     acknowledged: list[Acknowledged],
     replays: tuple[int, list[str]],
     before: dict[str, int] | None,
+    unanswered: list[tuple[str, str, int]],
 ) -> AuditResult:
-    """`replays`: how many replays did not get the stored result, and some examples."""
+    """`replays`: how many replays did not get the stored result, and some examples.
+    `unanswered`: new payments whose request got no answer; those the server applied anyway
+    count in the balances (found by order id; more than one for an order is a problem)."""
     result = AuditResult()
     mismatched, examples = replays
     for example in examples:
         result.problem(f"replay: {example}")
     result.problem_count += mismatched - len(examples)
     await _read_back(plan.target, acknowledged, result)
+    acknowledged = acknowledged + await _applied_unanswered(plan.target, unanswered, result)
     if before is None:
         result.skipped.append(
             "balances: no admin token (--admin-token or INSTAPAY_ADMIN_TOKEN), not checked"
@@ -121,6 +147,28 @@ async def _read_back(target: Target, acknowledged: list[Acknowledged], result: A
 
         await asyncio.gather(*(one(payment) for payment in acknowledged))
     result.payments_checked = len(acknowledged)
+
+
+async def _applied_unanswered(
+    target: Target, unanswered: list[tuple[str, str, int]], result: AuditResult
+) -> list[Acknowledged]:
+    limit = asyncio.Semaphore(READS_IN_FLIGHT)
+    applied: list[Acknowledged] = []
+    async with Client(target.base_url, target.merchant_id, target.kid, target.secret) as client:
+
+        async def one(order_id: str, payer: str, amount: int) -> None:
+            async with limit:
+                found = await client.payments_for_order(order_id)
+            if len(found) > 1:
+                result.problem(f"order {order_id} was sent once and has {len(found)} payments")
+            applied.extend(
+                Acknowledged(p["id"], order_id, payer, amount, p["status"]) for p in found
+            )
+
+        await asyncio.gather(*(one(*payment) for payment in unanswered))
+    result.unanswered_checked = len(unanswered)
+    result.unanswered_applied = len(applied)
+    return applied
 
 
 def _check_balances(

@@ -62,10 +62,8 @@ class Target:
     currency: str = "EUR"
     # Reads balances for the audit; without it the balance check is skipped (and says so).
     admin_token: str | None = None
-
-    @property
-    def settlement_account(self) -> str:
-        return f"{self.merchant_id}.settlement"
+    # The merchant's settlement account, read from the admin API before a run.
+    settlement_account: str = ""
 
 
 @dataclass(frozen=True)

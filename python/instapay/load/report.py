@@ -44,8 +44,9 @@ class Summary:
             "asked_per_s": self.plan.rate_per_s if self.plan.mode == "open" else None,
             "concurrency": self.plan.concurrency if self.plan.mode == "closed" else None,
             "window_s": round(self.window_s, 3),
+            # Answered requests (any status) and new payments acknowledged, after the warm-up.
             "requests_per_s": round(measured / window_s, 1),
-            "payments_per_s": round(measured * self.plan.batch / window_s, 1),
+            "payments_per_s": round(self.counts.acknowledged_measured / window_s, 1),
             "latency_ms": {k: round(v, 3) for k, v in percentiles_ms(self.latency).items()},
             "sent": self.counts.sent,
             "answered": self.counts.answered,
@@ -180,6 +181,11 @@ def _print_audit(audit: AuditResult, console: Console) -> None:
         f"audit {verdict}: {audit.payments_checked} payments read back, "
         f"{audit.balances_checked} balances checked, {audit.problem_count} problems"
     )
+    if audit.unanswered_checked:
+        console.print(
+            f"  {audit.unanswered_checked} payments got no answer; looked up by order id, "
+            f"{audit.unanswered_applied} had been applied (counted in the balances)"
+        )
     for note in audit.skipped:
         console.print(f"  skipped {note}")
     for problem in audit.problems:

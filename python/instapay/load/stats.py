@@ -52,6 +52,8 @@ class Counts:
     error_codes: Counter[str] = field(default_factory=Counter)
     replays_matched: int = 0
     replays_mismatched: int = 0
+    # New payments acknowledged for requests sent after the warm-up.
+    acknowledged_measured: int = 0
 
     @property
     def answered(self) -> int:
@@ -69,6 +71,7 @@ class Counts:
         self.error_codes.update(other.error_codes)
         self.replays_matched += other.replays_matched
         self.replays_mismatched += other.replays_mismatched
+        self.acknowledged_measured += other.acknowledged_measured
 
     def to_json(self) -> dict[str, Any]:
         return {

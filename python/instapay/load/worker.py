@@ -37,6 +37,8 @@ DRAIN_TIMEOUT_S = 30.0
 REQUEST_TIMEOUT_S = 60.0
 TICK_S = 0.5
 TIMER_GRAIN_S = 0.001
+# The start time that tells ready workers to leave (another did not get ready).
+ABORT = -1.0
 # Kept per worker to show what went wrong, not every one.
 MISMATCH_EXAMPLES_MAX = 20
 
@@ -70,6 +72,7 @@ class Done(NamedTuple):
     worker: int
     counts: Counts
     acknowledged: list[Acknowledged]
+    unanswered: list[tuple[str, str, int]]
     mismatches: list[str]
     # How late requests left against their schedule (open loop): the generator's own lag.
     send_lag: bytes
@@ -117,6 +120,8 @@ class Worker:
         self.content_type = "application/x-ndjson" if plan.batch > 1 else "application/json"
         self.counts = Counts()
         self.acknowledged: list[Acknowledged] = []
+        # New payments whose request got no answer (order id, payer, amount).
+        self.unanswered: list[tuple[str, str, int]] = []
         self.mismatches: list[str] = []
         self.send_lag = new_histogram()
         self.numbered = 0
@@ -221,25 +226,34 @@ class Worker:
         try:
             status, payload, replayed, failure = await self._send(session, request)
         except asyncio.CancelledError:
-            self.counts.failures["unanswered_at_end"] += 1
+            self._unanswered(request, replay_of, "unanswered_at_end")
             raise
         done_s = time.perf_counter()
         self.last_done_s = done_s - self.start_s
-        second = int(done_s - self.start_s)
-        histogram, counts = self._second(second)
-        record = started_s >= self.measure_from_s
+        histogram, counts = self._second(int(done_s - self.start_s))
         if status is None:
-            self.counts.failures[failure or "error"] += 1
+            self._unanswered(request, replay_of, failure or "error")
             counts.failed += 1
             return
-        if record:
+        measured = started_s >= self.measure_from_s
+        if measured:
             record_s(histogram, done_s - started_s)
         self.counts.statuses[status] += 1
         counts.ok += 1
         ids = self._answered(request, status, payload, replayed, replay_of)
-        counts.payments_ok += len(ids)
-        if replay_of is None and ids:
-            self.originals.append((request, ids))
+        if replay_of is None:
+            acknowledged = sum(1 for payment_id in ids if payment_id is not None)
+            counts.payments_ok += acknowledged
+            self.counts.acknowledged_measured += acknowledged if measured else 0
+            if all(ids):  # replays resend requests whose every payment was acknowledged
+                self.originals.append((request, [i for i in ids if i is not None]))
+
+    def _unanswered(self, request: Prepared, replay_of: list[str] | None, why: str) -> None:
+        """A request without an answer may still have been applied: the audit looks its new
+        payments up by order id."""
+        self.counts.failures[why] += 1
+        if replay_of is None:
+            self.unanswered.extend(request.payments)
 
     def _answered(
         self,
@@ -248,20 +262,22 @@ class Worker:
         payload: bytes,
         replayed: bool,
         replay_of: list[str] | None,
-    ) -> list[str]:
-        """Counts an answer's payments and errors; the ids of the payments it acknowledged."""
+    ) -> list[str | None]:
+        """Counts an answer's payments and errors; per line of the request, the payment it got
+        (None: refused, or no answer line: a stream cut short)."""
         if status >= 300:
             self.counts.error_codes[_error_code(payload)] += len(request.payments)
-            return []
+            return [None] * len(request.payments)
         lines = (
             [orjson.loads(line) for line in payload.splitlines()]
             if self.plan.batch > 1
             else [orjson.loads(payload)]
         )
-        ids = []
+        ids: list[str | None] = []
         for line, (order_id, payer, amount) in zip(lines, request.payments, strict=False):
-            if line.get("object") == "error":
-                self.counts.error_codes[line["error"]["code"]] += 1
+            if line.get("object") not in ("payment", None):
+                self.counts.error_codes[line.get("error", {}).get("code", "unreadable")] += 1
+                ids.append(None)
                 continue
             self.counts.payments[line["status"]] += 1
             ids.append(line["id"])
@@ -269,12 +285,14 @@ class Worker:
                 self.acknowledged.append(
                     Acknowledged(line["id"], order_id, payer, amount, line["status"])
                 )
-        if replay_of is not None:
-            replayed = replayed or all(line.get("replayed") for line in lines[: len(ids)])
-            self._check_replay(replay_of, ids, replayed)
-        return ids
+            else:
+                line_replayed = replayed or bool(line.get("replayed"))
+                self._check_replay(replay_of[len(ids) - 1], line["id"], line_replayed)
+        if len(ids) < len(request.payments) and replay_of is None:
+            self.unanswered.extend(request.payments[len(ids) :])
+        return ids + [None] * (len(request.payments) - len(ids))
 
-    def _check_replay(self, expected: list[str], got: list[str], replayed: bool) -> None:
+    def _check_replay(self, expected: str, got: str, replayed: bool) -> None:
         if got == expected and replayed:
             self.counts.replays_matched += 1
             return
@@ -347,8 +365,9 @@ class Worker:
                 request, replay_of = self._next_request()
                 await self._one(session, request, replay_of, time.perf_counter())
 
-        clients = [asyncio.create_task(client()) for _ in range(self.share.concurrency)]
-        await self._drain(set(clients))
+        # Each client stops at the deadline (or the request count); a request is bounded by
+        # REQUEST_TIMEOUT_S, so this ends.
+        await asyncio.gather(*(client() for _ in range(self.share.concurrency)))
 
     async def _drain(self, in_flight: set[asyncio.Task[None]]) -> None:
         if in_flight:
@@ -406,6 +425,8 @@ def main(
         worker = Worker(plan, share, queue.put)
         queue.put(Ready(share.worker))
         go.wait()
+        if start_at.value == ABORT:
+            return
         cpu_before_s = time.process_time()
         uvloop.run(worker.run(start_at.value))
         queue.put(
@@ -413,6 +434,7 @@ def main(
                 share.worker,
                 worker.counts,
                 worker.acknowledged,
+                worker.unanswered,
                 worker.mismatches,
                 worker.send_lag.encode(),
                 time.process_time() - cpu_before_s,
