@@ -140,6 +140,7 @@ DETAILS: dict[str, str] = {
     "rss_bytes_per_key": "RSS growth {:.1f} B/key",
     "bytes_per_account": "{:.1f} B/account",
     "webhooks_pending": "{} deliveries pending at the end",
+    "alternating_ratio": "{:.2f}x the baseline in alternating rounds",
 }
 
 

@@ -11,7 +11,7 @@ Snapshot: writing one for 10 000 funded accounts, and its size per account.
 import asyncio
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 
@@ -72,18 +72,29 @@ class RunningEngine:
         gc.collect()
 
 
-def submit_rounds(benchmark: BenchmarkFixture, engine: RunningEngine, prefix: str) -> list[object]:
-    """Times ROUNDS rounds of BATCHES_IN_FLIGHT concurrent batches of new payments; the answers
+def round_batches(prefix: str, number: int) -> list[list[SignedRequest]]:
+    """One round: BATCHES_IN_FLIGHT batches of BATCH_LEN new payments."""
+    return [
+        payments(f"{prefix}{number}-b{b}", BATCH_LEN, b * BATCH_LEN)
+        for b in range(BATCHES_IN_FLIGHT)
+    ]
+
+
+def submit_rounds(
+    benchmark: BenchmarkFixture,
+    engine: RunningEngine,
+    prefix: str,
+    between: Callable[[int], None] | None = None,
+) -> list[object]:
+    """Times ROUNDS rounds on `engine` (`between(n)` runs untimed before round n); the answers
     of the last round."""
     rounds = count()
 
     def setup() -> tuple[tuple[object, ...], dict[str, object]]:
         number = next(rounds)
-        batches = [
-            payments(f"{prefix}{number}-b{b}", BATCH_LEN, b * BATCH_LEN)
-            for b in range(BATCHES_IN_FLIGHT)
-        ]
-        return (batches,), {}
+        if between is not None:
+            between(number)
+        return (round_batches(prefix, number),), {}
 
     return pedantic(benchmark, engine.submit, setup=setup, rounds=ROUNDS, warmup_rounds=1)
 
