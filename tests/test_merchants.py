@@ -193,6 +193,7 @@ def test_merchants_keys_and_deliveries_survive_a_restart(tmp_path: Path, snapsho
             outcome = DeliveryOutcome(lsn, 1_000, "500", delivered=False, next_at_ms=5_000)
             await engine.record_deliveries([outcome])
             await engine.submit(_signed_payment(kid, secret, "o-2"))  # no attempt yet
+            await engine.rotate_webhook_secret("shop")
             return kid, secret
 
     async def second_life(kid: str, secret: bytes) -> None:
@@ -200,6 +201,8 @@ def test_merchants_keys_and_deliveries_survive_a_restart(tmp_path: Path, snapsho
             shop = engine.merchants["shop"]
             assert list(shop.keys) == [kid], "the rotation was kept"
             assert shop.webhook_url == "http://127.0.0.1:9/h"
+            assert shop.previous_webhook_secret is not None, "the rotation in progress was kept"
+            assert shop.webhook_secret != shop.previous_webhook_secret
             first, second = engine.outbox.events_of["shop"]
             retried = engine.outbox.delivery_json(first)
             assert (retried["status"], retried["next_attempt_at"]) == ("pending", 5)
@@ -219,19 +222,21 @@ def _signed_payment(kid: str, secret: bytes, order_id: str = "o-1") -> SignedReq
 
 
 def test_wal_dump_never_prints_a_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    async def create() -> tuple[bytes, bytes, bytes]:
+    async def create() -> tuple[bytes, ...]:
         async with Engine.open(tmp_path) as engine:
             await engine.open_account("shop.settlement", "EUR")
             shop = await engine.create_merchant("shop", "shop.settlement", "https://shop.example/h")
             _, second = await engine.add_key("shop")
+            rotated = await engine.rotate_webhook_secret("shop")
             assert shop.webhook_secret is not None
-            return next(iter(shop.keys.values())), second, shop.webhook_secret
+            return next(iter(shop.keys.values())), second, shop.webhook_secret, rotated
 
     secrets = asyncio.run(create())
     assert cli.main(["wal", "dump", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "MERCHANT_CREATED" in printed
     assert "KEY_ADDED" in printed
+    assert "WEBHOOK_SECRET_ROTATED" in printed
     assert "<secret>" in printed
     for secret in secrets:
         assert secret.hex() not in printed

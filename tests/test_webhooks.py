@@ -27,7 +27,7 @@ from instapay.engine import Engine
 from instapay.model import EngineConfig, Merchant, RequestError
 from instapay.notify import EVENT_ID_HEADER, DeliveryPolicy, Dispatcher
 from instapay.outbox import DeliveryOutcome
-from instapay.signing import SIGNATURE_HEADER
+from instapay.signing import SIGNATURE_HEADER, SignatureMismatchError
 from servers import DEMO, free_port, serving, start
 
 WEBHOOK_SECRET = b"the test shop's webhook secret.."
@@ -49,6 +49,8 @@ class Arrival:
     at_s: float
     event: dict[str, Any]
     status: int
+    body: bytes = b""
+    header: str = ""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Receiver:
         if self.failures > 0:
             self.failures -= 1
             status = self.failure_status
-        self.arrivals.append(Arrival(time.monotonic(), event, status))
+        self.arrivals.append(Arrival(time.monotonic(), event, status, body, header))
         return web.Response(status=status)
 
     def delivered_ids(self) -> set[str]:
@@ -437,5 +439,55 @@ def test_an_outcome_for_an_unknown_event_is_refused_and_the_engine_goes_on(
             assert (
                 await engine.submit(DEMO.payment("o-1", DEMO.payer(0), 10))
             ).status == "succeeded"
+
+    run(scenario)
+
+
+def test_a_webhook_secret_rotation_signs_with_both_secrets_until_the_old_is_revoked(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        receiver = Receiver()
+        async with listening(receiver), serving(tmp_path, shop(None), FAST) as api:
+            await api.admin("POST", "/v1/admin/accounts", {"id": "rs", "currency": "EUR"})
+            merchant = {"id": "rotating", "settlement_account": "rs", "webhook_url": receiver.url}
+            _, created = await api.admin("POST", "/v1/admin/merchants", merchant)
+            old = bytes.fromhex(created["webhook_secret"])
+            key = created["key"]
+            client = Client(api.base_url, "rotating", key["kid"], bytes.fromhex(key["secret"]))
+
+            async def delivered_header(order_id: str) -> tuple[bytes, str]:
+                paid = await client.create_payment(
+                    order_id=order_id, payer=DEMO.payer(0), amount=1, currency="EUR"
+                )
+                event_id = "evt_" + paid["id"].removeprefix("pay_")
+                await until(lambda: event_id in receiver.delivered_ids(), f"{event_id} delivered")
+                [arrival] = receiver.attempts_of(event_id)
+                return arrival.body, arrival.header
+
+            async with client:
+                body, header = await delivered_header("before")
+                assert header.count("v1=") == 1
+                webhooks.verify(body, header, old)
+                status, rotated = await api.admin(
+                    "POST", "/v1/admin/merchants/rotating/webhook-secret"
+                )
+                assert status == 201
+                new = bytes.fromhex(rotated["secret"])
+                body, header = await delivered_header("during")
+                assert header.count("v1=") == 2, "one v1 per secret while rotating"
+                assert webhooks.verify(body, header, old) == webhooks.verify(body, header, new)
+                status, _ = await api.admin(
+                    "DELETE", "/v1/admin/merchants/rotating/webhook-secret/previous"
+                )
+                assert status == 200
+                body, header = await delivered_header("after")
+                webhooks.verify(body, header, new)
+                with pytest.raises(SignatureMismatchError):
+                    webhooks.verify(body, header, old)
+            status, refused = await api.admin(
+                "POST", f"/v1/admin/merchants/{DEMO.merchant_id}/webhook-secret"
+            )
+            assert (status, refused["error"]["code"]) == (409, "merchant_managed_by_config")
 
     run(scenario)

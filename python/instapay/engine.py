@@ -92,6 +92,8 @@ class RecordType(IntEnum):
     # Finished webhook delivery attempts, and admin redeliveries (see instapay.outbox).
     DELIVERIES = 9
     REDELIVERY = 10
+    WEBHOOK_SECRET_ROTATED = 11
+    PREVIOUS_WEBHOOK_SECRET_REVOKED = 12
 
 
 def payment_id(lsn: int) -> str:
@@ -129,6 +131,12 @@ class _KeyOp(NamedTuple):
     secret: bytes = b""
 
 
+class _WebhookSecretOp(NamedTuple):
+    kind: RecordType
+    merchant_id: str
+    secret: bytes = b""
+
+
 class _DeliveriesOp(NamedTuple):
     outcomes: tuple[DeliveryOutcome, ...]
 
@@ -139,7 +147,7 @@ class _RedeliveryOp(NamedTuple):
 
 
 # Changes an admin (or the webhook dispatcher) makes, in log order with the payments.
-_ControlOp = _AdminOp | _MerchantOp | _KeyOp | _DeliveriesOp | _RedeliveryOp
+_ControlOp = _AdminOp | _MerchantOp | _KeyOp | _WebhookSecretOp | _DeliveriesOp | _RedeliveryOp
 Applied = Result | Merchant | Recorded
 Answer = Applied | RequestError | Overloaded | EngineFailedError
 
@@ -487,6 +495,17 @@ class Engine:
         op = _KeyOp(RecordType.KEY_REVOKED, merchant_id, kid)
         return _expect(Merchant, await self._one(control=op))
 
+    async def rotate_webhook_secret(self, merchant_id: str) -> bytes:
+        """A new webhook secret; the old one signs deliveries too until it is revoked."""
+        secret = new_secret()
+        op = _WebhookSecretOp(RecordType.WEBHOOK_SECRET_ROTATED, merchant_id, secret)
+        await self._one(control=op)
+        return secret
+
+    async def revoke_previous_webhook_secret(self, merchant_id: str) -> Merchant:
+        op = _WebhookSecretOp(RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED, merchant_id)
+        return _expect(Merchant, await self._one(control=op))
+
     async def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
         """Logs finished webhook attempts (one record), so a restart resumes the schedule."""
         await self._one(control=_DeliveriesOp(tuple(outcomes)))
@@ -720,6 +739,10 @@ class Engine:
             self.merchants.check_add_key(op.merchant_id, op.kid)
         elif isinstance(op, _KeyOp):
             self.merchants.check_revoke_key(op.merchant_id, op.kid)
+        elif isinstance(op, _WebhookSecretOp) and op.kind == RecordType.WEBHOOK_SECRET_ROTATED:
+            self.merchants.check_rotate_webhook_secret(op.merchant_id)
+        elif isinstance(op, _WebhookSecretOp):
+            self.merchants.check_revoke_previous_webhook_secret(op.merchant_id)
         elif isinstance(op, _DeliveriesOp | _RedeliveryOp):
             lsns = (
                 [outcome.event_lsn for outcome in op.outcomes]
@@ -843,6 +866,11 @@ class Engine:
             return self.merchants.add_key(merchant_id, kid, bytes.fromhex(secret))
         if kind == RecordType.KEY_REVOKED:
             return self.merchants.revoke_key(*record)
+        if kind == RecordType.WEBHOOK_SECRET_ROTATED:
+            merchant_id, secret = record
+            return self.merchants.rotate_webhook_secret(merchant_id, bytes.fromhex(secret))
+        if kind == RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED:
+            return self.merchants.revoke_previous_webhook_secret(*record)
         if kind == RecordType.DELIVERIES:
             for outcome in record:
                 event_lsn = outcome[0]
@@ -1119,6 +1147,8 @@ CONTROL_RECORDS = frozenset(
         RecordType.KEY_REVOKED,
         RecordType.DELIVERIES,
         RecordType.REDELIVERY,
+        RecordType.WEBHOOK_SECRET_ROTATED,
+        RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED,
     )
 )
 
@@ -1127,10 +1157,9 @@ def _control_record(op: _ControlOp) -> tuple[RecordType, list[Any]]:
     """The log record of a merchant, key or delivery change."""
     if isinstance(op, _MerchantOp):
         return RecordType.MERCHANT_CREATED, merchant_row(op.merchant)
-    if isinstance(op, _KeyOp):
-        if op.kind == RecordType.KEY_ADDED:
-            return op.kind, [op.merchant_id, op.kid, op.secret.hex()]
-        return op.kind, [op.merchant_id, op.kid]
+    if isinstance(op, _KeyOp | _WebhookSecretOp):
+        names = [op.merchant_id, op.kid] if isinstance(op, _KeyOp) else [op.merchant_id]
+        return op.kind, [*names, op.secret.hex()] if op.secret else names
     if isinstance(op, _DeliveriesOp):
         return RecordType.DELIVERIES, [list(outcome) for outcome in op.outcomes]
     if isinstance(op, _RedeliveryOp):
@@ -1144,11 +1173,13 @@ SECRET_REDACTED = "<secret>"  # noqa: S105 (what a printed secret is replaced by
 def redacted(kind: RecordType, fields: list[Any]) -> list[Any]:
     """A record's fields with its secrets replaced, for printing (`instapay wal dump`)."""
     if kind == RecordType.MERCHANT_CREATED:
-        merchant_id, settlement, webhook_url, keys, webhook_secret = fields
-        hidden = SECRET_REDACTED if webhook_secret else None
-        return [merchant_id, settlement, webhook_url, dict.fromkeys(keys, SECRET_REDACTED), hidden]
+        merchant_id, settlement, webhook_url, keys, *webhook_secrets = fields
+        hidden = [SECRET_REDACTED if secret else None for secret in webhook_secrets]
+        return [merchant_id, settlement, webhook_url, dict.fromkeys(keys, SECRET_REDACTED), *hidden]
     if kind == RecordType.KEY_ADDED:
         return [*fields[:2], SECRET_REDACTED]
+    if kind == RecordType.WEBHOOK_SECRET_ROTATED:
+        return [fields[0], SECRET_REDACTED]
     return fields
 
 

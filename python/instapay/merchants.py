@@ -39,8 +39,10 @@ class Merchants:
         self.by_id: dict[str, Merchant] = {}
         self.by_kid: dict[str, Merchant] = {}
         self.ring = _core.KeyRing()
-        # Webhook secrets by merchant id: the dispatcher signs deliveries with it in batches.
+        # Webhook secrets by merchant id: the dispatcher signs deliveries with them in batches;
+        # the previous secrets of rotations in progress sign a second v1.
         self.webhook_ring = _core.KeyRing()
+        self.previous_webhook_ring = _core.KeyRing()
         self.configured = frozenset(merchant.id for merchant in configured)
         for merchant in configured:
             self._put(merchant)
@@ -60,6 +62,10 @@ class Merchants:
             self.by_kid[kid] = merchant
         if merchant.webhook_secret is not None:
             self.webhook_ring.insert(merchant.id, merchant.webhook_secret)
+        if merchant.previous_webhook_secret is not None:
+            self.previous_webhook_ring.insert(merchant.id, merchant.previous_webhook_secret)
+        else:
+            self.previous_webhook_ring.remove(merchant.id)
 
     def __getitem__(self, merchant_id: str) -> Merchant:
         return self.by_id[merchant_id]
@@ -108,6 +114,21 @@ class Merchants:
                 "last_key", "a merchant keeps at least one key: add the new one first", 409
             )
 
+    def check_rotate_webhook_secret(self, merchant_id: str) -> None:
+        merchant = self._managed(merchant_id)
+        if merchant.webhook_url is None:
+            raise RequestError("no_webhook_url", f"merchant {merchant_id} has no webhook URL", 409)
+        if merchant.previous_webhook_secret is not None:
+            raise RequestError(
+                "rotation_in_progress",
+                "revoke the previous webhook secret before rotating again",
+                409,
+            )
+
+    def check_revoke_previous_webhook_secret(self, merchant_id: str) -> None:
+        if self._managed(merchant_id).previous_webhook_secret is None:
+            raise RequestError("not_found", f"merchant {merchant_id} is not rotating", 404)
+
     # ---- changes: applied live after their check, and on replay --------------------------------
 
     def create(self, merchant: Merchant) -> None:
@@ -134,6 +155,21 @@ class Merchants:
         self._put(updated)
         return updated
 
+    def rotate_webhook_secret(self, merchant_id: str, secret: bytes) -> Merchant:
+        self.check_rotate_webhook_secret(merchant_id)
+        merchant = self.by_id[merchant_id]
+        updated = dataclasses.replace(
+            merchant, webhook_secret=secret, previous_webhook_secret=merchant.webhook_secret
+        )
+        self._put(updated)
+        return updated
+
+    def revoke_previous_webhook_secret(self, merchant_id: str) -> Merchant:
+        self.check_revoke_previous_webhook_secret(merchant_id)
+        updated = dataclasses.replace(self.by_id[merchant_id], previous_webhook_secret=None)
+        self._put(updated)
+        return updated
+
     # ---- snapshots: the merchants the admin API manages ----------------------------------------
 
     def to_snapshot(self) -> list[list[Any]]:
@@ -155,16 +191,26 @@ def merchant_row(merchant: Merchant) -> list[Any]:
         merchant.settlement_account,
         merchant.webhook_url,
         {kid: secret.hex() for kid, secret in merchant.keys.items()},
-        merchant.webhook_secret.hex() if merchant.webhook_secret else None,
+        _hex(merchant.webhook_secret),
+        _hex(merchant.previous_webhook_secret),
     ]
 
 
+def _hex(secret: bytes | None) -> str | None:
+    return None if secret is None else secret.hex()
+
+
+def _bytes(secret: str | None) -> bytes | None:
+    return None if secret is None else bytes.fromhex(secret)
+
+
 def merchant_from_row(row: list[Any]) -> Merchant:
-    merchant_id, settlement, webhook_url, keys, webhook_secret = row
+    merchant_id, settlement, webhook_url, keys, webhook_secret, previous_webhook_secret = row
     return Merchant(
         merchant_id,
         settlement,
         {kid: bytes.fromhex(secret) for kid, secret in keys.items()},
         webhook_url,
-        bytes.fromhex(webhook_secret) if webhook_secret else None,
+        _bytes(webhook_secret),
+        _bytes(previous_webhook_secret),
     )

@@ -141,6 +141,9 @@ class Merchant:
     # the merchant polls `GET /v1/events`.
     webhook_url: str | None = None
     webhook_secret: bytes | None = field(default=None, repr=False)
+    # While a webhook secret is rotated: the old one, which signs deliveries too (a second v1)
+    # until it is revoked, so the merchant can switch its verifier without missing one.
+    previous_webhook_secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,11 +160,17 @@ class Dispatcher:
         bodies = [orjson.dumps(self.engine.event(lsn)) for _, lsn in signable]
         timestamp_s = now_ms // 1000
         prefix = f"{timestamp_s}.".encode()
-        macs = self.engine.merchants.webhook_ring.sign_batch(
-            [merchant.id for merchant, _ in signable], [prefix + body for body in bodies]
+        merchants = self.engine.merchants
+        messages = [prefix + body for body in bodies]
+        macs = merchants.webhook_ring.sign_batch([m.id for m, _ in signable], messages)
+        # A rotation in progress: the previous secret signs a second v1, for old verifiers.
+        rotating = [n for n, (m, _) in enumerate(signable) if m.previous_webhook_secret]
+        previous = merchants.previous_webhook_ring.sign_batch(
+            [signable[n][0].id for n in rotating], [messages[n] for n in rotating]
         )
-        for (merchant, lsn), body, mac in zip(signable, bodies, macs, strict=True):
-            header = f"t={timestamp_s},v1={mac.hex()}"
+        second_v1 = {n: f",v1={mac.hex()}" for n, mac in zip(rotating, previous, strict=True)}
+        for n, ((merchant, lsn), body, mac) in enumerate(zip(signable, bodies, macs, strict=True)):
+            header = f"t={timestamp_s},v1={mac.hex()}{second_v1.get(n, '')}"
             round_ = self.engine.outbox.round_of(lsn)
             task = asyncio.create_task(self._attempt(merchant, lsn, round_, body, header))
             self._in_flight[lsn] = task

@@ -486,6 +486,30 @@ async def admin_revoke_key(request: web.Request) -> web.Response:
     return admin_response(payload)
 
 
+async def admin_rotate_webhook_secret(request: web.Request) -> web.Response:
+    """Webhook secret rotation, step one: deliveries carry a v1 for the new secret and one for
+    the old; the new secret is shown only here."""
+    require_admin(request)
+    merchant_id = request.match_info["merchant_id"]
+    secret = await engine_of(request).rotate_webhook_secret(merchant_id)
+    payload = {
+        "object": "webhook_secret",
+        "merchant_id": merchant_id,
+        "secret": secret.hex(),
+        "previous_valid": True,
+    }
+    return admin_response(payload, 201)
+
+
+async def admin_revoke_previous_webhook_secret(request: web.Request) -> web.Response:
+    """Step two, once the merchant verifies with the new secret: the old one stops signing."""
+    require_admin(request)
+    merchant_id = request.match_info["merchant_id"]
+    await engine_of(request).revoke_previous_webhook_secret(merchant_id)
+    payload = {"object": "webhook_secret", "merchant_id": merchant_id, "previous_valid": False}
+    return admin_response(payload)
+
+
 # Events per page of `GET /v1/events`, and events per admin redelivery call.
 EVENTS_PAGE_LEN_DEFAULT = 100
 EVENTS_PAGE_LEN_MAX = 1000
@@ -673,6 +697,13 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_delete("/v1/admin/merchants/{merchant_id}/keys/{kid}", admin_revoke_key)
     app.router.add_post(
         "/v1/admin/merchants/{merchant_id}/events/redeliver", admin_redeliver_failed
+    )
+    app.router.add_post(
+        "/v1/admin/merchants/{merchant_id}/webhook-secret", admin_rotate_webhook_secret
+    )
+    app.router.add_delete(
+        "/v1/admin/merchants/{merchant_id}/webhook-secret/previous",
+        admin_revoke_previous_webhook_secret,
     )
     app.router.add_post("/v1/admin/events/{event_id}/redeliver", admin_redeliver_event)
     app.router.add_get("/v1/events", list_events)

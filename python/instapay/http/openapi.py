@@ -351,6 +351,25 @@ SCHEMAS: Final[JSON] = {
             "revoked": {"type": "boolean", "const": True},
         }
     ),
+    "WebhookSecret": _closed(
+        {
+            "object": _const("webhook_secret"),
+            "merchant_id": ID,
+            "secret": {**HEX, "description": "Shown once, here."},
+            "previous_valid": {"type": "boolean", "const": True},
+        },
+        description=(
+            "A new webhook secret. Until the previous one is revoked, each delivery carries two "
+            "v1 signatures: one per secret."
+        ),
+    ),
+    "RevokedWebhookSecret": _closed(
+        {
+            "object": _const("webhook_secret"),
+            "merchant_id": ID,
+            "previous_valid": {"type": "boolean", "const": False},
+        }
+    ),
     "Event": _closed(EVENT_PROPERTIES, description="A notification, as webhooks deliver it."),
     "EventList": _closed(
         {
@@ -824,6 +843,38 @@ PATHS: Final[JSON] = {
             },
             security=_ADMIN,
             parameters=[_param("MerchantId"), _param("Kid")],
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}/webhook-secret": {
+        "post": _operation(
+            "rotateWebhookSecret",
+            "Rotate the webhook secret (the previous one signs too until revoked)",
+            "admin",
+            {
+                "201": _ok("The new secret; shown only here.", _schema("WebhookSecret")),
+                **_404,
+                **_conflict(
+                    "`no_webhook_url`, `rotation_in_progress` (revoke the previous secret "
+                    "first), or `merchant_managed_by_config`."
+                ),
+            },
+            description="The body is empty.",
+            security=_ADMIN,
+            parameters=[_param("MerchantId")],
+        ),
+    },
+    "/v1/admin/merchants/{merchant_id}/webhook-secret/previous": {
+        "delete": _operation(
+            "revokePreviousWebhookSecret",
+            "Stop signing deliveries with the previous webhook secret",
+            "admin",
+            {
+                "200": _ok("Revoked.", _schema("RevokedWebhookSecret")),
+                **_404,
+                **_conflict("`merchant_managed_by_config`."),
+            },
+            security=_ADMIN,
+            parameters=[_param("MerchantId")],
         ),
     },
     "/v1/admin/events/{event_id}/redeliver": {
