@@ -105,17 +105,39 @@ def replay_single_payments(
         path.unlink()  # a hundred megabytes or so; pytest keeps its last temp directories
     assert result.socket_errors == result.non_2xx == 0, result
     assert result.replays == 0, f"raise REQUESTS_PER_S_MAX: {result.replays} requests sent twice"
-    benchmark.extra_info.update(
+    record_rate(
+        benchmark,
+        result,
+        cpu,
         unit="req/s",
         rate_per_s=result.requests_per_s,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
         connections=CONNECTIONS,
         requests=result.requests,
+    )
+    return result
+
+
+def record_rate(
+    benchmark: BenchmarkFixture,
+    result: WrkResult | BatchResult,
+    cpu: CpuUse,
+    *,
+    unit: str,
+    rate_per_s: float,
+    connections: int,
+    requests: int,
+) -> None:
+    """A run's figures, for benches/report.py."""
+    benchmark.extra_info.update(
+        unit=unit,
+        rate_per_s=rate_per_s,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        connections=connections,
+        requests=requests,
         duration_s=result.duration_s,
         **cpu.cores(result.cpu_s, result.duration_s),
     )
-    return result
 
 
 @pytest.mark.benchmark(group=SINGLE_GROUP)
@@ -163,15 +185,13 @@ def test_instapay_batch(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
         result, cpu = pedantic(benchmark, timed_on(server, load), rounds=1)
         credited = server.balance(demo.settlement_account) // presign.AMOUNT
     assert credited == result.payments == BATCH_COUNT * BATCH_LEN
-    benchmark.extra_info.update(
+    record_rate(
+        benchmark,
+        result,
+        cpu,
         unit="payments/s",
         rate_per_s=result.payments_per_s,
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
         connections=BATCH_CONNECTIONS,
         requests=BATCH_COUNT,
-        duration_s=result.duration_s,
-        **cpu.cores(result.cpu_s, result.duration_s),
-        baseline=False,
-        fsync="always",
     )
+    benchmark.extra_info.update(baseline=False, fsync="always")

@@ -11,7 +11,6 @@ server does.
 """
 
 import asyncio
-import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from benches.http.servers import free_port
 from benches.test_bench_engine import (
     BATCH_LEN,
     BATCHES_IN_FLIGHT,
@@ -35,13 +35,6 @@ from instapay.notify import DeliveryPolicy, Dispatcher
 
 GROUP = "webhooks: durable payments while the merchant endpoint is slow"
 SLOW_RECEIVER_S = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def slow_receiver() -> web.Application:

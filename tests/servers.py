@@ -22,7 +22,12 @@ from instapay.client import Client
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
-from instapay.http.app import HEADER_LIMITS, RUNTIME, Runtime
+from instapay.http.app import (
+    HEADER_LIMITS,
+    REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    RUNTIME,
+    Runtime,
+)
 from instapay.model import EngineConfig
 from instapay.notify import DeliveryPolicy, Dispatcher
 
@@ -120,14 +125,24 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def serving(
-    directory: Path, config: EngineConfig, delivery: DeliveryPolicy | None = None
+    directory: Path,
+    config: EngineConfig,
+    delivery: DeliveryPolicy | None = None,
+    *,
+    balance: int = 1_000_000,
+    requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
 ) -> AsyncIterator[Running]:
-    """The real application on a loopback port; on a new directory, the demo payers funded."""
+    """The real application on a loopback port; on a new directory, three demo payers funded
+    with `balance` each."""
     if not (directory / "wal").exists():
         async with Engine.open(directory, config=config) as engine:
-            await DEMO.set_up(engine, payers=3, balance=1_000_000)
+            await DEMO.set_up(engine, payers=3, balance=balance)
     settings = ServerSettings(
-        directory, config, admin_token=ADMIN_TOKEN, delivery=delivery or DeliveryPolicy()
+        directory,
+        config,
+        admin_token=ADMIN_TOKEN,
+        requests_in_flight_max=requests_in_flight_max,
+        delivery=delivery or DeliveryPolicy(),
     )
     app = create_app(settings)
     server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)

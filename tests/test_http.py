@@ -20,17 +20,10 @@ from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import RUNTIME
 from instapay.signing import SignedRequest
+from servers import ADMIN, DEMO, serving
 
 T = TypeVar("T")
-DEMO = DemoMerchant()
 BALANCE = 10_000
-ADMIN_TOKEN = "test-admin-token"  # noqa: S105 (a test's token)
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-async def funded(directory: Path) -> None:
-    async with Engine.open(directory, config=DEMO.config()) as engine:
-        await DEMO.set_up(engine, payers=3, balance=BALANCE)
 
 
 def serve(
@@ -41,23 +34,10 @@ def serve(
     """Runs the real app on a loopback port around `scenario(session, base_url)`."""
 
     async def main() -> T:
-        if not (directory / "wal").exists():
-            await funded(directory)
-        settings = ServerSettings(
-            directory,
-            DEMO.config(),
-            admin_token=ADMIN_TOKEN,
-            requests_in_flight_max=requests_in_flight_max,
-        )
-        app = create_app(settings)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        await app[RUNTIME].ready()
-        try:
-            async with ClientSession() as session:
-                return await scenario(session, str(server.make_url("")))
-        finally:
-            await server.close()
+        config = DEMO.config()
+        limit = requests_in_flight_max
+        async with serving(directory, config, balance=BALANCE, requests_in_flight_max=limit) as api:
+            return await scenario(api.session, api.base_url)
 
     return asyncio.run(main())
 

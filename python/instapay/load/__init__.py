@@ -19,7 +19,7 @@ from instapay.load import worker
 from instapay.load.audit import audit, balances, touched_accounts, with_settlement_account
 from instapay.load.plan import Amounts, Plan, PlanError, Target
 from instapay.load.report import Summary, print_summary, write_json, write_plot
-from instapay.load.stats import Counts, Second, merged, percentiles_ms
+from instapay.load.stats import Counts, Second, merged, new_histogram, percentiles_ms
 
 __all__ = ["Amounts", "Plan", "PlanError", "Summary", "Target", "run"]
 
@@ -68,7 +68,7 @@ class Collector:
         counts = Counts()
         for done in self.done:
             counts.add(done.counts)
-        latency = merged([])
+        latency = new_histogram()
         for one in self.timeline.values():
             latency.add(one.histogram)
         window_s = max((done.last_done_s for done in self.done), default=0.0) - self.plan.warmup_s
