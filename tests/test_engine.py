@@ -10,8 +10,9 @@ from typing import TypeVar
 import pytest
 
 from instapay import cli, wal
+from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DemoMerchant
-from instapay.engine import DataDirectoryInUseError, Engine
+from instapay.engine import Engine
 from instapay.model import (
     EngineConfig,
     EngineFailedError,

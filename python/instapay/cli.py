@@ -5,19 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
 
-from instapay import __version__, config, wal
+from instapay import __version__, config, datadir, wal
+from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType, redacted
 from instapay.http import ServerSettings, server
 from instapay.load import options as load_options
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
+# What can stop the engine from starting on a data directory (the lock, damage, the disk, a log
+# the configuration no longer fits): one line for the operator, no traceback.
+STARTUP_FAILURES = (DataDirectoryInUseError, wal.WalCorruptError, OSError, ValueError)
+# `wal dump | head`: the reader went away; the exit status of a tool that stops writing there.
+EXIT_BROKEN_PIPE = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +56,10 @@ def serve_configured(arguments: argparse.Namespace) -> int:
         print(f"instapay serve: {error}", file=sys.stderr)
         return 2
     directory = arguments.data_dir or configured.data_dir
+    host = arguments.host or configured.host
+    port = arguments.port or configured.port
+    if problem := serving_problem(directory, host, port):
+        return refuse_to_serve(problem)
     settings = ServerSettings(
         directory,
         configured.engine,
@@ -60,12 +71,13 @@ def serve_configured(arguments: argparse.Namespace) -> int:
     def ready(base_url: str) -> None:
         print(f"instapay serving on {base_url}, data in {directory}", flush=True)
 
-    host = arguments.host or configured.host
-    return server.run(settings, host, arguments.port or configured.port, ready)
+    return run_server(settings, host, port, ready)
 
 
 def serve_demo(directory: Path, host: str, port: int) -> int:
     """The embedded default: the demo merchant, its key and funded payers in `directory`."""
+    if problem := serving_problem(directory, host, port):
+        return refuse_to_serve(problem)
     demo = DemoMerchant.load_or_create(directory)
 
     async def fund(engine: Engine) -> None:
@@ -90,7 +102,86 @@ def serve_demo(directory: Path, host: str, port: int) -> int:
     settings = ServerSettings(
         directory, demo.config(), on_first_start=fund, admin_token=admin_token
     )
-    return server.run(settings, host, port, ready_with_admin)
+    return run_server(settings, host, port, ready_with_admin)
+
+
+def serving_problem(directory: Path, host: str, port: int) -> str | None:
+    """Why `serve` cannot start on `directory` and `host:port`, found before anything is
+    created (the port case must not leave a new data directory behind); None if it can."""
+    try:
+        datadir.check_not_in_use(directory)
+        check_port_free(host, port)
+    except DataDirectoryInUseError as error:
+        return str(error)
+    except OSError as error:
+        return cannot_listen(host, port, error)
+    return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Binds every address `host` stands for, as the server will, and lets go; OSError if one
+    is taken (or `host` is not an address of this machine)."""
+    for family, kind, protocol, _, address in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, protocol) as probe:
+            # As asyncio's server does: a port whose last connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
+def cannot_listen(host: str, port: int, error: OSError) -> str:
+    return f"cannot listen on {host}:{port}: {error.strerror or error}"
+
+
+def refuse_to_serve(problem: str) -> int:
+    print(f"instapay serve: {problem}", file=sys.stderr)
+    return 1
+
+
+def run_server(
+    settings: ServerSettings, host: str, port: int, on_ready: Callable[[str], None]
+) -> int:
+    """`server.run`, with the failures an operator can fix as one line and exit status 1: the
+    checks before start-up cannot rule out another process taking the port or the directory
+    in between."""
+    try:
+        return server.run(settings, host, port, on_ready)
+    except OSError as error:
+        return refuse_to_serve(cannot_listen(host, port, error))
+    except RuntimeError as error:
+        if isinstance(error.__cause__, STARTUP_FAILURES):
+            return refuse_to_serve(f"the engine could not start: {error.__cause__}")
+        raise
+
+
+def data_dir_problem(directory: Path) -> str | None:
+    """Why `directory` is not a data directory `wal verify` and `wal dump` can read, if so."""
+    if not directory.exists():
+        return f"{directory}: no such directory"
+    if not directory.is_dir():
+        return f"{directory}: not a directory"
+    if not wal.segment_paths(directory / "wal") and not wal.snapshot_paths(directory):
+        return f"{directory}: not a data directory (no log segments, no snapshots)"
+    return None
+
+
+def inspect(action: str, report: Callable[[Path], int], directory: Path) -> int:
+    """Runs a `wal` action's report on a data directory: 2 if it is none, and a quiet stop when
+    the reader of its output goes away (`wal dump | head`)."""
+    if problem := data_dir_problem(directory):
+        print(f"instapay wal {action}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        status = report(directory)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        # Nothing more reaches the reader; nor may the flush at exit raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    return status
 
 
 def verify_data_dir(directory: Path) -> int:
@@ -104,8 +195,9 @@ def verify_data_dir(directory: Path) -> int:
             continue
         valid_lsns.append(lsn)
         print(f"{path.name}: ok, LSN {lsn}, {size} bytes")
+    lsn_reached = wal.newest_snapshot_lsn(directory)
     try:
-        for scan in wal.scan_log(directory, min(valid_lsns, default=0)):
+        for scan in wal.scan_log(directory, min(valid_lsns, default=0), lsn_reached):
             last = scan.lsn_next - 1
             print(
                 f"{scan.path.name}: ok, {len(scan.records)} records, LSN {scan.first_lsn}..{last}"
@@ -119,10 +211,12 @@ def verify_data_dir(directory: Path) -> int:
 
 
 def dump_data_dir(directory: Path) -> int:
-    """Prints the records the log holds (from its oldest segment), one per line."""
+    """Prints the records the log holds (from its oldest segment), one per line, fields by
+    name, secrets redacted."""
     segments = wal.segment_paths(directory / "wal")
+    lsn_after = segments[0][0] - 1 if segments else 0
     try:
-        for scan in wal.scan_log(directory, segments[0][0] - 1 if segments else 0):
+        for scan in wal.scan_log(directory, lsn_after, wal.newest_snapshot_lsn(directory)):
             for record in scan.records:
                 kind = RecordType(record.type)
                 fields = redacted(kind, orjson.loads(record.payload))
@@ -158,5 +252,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "load":
         return load_options.main(arguments)
     if arguments.wal_command == "verify":
-        return verify_data_dir(arguments.data_dir)
-    return dump_data_dir(arguments.data_dir)
+        return inspect("verify", verify_data_dir, arguments.data_dir)
+    return inspect("dump", dump_data_dir, arguments.data_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from instapay import datadir
 from instapay.engine import PAYMENTS_PATH, Engine
 from instapay.model import EngineConfig, Merchant
 from instapay.signing import SIGNATURE_HEADER, SignedRequest, sign_request
@@ -78,10 +79,10 @@ class DemoMerchant:
 
     def save(self, directory: Path) -> None:
         """Keeps the demo's key in the data directory (owner-only), so restarts keep it."""
-        directory.mkdir(parents=True, exist_ok=True)
+        datadir.create(directory)
         path = directory / DEMO_FILE
         record = {"merchant_id": self.merchant_id, "kid": self.kid, "secret": self.secret.hex()}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, datadir.FILE_MODE)
         with os.fdopen(fd, "wb") as out:
             out.write(orjson.dumps(record))
 

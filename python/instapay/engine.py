@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -35,7 +34,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import orjson
 import yarl
 
-from instapay import _core, wal
+from instapay import _core, datadir, wal
 from instapay.ledger import Ledger
 from instapay.merchants import Merchants, merchant_from_row, merchant_row, new_kid, new_secret
 from instapay.model import (
@@ -73,11 +72,6 @@ REFUND_ID_PREFIX = "re_"
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 FsyncMode = Literal["always", "off"]
-LOCK_FILE = "LOCK"
-
-
-class DataDirectoryInUseError(Exception):
-    """Another engine (in this process or another) has the data directory open."""
 
 
 class RecordType(IntEnum):
@@ -94,6 +88,57 @@ class RecordType(IntEnum):
     REDELIVERY = 10
     WEBHOOK_SECRET_ROTATED = 11
     PREVIOUS_WEBHOOK_SECRET_REVOKED = 12
+
+
+_ADMIN_RECORD_FIELDS = ("account_id", "currency", "amount", "overdraft", "failure_code")
+# The fields of each record type, in logged order: `named` gives them to `instapay wal dump`.
+# A DELIVERIES record is a list of outcomes, each with these fields.
+RECORD_FIELDS: dict[RecordType, tuple[str, ...]] = {
+    RecordType.OPEN_ACCOUNT: _ADMIN_RECORD_FIELDS,
+    RecordType.DEPOSIT: _ADMIN_RECORD_FIELDS,
+    RecordType.WITHDRAW: _ADMIN_RECORD_FIELDS,
+    RecordType.PAYMENT: (
+        "merchant_id",
+        "order_id",
+        "payer",
+        "settlement_account",
+        "amount",
+        "currency",
+        "description",
+        "metadata",
+        "created_s",
+        "idempotency_key",
+        "fingerprint",
+        "failure_code",
+    ),
+    RecordType.REFUND: (
+        "payment_id",
+        "merchant_id",
+        "amount_requested",
+        "reason",
+        "created_s",
+        "idempotency_key",
+        "fingerprint",
+        "amount",
+        "failure_code",
+    ),
+    RecordType.MERCHANT_CREATED: (
+        "merchant_id",
+        "settlement_account",
+        "webhook_url",
+        "keys",
+        "webhook_secret",
+        "previous_webhook_secret",
+    ),
+    RecordType.KEY_ADDED: ("merchant_id", "kid", "secret"),
+    RecordType.KEY_REVOKED: ("merchant_id", "kid"),
+    RecordType.DELIVERIES: DeliveryOutcome._fields,
+    RecordType.REDELIVERY: ("at_ms", "event_lsns"),
+    RecordType.WEBHOOK_SECRET_ROTATED: ("merchant_id", "webhook_secret"),
+    RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED: ("merchant_id",),
+}
+# Fields holding a secret (hex), or a map of key ids to secrets (`keys`).
+SECRET_RECORD_FIELDS = frozenset({"secret", "webhook_secret", "previous_webhook_secret", "keys"})
 
 
 def payment_id(lsn: int) -> str:
@@ -346,8 +391,8 @@ class Engine:
         (`snapshot_on_close=False` leaves only the log, as a crash would: the next open replays
         it all)."""
         directory = Path(data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        lock = _lock_data_dir(directory)
+        datadir.create(directory)
+        lock = datadir.lock(directory)
         engine = cls(
             directory,
             config or EngineConfig(),
@@ -892,21 +937,27 @@ class Engine:
         while len(self._syncing) >= PIPELINE_BATCHES_MAX:
             await asyncio.wait({self._syncing[0]})
         loop = asyncio.get_running_loop()
+        # The engine numbered these records as it applied them (ids carry their LSN).
+        lsn_first = self.lsn_next - len(staged.payloads)
         # The single log thread writes batches in the order they are handed over.
         written = loop.run_in_executor(
-            self._log_thread, self._append, staged.types, staged.payloads
+            self._log_thread, self._append, lsn_first, staged.types, staged.payloads
         )
         self._syncing.append(asyncio.create_task(self._finish(written, staged)))
 
-    def _append(self, types: list[int], payloads: list[bytes]) -> int:
-        """Runs in the log thread: once a write failed, nothing more is written."""
+    def _append(self, lsn_first: int, types: list[int], payloads: list[bytes]) -> int:
+        """Runs in the log thread: once a write failed, nothing more is written. The log must
+        number the batch from `lsn_first`, as the engine did: checked before the write (nothing
+        misnumbered reaches the disk) and on the LSN the writer reports."""
         if self._log_broken:
             raise EngineFailedError("an earlier write failed")
         writer = self._writer()
         started_s = time.perf_counter()
         bytes_before = writer.bytes_written
         try:
+            _check_lsn_first(lsn_first, writer.lsn_next, "before the write")
             first = writer.append(types, payloads)
+            _check_lsn_first(lsn_first, first, "as written")
         except BaseException:
             self._log_broken = True
             raise
@@ -971,6 +1022,7 @@ class Engine:
     # ---- recovery, snapshots, shutdown ------------------------------------------------------
 
     def _recover(self) -> None:
+        datadir.warn_if_open_to_others(self.directory)
         wal.remove_temp_files(self.directory)
         lsn_after = 0
         loaded = wal.load_snapshot(self.directory)
@@ -978,10 +1030,12 @@ class Engine:
             lsn_after = self._snapshot_lsn = loaded[0]
             self._restore(*loaded)
         replayed = 0
-        for records in wal.replay(self.directory, lsn_after):
+        # The newest snapshot's name says how far the log reached, even when its content is
+        # damaged and recovery falls back to an older one: a log ending earlier lost records.
+        lsn_reached = wal.newest_snapshot_lsn(self.directory)
+        for records in wal.replay(self.directory, lsn_after, lsn_reached):
             self._replay_records(records)
             replayed += len(records)
-        self.lsn_next = max(self.lsn_next, lsn_after + 1)
         self.ledger.check_invariants()
         self.index.expire(int(time.time()))
         self._log = wal.WalWriter(
@@ -1167,20 +1221,42 @@ def _control_record(op: _ControlOp) -> tuple[RecordType, list[Any]]:
     raise TypeError(f"{op!r} is not a control change")
 
 
+def _check_lsn_first(engine_lsn: int, log_lsn: int, when: str) -> None:
+    if log_lsn != engine_lsn:
+        raise AssertionError(
+            f"the engine numbered a batch from LSN {engine_lsn}, the log from {log_lsn} ({when})"
+        )
+
+
 SECRET_REDACTED = "<secret>"  # noqa: S105 (what a printed secret is replaced by)
 
 
-def redacted(kind: RecordType, fields: list[Any]) -> list[Any]:
-    """A record's fields with its secrets replaced, for printing (`instapay wal dump`)."""
-    if kind == RecordType.MERCHANT_CREATED:
-        merchant_id, settlement, webhook_url, keys, *webhook_secrets = fields
-        hidden = [SECRET_REDACTED if secret else None for secret in webhook_secrets]
-        return [merchant_id, settlement, webhook_url, dict.fromkeys(keys, SECRET_REDACTED), *hidden]
-    if kind == RecordType.KEY_ADDED:
-        return [*fields[:2], SECRET_REDACTED]
-    if kind == RecordType.WEBHOOK_SECRET_ROTATED:
-        return [fields[0], SECRET_REDACTED]
-    return fields
+def named(kind: RecordType, fields: list[Any]) -> dict[str, Any]:
+    """A record's fields by name (`RECORD_FIELDS`). Fields beyond the names (a record newer
+    than this code) are only counted: one of them could be a secret."""
+    names = RECORD_FIELDS.get(kind, ())
+    if kind == RecordType.DELIVERIES:
+        return {"outcomes": [_named_fields(names, outcome) for outcome in fields]}
+    return _named_fields(names, fields)
+
+
+def _named_fields(names: tuple[str, ...], fields: list[Any]) -> dict[str, Any]:
+    by_name = dict(zip(names, fields, strict=False))
+    if len(fields) > len(names):
+        by_name["unnamed_fields"] = len(fields) - len(names)
+    return by_name
+
+
+def redacted(kind: RecordType, fields: list[Any]) -> dict[str, Any]:
+    """A record's fields by name with its secrets replaced, for printing (`instapay wal dump`)."""
+    by_name = named(kind, fields)
+    for name in SECRET_RECORD_FIELDS & by_name.keys():
+        value = by_name[name]
+        if isinstance(value, dict):
+            by_name[name] = dict.fromkeys(value, SECRET_REDACTED)
+        elif value is not None:
+            by_name[name] = SECRET_REDACTED
+    return by_name
 
 
 T = TypeVar("T")
@@ -1191,18 +1267,6 @@ def _expect(kind: type[T], value: object) -> T:
     if not isinstance(value, kind):
         raise TypeError(f"expected a {kind.__name__}, the pipeline produced {value!r}")
     return value
-
-
-def _lock_data_dir(directory: Path) -> int:
-    """Takes the data directory's lock: two engines writing one log would corrupt it. The
-    kernel drops the lock with the process, so a crash never leaves it held."""
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirectoryInUseError(f"{directory} is in use by another engine") from None
-    return fd
 
 
 def _result_from_row(row: list[Any]) -> PaymentResult | RefundResult:

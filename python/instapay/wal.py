@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from instapay import _core
+from instapay import _core, datadir
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,10 @@ def _cut_torn_tail(path: Path, offset: int) -> None:
     """Moves the bytes from `offset` on aside and truncates the segment there, durably."""
     data = path.read_bytes()
     aside = path.with_name(f"{path.name}.torn-{offset}")
-    aside.write_bytes(data[offset:])
-    with aside.open("rb+") as kept:
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, datadir.FILE_MODE)
+    with os.fdopen(fd, "wb") as kept:
+        kept.write(data[offset:])
+        kept.flush()
         os.fsync(kept.fileno())
     if offset < SEGMENT_HEADER.size:
         _write_segment_header(path)
@@ -110,12 +112,14 @@ def _cut_torn_tail(path: Path, offset: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SegmentScan:
-    """What reading one segment found; `torn_at` is where a torn tail starts, if there is one."""
+    """What reading one segment found: its records end at byte `end`, where a torn tail starts
+    when `torn_at` is set."""
 
     path: Path
     first_lsn: int
     records: list[Record]
     lsn_next: int
+    end: int
     torn_at: int | None
 
 
@@ -126,7 +130,7 @@ def scan_segment(path: Path, first_lsn: int, *, last: bool) -> SegmentScan:
     if len(data) < SEGMENT_HEADER.size:
         if not last:
             raise WalCorruptError(path, len(data), "segment shorter than its header")
-        return SegmentScan(path, first_lsn, [], first_lsn, 0)
+        return SegmentScan(path, first_lsn, [], first_lsn, 0, 0)
     _check_segment_header(path, data)
     raw, end, reason = _core.wal_scan(data, SEGMENT_HEADER.size, first_lsn)
     lsn_next = first_lsn + len(raw)
@@ -136,18 +140,27 @@ def scan_segment(path: Path, first_lsn: int, *, last: bool) -> SegmentScan:
             raise WalCorruptError(path, end, SCAN_REASONS[reason])
         torn_at = end
     records = [Record(lsn, kind, payload) for lsn, kind, payload in raw]
-    return SegmentScan(path, first_lsn, records, lsn_next, torn_at)
+    return SegmentScan(path, first_lsn, records, lsn_next, end, torn_at)
 
 
-def scan_log(directory: Path, lsn_after: int = 0) -> Iterator[SegmentScan]:
+def scan_log(
+    directory: Path, lsn_after: int = 0, lsn_reached: int | None = None
+) -> Iterator[SegmentScan]:
     """Reads, without changing anything, the segments holding records above `lsn_after`;
-    raises `WalCorruptError` for damage that is not a torn tail, or for a gap in the LSNs."""
+    raises `WalCorruptError` for damage that is not a torn tail, for a gap in the LSNs, or for
+    a log that ends before `lsn_reached` (default `lsn_after`), an LSN it is known to have
+    reached: records there were acknowledged, and appending after the end would reissue them."""
+    lsn_reached = lsn_after if lsn_reached is None else lsn_reached
     wal_dir = directory / "wal"
     segments = segment_paths(wal_dir) if wal_dir.is_dir() else []
+    if not segments:
+        if lsn_reached > 0:
+            raise WalCorruptError(wal_dir, 0, f"no segment holds the log up to LSN {lsn_reached}")
+        return
     # Segments wholly at or before `lsn_after` are not read.
     while len(segments) > 1 and segments[1][0] <= lsn_after + 1:
         segments.pop(0)
-    lsn_expected = segments[0][0] if segments else lsn_after + 1
+    lsn_expected = segments[0][0]
     if lsn_expected > lsn_after + 1:
         raise WalCorruptError(
             segments[0][1], 0, f"records {lsn_after + 1} to {lsn_expected - 1} are missing"
@@ -155,25 +168,32 @@ def scan_log(directory: Path, lsn_after: int = 0) -> Iterator[SegmentScan]:
     for index, (first_lsn, path) in enumerate(segments):
         if first_lsn != lsn_expected:
             raise WalCorruptError(path, 0, f"segment starts at LSN {first_lsn}, not {lsn_expected}")
-        scan = scan_segment(path, first_lsn, last=index == len(segments) - 1)
+        last = index == len(segments) - 1
+        scan = scan_segment(path, first_lsn, last=last)
+        if last and scan.lsn_next <= lsn_reached:
+            missing = f"records {scan.lsn_next} to {lsn_reached} are missing"
+            raise WalCorruptError(path, scan.end, f"{missing} (a snapshot covers them)")
         lsn_expected = scan.lsn_next
         yield scan
 
 
-def replay(directory: Path, lsn_after: int) -> Iterator[list[Record]]:
+def replay(
+    directory: Path, lsn_after: int, lsn_reached: int | None = None
+) -> Iterator[list[Record]]:
     """The records with an LSN above `lsn_after`, a segment's worth at a time, for recovery.
 
-    A torn tail of the last segment is cut off (and kept aside); any other damage, or a gap in
-    the LSNs, raises `WalCorruptError` naming the file and byte offset.
+    A torn tail of the last segment is cut off (and kept aside); any other damage, a gap in
+    the LSNs or a log that ends before `lsn_reached` (see `scan_log`) raises `WalCorruptError`
+    naming the file and byte offset.
     """
-    for scan in scan_log(directory, lsn_after):
+    for scan in scan_log(directory, lsn_after, lsn_reached):
         if scan.torn_at is not None:
             _cut_torn_tail(scan.path, scan.torn_at)
         yield [record for record in scan.records if record.lsn > lsn_after]
 
 
 def _write_segment_header(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, datadir.FILE_MODE)
     try:
         os.write(fd, SEGMENT_HEADER.pack(SEGMENT_MAGIC, SEGMENT_VERSION, 0))
         os.fsync(fd)
@@ -192,7 +212,7 @@ class WalWriter:
         self, directory: Path, lsn_next: int, *, sync: bool, segment_bytes_max: int
     ) -> None:
         self.wal_dir = directory / "wal"
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        datadir.create(self.wal_dir)
         self.sync = sync
         self.segment_bytes_max = segment_bytes_max
         self.lsn_next = lsn_next
@@ -270,13 +290,14 @@ def write_snapshot(directory: Path, lsn: int, payload: bytes) -> Path:
     """Writes a snapshot atomically (temp file, fsync, rename, fsync directory) and keeps only
     the newest `SNAPSHOTS_KEPT`."""
     snap_dir = directory / "snapshots"
-    snap_dir.mkdir(parents=True, exist_ok=True)
+    datadir.create(snap_dir)
     path = snap_dir / SNAPSHOT_NAME_FORMAT.format(lsn)
     temp = path.with_suffix(".tmp")
     header = SNAPSHOT_HEADER.pack(
         SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, lsn, len(payload), _core.crc32c(payload)
     )
-    with temp.open("wb") as out:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, datadir.FILE_MODE)
+    with os.fdopen(fd, "wb") as out:
         out.write(header)
         out.write(payload)
         out.flush()
@@ -310,6 +331,14 @@ def load_snapshot(directory: Path) -> tuple[int, bytes] | None:
         except (OSError, ValueError) as error:
             log.warning("skipping snapshot %s: %s", path, error)
     return None
+
+
+def newest_snapshot_lsn(directory: Path) -> int:
+    """The LSN the log is known to have reached: that in the newest snapshot's name (0 if none),
+    damaged or not, since a snapshot is renamed into place only after the log it covers is
+    durable."""
+    kept = snapshot_paths(directory)
+    return kept[0][0] if kept else 0
 
 
 def oldest_kept_snapshot_lsn(directory: Path) -> int:
