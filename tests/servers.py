@@ -89,6 +89,19 @@ def start(directory: Path, port: int, *arguments: str, admin_token: str | None =
     raise AssertionError("the server did not start in time")
 
 
+def refused(directory: Path, port: int, *arguments: str) -> tuple[int, list[str]]:
+    """`instapay serve` that must refuse to start: its exit status and its stderr lines (a
+    server that starts instead runs into the timeout)."""
+    finished = subprocess.run(  # noqa: S603 (this interpreter and our own entry point)
+        serve_command(directory, port, *arguments),
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT_S,
+        check=False,
+    )
+    return finished.returncode, finished.stderr.splitlines()
+
+
 # ---- the application in this process, on a loopback port ---------------------------------------
 
 DEMO = DemoMerchant()

@@ -12,7 +12,7 @@ import aiohttp
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.signing import SIGNATURE_HEADER
-from servers import STARTUP_TIMEOUT_S, free_port, start
+from servers import STARTUP_TIMEOUT_S, free_port, refused, start
 
 ACKNOWLEDGED_BEFORE_SIGTERM = 50
 
@@ -95,3 +95,31 @@ def test_a_shutdown_under_load_answers_or_refuses_and_loses_nothing(tmp_path: Pa
             return [pid for pid in acknowledged if engine.payment(pid) is None]
 
     assert asyncio.run(present()) == [], "an acknowledged payment is missing after the restart"
+
+
+def test_a_second_server_on_a_data_directory_in_use_refuses_in_one_line(tmp_path: Path) -> None:
+    server = start(tmp_path, free_port())
+    status, errors = refused(tmp_path, free_port())
+    assert status == 1
+    assert errors == [f"instapay serve: {tmp_path} is in use by another engine"]
+    assert server.stop()[0] == 0, "the first server was not disturbed"
+
+
+def test_a_server_on_a_port_in_use_refuses_in_one_line_and_creates_no_data_directory(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    server = start(tmp_path / "first", port)
+    status, errors = refused(tmp_path / "second", port)
+    assert status == 1
+    assert errors == [f"instapay serve: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert not (tmp_path / "second").exists()
+    assert server.stop()[0] == 0
+
+
+def test_a_server_on_a_host_that_is_not_this_machine_refuses_in_one_line(tmp_path: Path) -> None:
+    status, errors = refused(tmp_path / "var", free_port(), "--host", "192.0.2.1")
+    assert status == 1
+    assert len(errors) == 1
+    assert errors[0].startswith("instapay serve: cannot listen on 192.0.2.1:")
+    assert not (tmp_path / "var").exists()

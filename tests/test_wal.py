@@ -1,10 +1,12 @@
 """The write-ahead log on real files: group commit, segments, torn tails, corruption, snapshots."""
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from instapay import _core, wal
+from instapay import _core, datadir, wal
 from instapay.wal import Record, WalCorruptError, WalWriter
 
 KIND = 3
@@ -14,8 +16,8 @@ def writer(directory: Path, lsn_next: int = 1, segment_bytes_max: int = 1 << 20)
     return WalWriter(directory, lsn_next, sync=True, segment_bytes_max=segment_bytes_max)
 
 
-def replayed(directory: Path, lsn_after: int = 0) -> list[Record]:
-    return [record for batch in wal.replay(directory, lsn_after) for record in batch]
+def replayed(directory: Path, lsn_after: int = 0, lsn_reached: int | None = None) -> list[Record]:
+    return [record for batch in wal.replay(directory, lsn_after, lsn_reached) for record in batch]
 
 
 def write_batches(directory: Path, batches: list[list[bytes]], **options: int) -> WalWriter:
@@ -149,3 +151,111 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous(tmp_path: Path, da
 def test_no_snapshot_means_replay_from_the_start(tmp_path: Path) -> None:
     assert wal.load_snapshot(tmp_path) is None
     assert replayed(tmp_path) == []
+
+
+def snapshot_then_truncate(directory: Path, keep_bytes: int) -> Path:
+    """Six records and a snapshot at LSN 6 (a clean stop), then the last segment cut to its
+    first `keep_bytes` bytes after the header."""
+    write_batches(directory, [payloads(3), payloads(3, 3)]).close()
+    wal.write_snapshot(directory, 6, b"state at 6")
+    segment = last_segment(directory)
+    segment.write_bytes(segment.read_bytes()[: wal.SEGMENT_HEADER.size + keep_bytes])
+    return segment
+
+
+def frame_bytes(records: list[bytes]) -> int:
+    return sum(_core.WAL_HEADER_LEN + len(payload) for payload in records)
+
+
+def test_a_log_cut_at_a_record_boundary_behind_the_snapshot_refuses_recovery(
+    tmp_path: Path,
+) -> None:
+    """Records 5 and 6 were acknowledged and snapshotted: appending after record 4 would issue
+    their LSNs again."""
+    end = frame_bytes(payloads(4))
+    segment = snapshot_then_truncate(tmp_path, end)
+    offset = wal.SEGMENT_HEADER.size + end
+    with pytest.raises(
+        WalCorruptError,
+        match=rf"{segment.name}: records 5 to 6 are missing \(a snapshot covers them\) "
+        rf"at byte offset {offset}",
+    ):
+        replayed(tmp_path, lsn_after=6)
+
+
+def test_a_log_cut_inside_a_record_behind_the_snapshot_is_no_torn_tail(tmp_path: Path) -> None:
+    """A torn write can only be of records no snapshot covers; this cut is kept as it is."""
+    end = frame_bytes(payloads(5))
+    segment = snapshot_then_truncate(tmp_path, end - 3)
+    damaged = segment.read_bytes()
+    with pytest.raises(WalCorruptError, match="records 5 to 6 are missing"):
+        replayed(tmp_path, lsn_after=6)
+    assert segment.read_bytes() == damaged, "nothing was cut off"
+    assert not list(segment.parent.glob("*.torn-*"))
+
+
+def test_the_newest_snapshot_name_says_how_far_the_log_reached_even_when_it_is_damaged(
+    tmp_path: Path,
+) -> None:
+    write_batches(tmp_path, [payloads(10)]).close()
+    wal.write_snapshot(tmp_path, 4, b"older state")
+    newest = wal.write_snapshot(tmp_path, 8, b"newer state")
+    newest.write_bytes(newest.read_bytes()[:-1])
+    segment = last_segment(tmp_path)
+    segment.write_bytes(segment.read_bytes()[: wal.SEGMENT_HEADER.size + frame_bytes(payloads(6))])
+    assert wal.load_snapshot(tmp_path) == (4, b"older state")
+    assert wal.newest_snapshot_lsn(tmp_path) == 8
+    with pytest.raises(WalCorruptError, match="records 7 to 8 are missing"):
+        replayed(tmp_path, lsn_after=4, lsn_reached=wal.newest_snapshot_lsn(tmp_path))
+
+
+def test_a_log_that_reaches_the_snapshot_exactly_recovers(tmp_path: Path) -> None:
+    write_batches(tmp_path, [payloads(6)]).close()
+    wal.write_snapshot(tmp_path, 6, b"state at 6")
+    assert replayed(tmp_path, lsn_after=6, lsn_reached=6) == []
+
+
+def test_a_snapshot_without_any_segment_refuses_recovery(tmp_path: Path) -> None:
+    write_batches(tmp_path, [payloads(6)]).close()
+    wal.write_snapshot(tmp_path, 6, b"state at 6")
+    last_segment(tmp_path).unlink()
+    with pytest.raises(WalCorruptError, match="no segment holds the log up to LSN 6"):
+        replayed(tmp_path, lsn_after=6)
+
+
+def test_a_missing_last_segment_behind_the_snapshot_refuses_recovery(tmp_path: Path) -> None:
+    write_batches(tmp_path, [payloads(5, n * 5) for n in range(4)], segment_bytes_max=150).close()
+    wal.write_snapshot(tmp_path, 20, b"state at 20")
+    *kept, (_, holding_16_to_20), (_, empty_since_21) = wal.segment_paths(tmp_path / "wal")
+    holding_16_to_20.unlink()
+    empty_since_21.unlink()
+    with pytest.raises(WalCorruptError, match=rf"{kept[-1][1].name}: records 16 to 20 are missing"):
+        replayed(tmp_path, lsn_after=0, lsn_reached=20)
+
+
+def open_modes(directory: Path) -> dict[str, str]:
+    """`directory` and each path below it that its group or others may access, with its mode."""
+    return {str(path): f"{mode:04o}" for path, mode in datadir.open_to_others(directory)}
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The usual umask, which leaves new files readable by all unless their mode says not."""
+    before = os.umask(0o022)
+    yield
+    os.umask(before)
+
+
+@pytest.mark.usefixtures("usual_umask")
+def test_everything_the_log_writes_is_owner_only(tmp_path: Path) -> None:
+    datadir.create(tmp_path / "data")
+    directory = tmp_path / "data"
+    write_batches(directory, [payloads(5, n * 5) for n in range(4)], segment_bytes_max=150).close()
+    wal.write_snapshot(directory, 10, b"state")
+    segment = last_segment(directory)
+    segment.write_bytes(segment.read_bytes()[:-2])
+    segment.chmod(0o600)
+    replayed(directory, lsn_after=10)
+    assert list(segment.parent.glob("*.torn-*")), "a torn tail was kept aside"
+    assert len(list(directory.rglob("*"))) > 6, "segments, a torn tail, a snapshot, folders"
+    assert open_modes(directory) == {}
