@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from instapay.http.app import (
 )
 from instapay.model import EngineConfig
 from instapay.notify import DeliveryPolicy, Dispatcher
+from instapay.signing import SIGNATURE_HEADER
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -100,6 +102,18 @@ def refused(directory: Path, port: int, *arguments: str) -> tuple[int, list[str]
         check=False,
     )
     return finished.returncode, finished.stderr.splitlines()
+
+
+def pay(port: int, demo: DemoMerchant, order_id: str) -> tuple[dict[str, object], bool]:
+    """A signed payment to a server on `port`: its answer, and whether it was a replay."""
+    request = demo.payment(order_id, demo.payer(0), 1999)
+    http_request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{request.path}",
+        data=request.body,
+        headers={"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""},
+    )
+    with urllib.request.urlopen(http_request, timeout=10) as response:  # noqa: S310
+        return json.loads(response.read()), response.headers.get("Idempotent-Replayed") == "true"
 
 
 # ---- the application in this process, on a loopback port ---------------------------------------

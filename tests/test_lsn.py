@@ -3,9 +3,7 @@ before what a snapshot reached, and the log thread writes a batch only under the
 engine gave it. Real files, real fsync, a real server process for the restarts."""
 
 import asyncio
-import json
 import signal
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,27 +12,18 @@ from instapay import _core, wal
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import EngineFailedError, PaymentResult
-from instapay.signing import SIGNATURE_HEADER
-from servers import free_port, refused, start
+from servers import free_port, pay, refused, start
 
 
-def pay(port: int, demo: DemoMerchant, order_id: str) -> str:
-    """A payment over HTTP; its id once acknowledged."""
-    request = demo.payment(order_id, demo.payer(0), 100)
-    http_request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{request.path}",
-        data=request.body,
-        headers={"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""},
-    )
-    with urllib.request.urlopen(http_request, timeout=10) as response:  # noqa: S310
-        paid: str = json.loads(response.read())["id"]
-        return paid
+def paid_id(port: int, demo: DemoMerchant, order_id: str) -> str:
+    answer, _ = pay(port, demo, order_id)
+    return str(answer["id"])
 
 
 def cut_last_record(directory: Path) -> tuple[Path, int]:
     """Truncates the last segment at the start of its last record; the segment and the offset."""
-    segment = wal.segment_paths(directory / "wal")[-1][1]
-    scan = wal.scan_segment(segment, wal.segment_paths(directory / "wal")[-1][0], last=True)
+    first_lsn, segment = wal.segment_paths(directory / "wal")[-1]
+    scan = wal.scan_segment(segment, first_lsn, last=True)
     boundary = scan.end - (_core.WAL_HEADER_LEN + len(scan.records[-1].payload))
     segment.write_bytes(segment.read_bytes()[:boundary])
     return segment, boundary
@@ -46,7 +35,7 @@ def test_a_log_cut_behind_the_snapshot_refuses_start_up_instead_of_reissuing_an_
     port = free_port()
     server = start(tmp_path, port)
     demo = DemoMerchant.load_or_create(tmp_path)
-    paid = pay(port, demo, "order-1")
+    paid = paid_id(port, demo, "order-1")
     assert server.stop()[0] == 0, "a clean stop: a snapshot at the payment's LSN"
     snapshot_lsn = wal.newest_snapshot_lsn(tmp_path)
     assert paid == f"pay_{snapshot_lsn}"
@@ -67,15 +56,15 @@ def test_payments_after_a_restart_and_a_sigkill_keep_their_lsns(tmp_path: Path) 
     port = free_port()
     server = start(tmp_path, port)
     demo = DemoMerchant.load_or_create(tmp_path)
-    first = pay(port, demo, "order-1")
+    first = paid_id(port, demo, "order-1")
     assert server.stop()[0] == 0
     server = start(tmp_path, port)
-    second = pay(port, demo, "order-2")
+    second = paid_id(port, demo, "order-2")
     server.process.send_signal(signal.SIGKILL)
     server.stop()
     server = start(tmp_path, port)
-    assert pay(port, demo, "order-2") == second, "acknowledged before the kill, so replayed"
-    third = pay(port, demo, "order-3")
+    assert paid_id(port, demo, "order-2") == second, "acknowledged before the kill, so replayed"
+    third = paid_id(port, demo, "order-3")
     assert server.stop()[0] == 0
     lsns = [int(paid.removeprefix("pay_")) for paid in (first, second, third)]
     assert lsns == sorted(set(lsns)), "each payment its own, increasing LSN"

@@ -4,7 +4,6 @@ graceful shutdown on SIGTERM that loses nothing."""
 import asyncio
 import json
 import signal
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -12,20 +11,9 @@ import aiohttp
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.signing import SIGNATURE_HEADER
-from servers import STARTUP_TIMEOUT_S, free_port, refused, start
+from servers import STARTUP_TIMEOUT_S, free_port, pay, refused, start
 
 ACKNOWLEDGED_BEFORE_SIGTERM = 50
-
-
-def pay(port: int, demo: DemoMerchant, order_id: str) -> tuple[dict[str, object], bool]:
-    request = demo.payment(order_id, demo.payer(0), 1999)
-    http_request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{request.path}",
-        data=request.body,
-        headers={"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""},
-    )
-    with urllib.request.urlopen(http_request, timeout=10) as response:  # noqa: S310
-        return json.loads(response.read()), response.headers.get("Idempotent-Replayed") == "true"
 
 
 def test_the_demo_serves_payments_and_shuts_down_gracefully(tmp_path: Path) -> None:
