@@ -4,10 +4,13 @@ graceful shutdown on SIGTERM that loses nothing."""
 import asyncio
 import json
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from instapay import cli
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.signing import SIGNATURE_HEADER
@@ -111,3 +114,20 @@ def test_a_server_on_a_host_that_is_not_this_machine_refuses_in_one_line(tmp_pat
     assert len(errors) == 1
     assert errors[0].startswith("instapay serve: cannot listen on 192.0.2.1:")
     assert not (tmp_path / "var").exists()
+
+
+def test_a_configured_server_on_a_port_in_use_refuses_before_creating_its_data_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "instapay.toml"
+    merchant = '[[merchants]]\nid = "shop"\nsettlement_account = "shop.settlement"\n'
+    key = f'[merchants.keys]\n"shop.k1" = {{ secret_hex = "{"ab" * 32}" }}\n'
+    settings.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n{merchant}{key}')
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        arguments = ["serve", "--config", str(settings), "--port", str(port)]
+        assert cli.main(arguments) == 1
+    assert capsys.readouterr().err == (
+        f"instapay serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+    assert not (tmp_path / "data").exists()
