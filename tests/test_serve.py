@@ -131,3 +131,15 @@ def test_a_configured_server_on_a_port_in_use_refuses_before_creating_its_data_d
         f"instapay serve: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+def test_the_demo_on_a_data_directory_that_is_a_file_refuses_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_directory = tmp_path / "var"
+    not_a_directory.write_text("a file")
+    port = str(free_port())
+    assert cli.main(["serve", "--data-dir", str(not_a_directory), "--port", port]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"instapay serve: cannot keep the demo merchant in {not_a_directory}:")
+    assert not_a_directory.read_text() == "a file"
