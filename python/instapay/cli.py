@@ -78,7 +78,10 @@ def serve_demo(directory: Path, host: str, port: int) -> int:
     """The embedded default: the demo merchant, its key and funded payers in `directory`."""
     if problem := serving_problem(directory, host, port):
         return refuse_to_serve(problem)
-    demo = DemoMerchant.load_or_create(directory)
+    try:
+        demo = DemoMerchant.load_or_create(directory)
+    except (OSError, ValueError, KeyError) as error:  # not a directory, not writable, damaged
+        return refuse_to_serve(f"cannot keep the demo merchant in {directory}: {error}")
 
     async def fund(engine: Engine) -> None:
         await demo.set_up(engine, DEMO_PAYERS, DEMO_BALANCE)
@@ -168,7 +171,7 @@ def data_dir_problem(directory: Path) -> str | None:
     return None
 
 
-def inspect(action: str, report: Callable[[Path], int], directory: Path) -> int:
+def wal_action(action: str, report: Callable[[Path], int], directory: Path) -> int:
     """Runs a `wal` action's report on a data directory: 2 if it is none, and a quiet stop when
     the reader of its output goes away (`wal dump | head`)."""
     if problem := data_dir_problem(directory):
@@ -252,5 +255,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "load":
         return load_options.main(arguments)
     if arguments.wal_command == "verify":
-        return inspect("verify", verify_data_dir, arguments.data_dir)
-    return inspect("dump", dump_data_dir, arguments.data_dir)
+        return wal_action("verify", verify_data_dir, arguments.data_dir)
+    return wal_action("dump", dump_data_dir, arguments.data_dir)
