@@ -60,15 +60,7 @@ def v1_post(idempotency_key: str | None = None) -> SignedRequest:
 def test_request_signature_follows_the_documented_v2_formula(
     key: str | None, key_line: str
 ) -> None:
-    header = signing.sign_request(
-        kid=KID,
-        secret=SECRET,
-        method="POST",
-        path="/v1/payments",
-        body=BODY,
-        timestamp_s=NOW_S,
-        idempotency_key=key,
-    )
+    header = signed_post(idempotency_key=key).header
     message = f"v2\n{NOW_S}\nPOST\n/v1/payments\n{key_line}\n".encode() + BODY
     expected = hmac.new(SECRET, message, hashlib.sha256)
     assert header == f"t={NOW_S},kid={KID},v2={expected.hexdigest()}"
@@ -316,15 +308,7 @@ def test_signing_refuses_targets_no_server_would_see(method: str, path: str, pro
 @pytest.mark.parametrize("key", ["", "with space", "line\nbreak", "clé"])
 def test_signing_refuses_keys_no_server_would_see(key: str) -> None:
     with pytest.raises(ValueError, match="idempotency_key must be printable ASCII"):
-        signing.sign_request(
-            kid=KID,
-            secret=SECRET,
-            method="POST",
-            path="/v1/payments",
-            body=BODY,
-            timestamp_s=NOW_S,
-            idempotency_key=key,
-        )
+        signed_post(idempotency_key=key)
 
 
 @pytest.mark.parametrize("timestamp_s", [-1, 10**12])
