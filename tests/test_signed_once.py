@@ -170,15 +170,16 @@ def test_the_curl_serve_prints_pays_once_however_it_is_resent(served: Served) ->
 
 
 def test_a_captured_refund_resent_twelve_times_never_refunds(served: Served) -> None:
-    """Without a signed key a refund has no scope: it is refused, as a v1 one with any key."""
+    """A refund without a key (signed v2 or v1) has no scope, so it is refused; adding a key to
+    the captured request only breaks (v2) or fails to carry (v1) its signature."""
     demo = served.demo
     paid = served.send(demo.payment("refund-order", demo.payer(11), 1000)).body
     path = f"/v1/payments/{paid['id']}/refunds"
     for captured in (demo.sign(path, b'{"amount":100}'), v1_signed(demo, path, b'{"amount":100}')):
         answers = [served.send(captured) for _ in range(12)]
         assert {(a.status, a.code) for a in answers} == {(400, "idempotency_key_required")}
-        v1_keyed = served.send(captured, idempotency_key="refund-fresh")
-        assert v1_keyed.status == 401
+        with_a_key = served.send(captured, idempotency_key="refund-fresh")
+        assert with_a_key.status == 401
     assert served.balance(demo.payer(11)) == PAYER_BALANCE - 1000
 
 
