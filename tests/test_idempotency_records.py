@@ -92,3 +92,18 @@ def test_an_admin_key_outside_the_id_rule_is_refused(tmp_path: Path, key: str) -
             assert engine.balance(DEMO.payer(0)) == ("EUR", BALANCE)
 
     asyncio.run(main())
+
+
+def test_concurrent_deposits_under_one_key_move_money_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=DEMO.config()) as engine:
+            await DEMO.set_up(engine, payers=1, balance=BALANCE)
+            same = [
+                engine.deposit(DEMO.payer(0), 7, "EUR", idempotency_key="burst") for _ in range(20)
+            ]
+            results = await asyncio.gather(*same)
+            assert [result.replayed for result in results].count(False) == 1
+            assert {result.balance for result in results} == {BALANCE + 7}
+            assert engine.balance(DEMO.payer(0)) == ("EUR", BALANCE + 7)
+
+    asyncio.run(main())
