@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from instapay import _core
 
@@ -78,6 +78,7 @@ class SignatureHeader:
     v1: tuple[str, ...]
     """The hex MACs as sent, checked by the verifier, not the parser."""
     v2: str | None = None
+    """A request's v2 MAC, as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class RequestSignature:
 
     timestamp_s: int
     kid: str
-    scheme: str
+    scheme: Literal["v1", "v2"]
     mac: str
 
 
