@@ -4,11 +4,12 @@
 //! and id rules of DESIGN.md. Each body yields its fields and a fingerprint (SHA-256 of a
 //! canonical encoding) for the idempotency index, or a message naming what is wrong.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use serde::de::{MapAccess, Visitor};
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::convert::read_bytes_items;
@@ -54,6 +55,128 @@ impl<'de> Visitor<'de> for MetadataVisitor {
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_map(MetadataVisitor)
+    }
+}
+
+/// Any JSON value, read with the strict rules: every object (at any depth) refuses a key it has
+/// already seen, and numbers stay integers only when written as integers. `serde_json` refuses
+/// NaN, Infinity and invalid UTF-8 itself, and nests at most 128 deep.
+#[derive(Debug, PartialEq)]
+enum Strict {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Unsigned(u64),
+    /// A fraction, an exponent, or an integer too large for 64 bits.
+    Float(f64),
+    Text(String),
+    List(Vec<Strict>),
+    Object(Vec<(String, Strict)>),
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict::Null)
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Strict, E> {
+        Ok(Strict::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Strict, E> {
+        Ok(Strict::Int(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Strict, E> {
+        Ok(Strict::Unsigned(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Strict, E> {
+        Ok(Strict::Float(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Strict, E> {
+        Ok(Strict::Text(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Strict, E> {
+        Ok(Strict::Text(value))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Strict::List(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        let (mut seen, mut pairs) = (HashSet::new(), Vec::new());
+        while let Some((key, value)) = map.next_entry::<String, Strict>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+            }
+            pairs.push((key, value));
+        }
+        Ok(Strict::Object(pairs))
+    }
+}
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+fn parse_object(body: &[u8]) -> Result<Strict, String> {
+    match serde_json::from_slice(body).map_err(|error| json_error(&error))? {
+        object @ Strict::Object(_) => Ok(object),
+        _ => Err("the body must be a JSON object".to_owned()),
+    }
+}
+
+fn strict_to_python(py: Python<'_>, value: Strict) -> PyResult<Bound<'_, PyAny>> {
+    Ok(match value {
+        Strict::Null => py.None().into_bound(py),
+        Strict::Bool(value) => value.into_pyobject(py)?.to_owned().into_any(),
+        Strict::Int(value) => value.into_pyobject(py)?.into_any(),
+        Strict::Unsigned(value) => value.into_pyobject(py)?.into_any(),
+        Strict::Float(value) => value.into_pyobject(py)?.into_any(),
+        Strict::Text(value) => PyString::new(py, &value).into_any(),
+        Strict::List(items) => {
+            let items = items
+                .into_iter()
+                .map(|item| strict_to_python(py, item))
+                .collect::<PyResult<Vec<_>>>()?;
+            PyList::new(py, items)?.into_any()
+        }
+        Strict::Object(pairs) => {
+            let dict = PyDict::new(py);
+            for (key, value) in pairs {
+                dict.set_item(key, strict_to_python(py, value)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A JSON object body under the strict rules of signed bodies (see `Strict`): a `dict` whose
+/// numbers are `int` only when written as integers, or the message that refuses it. The caller
+/// checks the fields it expects (and refuses the others).
+#[pyfunction]
+pub fn parse_json_object<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    match parse_object(body) {
+        Ok(object) => strict_to_python(py, object),
+        Err(message) => Ok(PyString::new(py, &message).into_any()),
     }
 }
 
@@ -347,6 +470,34 @@ mod tests {
         let other =
             br#"{"merchant_id":"m1","order_id":"o-1","payer":"alice","amount":1998,"currency":"EUR"}"#;
         assert_ne!(parse_payment(other).unwrap().1, first);
+    }
+
+    #[test]
+    fn a_strict_object_refuses_duplicates_at_any_depth_and_keeps_fractions_apart() {
+        for (body, expected) in [
+            (
+                r#"{"amount":1,"amount":1000000000000000}"#,
+                "duplicate field `amount`",
+            ),
+            (r#"{"a":{"b":1,"b":2}}"#, "duplicate field `b`"),
+            (r#"{"a":[{"b":1,"b":2}]}"#, "duplicate field `b`"),
+            (r#"{"amount":NaN}"#, "expected value"),
+            (r#"{"amount":Infinity}"#, "expected value"),
+            ("[1]", "must be a JSON object"),
+            ("", "invalid JSON body"),
+        ] {
+            let message = parse_object(body.as_bytes()).expect_err(body);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        assert!(parse_object(b"{\"a\":\"\xff\"}").is_err(), "not UTF-8");
+        let parsed = parse_object(br#"{"i":-1,"u":18446744073709551615,"f":1.0,"e":1e3}"#);
+        let expected = Strict::Object(vec![
+            ("i".to_owned(), Strict::Int(-1)),
+            ("u".to_owned(), Strict::Unsigned(u64::MAX)),
+            ("f".to_owned(), Strict::Float(1.0)),
+            ("e".to_owned(), Strict::Float(1000.0)),
+        ]);
+        assert_eq!(parsed.unwrap(), expected);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::digest::{decode_hex_mac, hmac_work, Digest, HmacKey, MacFormat, DIGES
 use crate::error::{CoreError, CoreResult};
 use crate::parallel::{map_indexed, run_batch};
 use crate::signature::{
-    parse_request_header, request_message, Problem, PROBLEM_MISMATCH, PROBLEM_NOT_HEX, PROBLEM_UNKNOWN_KID,
+    parse_request_header, signed_message, Problem, PROBLEM_MISMATCH, PROBLEM_NOT_HEX, PROBLEM_UNKNOWN_KID,
     PROBLEM_WRONG_LENGTH,
 };
 
@@ -246,7 +246,8 @@ impl KeyRing {
     }
 
     /// Checks whole signed requests: each `Instapay-Signature` header (None when absent) is
-    /// parsed, its timestamp checked against `now_s`, its message built and its MAC verified.
+    /// parsed, its timestamp checked against `now_s`, its message built (with the request's
+    /// `Idempotency-Key`, None when it sends none) and its MAC verified.
     /// Per request, the authenticated kid, or `(problem code, detail)` (see `signature.rs`).
     #[allow(clippy::too_many_arguments)]
     fn verify_requests<'py>(
@@ -255,6 +256,7 @@ impl KeyRing {
         headers: &Bound<'py, PyAny>,
         methods: &Bound<'py, PyAny>,
         paths: &Bound<'py, PyAny>,
+        idempotency_keys: &Bound<'py, PyAny>,
         bodies: &Bound<'py, PyAny>,
         now_s: i64,
         tolerance_s: i64,
@@ -262,10 +264,17 @@ impl KeyRing {
         let headers = text_items("headers", headers, true)?;
         let methods = text_items("methods", methods, false)?;
         let paths = text_items("paths", paths, false)?;
+        let keys = text_items("idempotency_keys", idempotency_keys, true)?;
         let bodies = bytes_items("bodies", bodies)?;
         same_lengths(
-            "headers, methods, paths and bodies",
-            &[headers.len(), methods.len(), paths.len(), bodies.len()],
+            "headers, methods, paths, idempotency_keys and bodies",
+            &[
+                headers.len(),
+                methods.len(),
+                paths.len(),
+                keys.len(),
+                bodies.len(),
+            ],
         )?;
         let snapshot = self.snapshot();
         let checks: Vec<RequestCheck<'_>> = (0..headers.len())
@@ -277,8 +286,8 @@ impl KeyRing {
                 request_check(
                     &snapshot,
                     headers[index].as_deref(),
-                    method,
-                    path,
+                    (method, path),
+                    keys[index].as_deref(),
                     &bodies[index],
                     clock,
                 )
@@ -338,8 +347,8 @@ enum RequestCheck<'k> {
 fn request_check<'k>(
     keys: &'k KeyMap,
     header: Option<&str>,
-    method: &str,
-    path: &str,
+    target: (&str, &str),
+    idempotency_key: Option<&str>,
     body: &[u8],
     (now_s, tolerance_s): (i64, i64),
 ) -> RequestCheck<'k> {
@@ -349,21 +358,25 @@ fn request_check<'k>(
             detail: detail.to_owned(),
         })
     };
-    let (timestamp_s, kid, v1) = match parse_request_header(header, now_s, tolerance_s) {
+    let (timestamp_s, kid, mac) = match parse_request_header(header, now_s, tolerance_s) {
         Ok(parsed) => parsed,
         Err(problem) => return RequestCheck::Refused(problem),
     };
     let Some(key) = keys.get(kid) else {
         return refused(PROBLEM_UNKNOWN_KID, kid);
     };
-    match decode_hex_mac(v1) {
+    let (hex, message) = match signed_message(mac, timestamp_s, target, idempotency_key, body) {
+        Ok(signed) => signed,
+        Err(problem) => return RequestCheck::Refused(problem),
+    };
+    match decode_hex_mac(hex) {
         Err(MacFormat::WrongLength) => refused(PROBLEM_WRONG_LENGTH, ""),
         Err(MacFormat::NotHex) => refused(PROBLEM_NOT_HEX, ""),
         Ok(mac) => RequestCheck::Compare {
             kid: kid.to_owned(),
             key,
             mac,
-            message: request_message(timestamp_s, method, path, body),
+            message,
         },
     }
 }

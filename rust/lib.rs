@@ -48,10 +48,13 @@ fn sha256_batch<'py>(py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bou
     PyList::new(py, digests.iter().map(|digest| PyBytes::new(py, digest)))
 }
 
-/// Parses an `Instapay-Signature` header: `(problem, detail, t, kid, v1 values)`, problem 0 when
-/// the header is well formed (see `signature.rs` for the codes).
+/// What `parse_signature_header` returns: problem, detail, t, kid, v1 values, v2.
+type HeaderFields = (u8, String, u64, Option<String>, Vec<String>, Option<String>);
+
+/// Parses an `Instapay-Signature` header: `(problem, detail, t, kid, v1 values, v2)`, problem 0
+/// when the header is well formed (see `signature.rs` for the codes).
 #[pyfunction]
-fn parse_signature_header(header: &str) -> (u8, String, u64, Option<String>, Vec<String>) {
+fn parse_signature_header(header: &str) -> HeaderFields {
     match signature::parse_header(header) {
         Ok(parsed) => (
             signature::PROBLEM_NONE,
@@ -59,8 +62,9 @@ fn parse_signature_header(header: &str) -> (u8, String, u64, Option<String>, Vec
             parsed.timestamp_s,
             parsed.kid.map(str::to_owned),
             parsed.v1.into_iter().map(str::to_owned).collect(),
+            parsed.v2.map(str::to_owned),
         ),
-        Err(problem) => (problem.code, problem.detail, 0, None, Vec::new()),
+        Err(problem) => (problem.code, problem.detail, 0, None, Vec::new(), None),
     }
 }
 
@@ -87,6 +91,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;
+    module.add_function(wrap_pyfunction!(body::parse_json_object, module)?)?;
     module.add("AMOUNT_MAX", body::AMOUNT_MAX)?;
     module.add("ID_LEN_MAX", body::ID_LEN_MAX)?;
     module.add_function(wrap_pyfunction!(wal::crc32c, module)?)?;

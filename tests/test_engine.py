@@ -114,15 +114,17 @@ def test_duplicates_in_flight_wait_for_the_first_result(tmp_path: Path) -> None:
 
 def test_an_idempotency_key_scopes_retries_instead_of_the_order(tmp_path: Path) -> None:
     async def scenario(engine: Engine) -> None:
-        request = DEMO.payment("order-1", DEMO.payer(0), 100)
-        first = await engine.submit(request, idempotency_key="attempt-1")
-        second = await engine.submit(request, idempotency_key="attempt-2")
-        again = await engine.submit(request, idempotency_key="attempt-1")
+        def attempt(key: str) -> SignedRequest:
+            return DEMO.payment("order-1", DEMO.payer(0), 100, idempotency_key=key)
+
+        first = await engine.submit(attempt("attempt-1"))
+        second = await engine.submit(attempt("attempt-2"))
+        again = await engine.submit(attempt("attempt-1"))
         assert first.id != second.id
         assert again.id == first.id
         assert again.replayed
         with pytest.raises(RequestError, match="Idempotency-Key"):
-            await engine.submit(request, idempotency_key="has space")
+            await engine.submit(attempt("k" * 256))
 
     run(tmp_path, scenario)
 
@@ -324,13 +326,13 @@ def test_the_longest_ids_and_keys_are_taken(tmp_path: Path) -> None:
                 await engine.open_account(account, "EUR")
             await engine.deposit("p" * 255, 100, "EUR")
             key = "i" * 255
-            request = longest.payment("o" * 255, "p" * 255, 10)
-            paid = await engine.submit(request, idempotency_key=key)
+            request = longest.payment("o" * 255, "p" * 255, 10, idempotency_key=key)
+            paid = await engine.submit(request)
             assert paid.status == Status.SUCCEEDED
-            assert (await engine.submit(request, idempotency_key=key)).replayed
-            refunded = await engine.submit(longest.refund(paid.id, 5), idempotency_key=key)
+            assert (await engine.submit(request)).replayed
+            refunded = await engine.submit(longest.refund(paid.id, 5, idempotency_key=key))
             assert (refunded.status, refunded.amount) == (Status.SUCCEEDED, 5)
-            again = await engine.submit(longest.refund(paid.id, 5), idempotency_key=key)
+            again = await engine.submit(longest.refund(paid.id, 5, idempotency_key=key))
             assert (again.id, again.replayed) == (refunded.id, True)
 
     asyncio.run(main())

@@ -295,3 +295,14 @@ def test_a_batch_over_the_limit_is_refused_before_any_work(ring: _core.KeyRing) 
     too_many = _core.BATCH_LEN_MAX + 1
     with pytest.raises(ValueError, match="over the limit"):
         ring.sign_batch([KIDS[0]] * too_many, [b""] * too_many)
+
+
+def test_verify_requests_takes_one_idempotency_key_or_none_per_request(
+    ring: _core.KeyRing,
+) -> None:
+    with pytest.raises(ValueError, match=r"idempotency_keys and bodies must have the same length"):
+        ring.verify_requests([None], ["POST"], ["/v1/payments"], [], [b""], 0, 300)
+    with pytest.raises(TypeError, match=r"idempotency_keys\[0\] must be str, not bytes"):
+        ring.verify_requests([None], ["POST"], ["/"], [b"k"], [b""], 0, 300)  # type: ignore[list-item]
+    [missing] = ring.verify_requests([None], ["POST"], ["/v1/payments"], ["k"], [b""], 0, 300)
+    assert missing == (_core.PROBLEM_MISSING, "")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from instapay import _core, signing
 from instapay.signing import (
+    IdempotencyKeyUnsignedError,
     MalformedSignatureError,
     SignatureMismatchError,
     SignedRequest,
@@ -31,20 +32,82 @@ def ring() -> _core.KeyRing:
 
 
 def signed_post(
-    body: bytes = BODY, timestamp_s: int = NOW_S, path: str = "/v1/payments"
+    body: bytes = BODY,
+    timestamp_s: int = NOW_S,
+    path: str = "/v1/payments",
+    idempotency_key: str | None = None,
 ) -> SignedRequest:
     header = signing.sign_request(
-        kid=KID, secret=SECRET, method="POST", path=path, body=body, timestamp_s=timestamp_s
+        kid=KID,
+        secret=SECRET,
+        method="POST",
+        path=path,
+        body=body,
+        timestamp_s=timestamp_s,
+        idempotency_key=idempotency_key,
     )
-    return SignedRequest(header=header, method="POST", path=path, body=body)
+    return SignedRequest(header, "POST", path, body, idempotency_key)
 
 
-def test_request_signature_follows_the_documented_formula() -> None:
-    header = signing.sign_request(
-        kid=KID, secret=SECRET, method="POST", path="/v1/payments", body=BODY, timestamp_s=NOW_S
-    )
-    expected = hmac.new(SECRET, f"{NOW_S}\nPOST\n/v1/payments\n".encode() + BODY, hashlib.sha256)
-    assert header == f"t={NOW_S},kid={KID},v1={expected.hexdigest()}"
+def v1_post(idempotency_key: str | None = None) -> SignedRequest:
+    """A request as clients signed it before v2: the MAC covers no Idempotency-Key."""
+    mac = hmac.new(SECRET, f"{NOW_S}\nPOST\n/v1/payments\n".encode() + BODY, hashlib.sha256)
+    header = f"t={NOW_S},kid={KID},v1={mac.hexdigest()}"
+    return SignedRequest(header, "POST", "/v1/payments", BODY, idempotency_key)
+
+
+@pytest.mark.parametrize(("key", "key_line"), [("order-1-try-2", "order-1-try-2"), (None, "")])
+def test_request_signature_follows_the_documented_v2_formula(
+    key: str | None, key_line: str
+) -> None:
+    header = signed_post(idempotency_key=key).header
+    message = f"v2\n{NOW_S}\nPOST\n/v1/payments\n{key_line}\n".encode() + BODY
+    expected = hmac.new(SECRET, message, hashlib.sha256)
+    assert header == f"t={NOW_S},kid={KID},v2={expected.hexdigest()}"
+
+
+def test_a_v1_request_without_an_idempotency_key_still_verifies(ring: _core.KeyRing) -> None:
+    assert signing.verify_request(ring, v1_post(), now_s=NOW_S) == KID
+
+
+def test_a_v1_request_with_an_idempotency_key_is_refused_as_unsigned(ring: _core.KeyRing) -> None:
+    """The replay attack: a captured v1 payment re-sent under fresh keys would pay each time."""
+    for fresh_key in ("replay-1", "replay-2"):
+        with pytest.raises(IdempotencyKeyUnsignedError, match="sign it with v2") as raised:
+            signing.verify_request(ring, v1_post(fresh_key), now_s=NOW_S)
+        assert raised.value.code == "idempotency_key_unsigned"
+
+
+@pytest.mark.parametrize(
+    ("signed_key", "sent_key"),
+    [("attempt-1", "attempt-2"), ("attempt-1", None), (None, "attempt-1")],
+    ids=["swapped", "removed", "added"],
+)
+def test_a_v2_signature_covers_the_idempotency_key(
+    ring: _core.KeyRing, signed_key: str | None, sent_key: str | None
+) -> None:
+    request = signed_post(idempotency_key=signed_key)
+    assert signing.verify_request(ring, request, now_s=NOW_S) == KID
+    resent = SignedRequest(request.header, "POST", request.path, BODY, sent_key)
+    with pytest.raises(SignatureMismatchError):
+        signing.verify_request(ring, resent, now_s=NOW_S)
+
+
+def test_a_request_carrying_a_v1_and_a_v2_is_malformed(ring: _core.KeyRing) -> None:
+    v1, v2 = v1_post().header, signed_post().header
+    assert v1 is not None
+    assert v2 is not None
+    both = f"{v2},{v1.rpartition(',')[2]}"
+    with pytest.raises(MalformedSignatureError, match="a v1 or a v2, not both"):
+        signing.verify_request(ring, SignedRequest(both, "POST", "/v1/payments", BODY), now_s=NOW_S)
+    with pytest.raises(MalformedSignatureError, match="a v1 or a v2, not both"):
+        signing.parse_request_header(both)
+
+
+def test_a_request_header_parses_to_its_scheme() -> None:
+    v1, v2 = v1_post().header, signed_post().header
+    assert signing.parse_request_header(v1).scheme == "v1"
+    assert signing.parse_request_header(v2).scheme == "v2"
 
 
 def test_payload_signature_follows_stripes_formula() -> None:
@@ -139,7 +202,9 @@ def test_one_bad_request_in_a_batch_spoils_nothing_else(ring: _core.KeyRing) -> 
     [
         (None, "the header is missing"),
         ("", "'' is not a name=value pair"),
-        (f"t={NOW_S},kid={KID}", "expected 1 to 8 v1 signatures, got 0"),
+        (f"t={NOW_S},kid={KID}", "expected a v2 or 1 to 8 v1 signatures, got 0 v1"),
+        (f"t={NOW_S},kid={KID},v2={'0' * 64},v2={'0' * 64}", "'v2' appears more than once"),
+        (f"t={NOW_S},kid={KID},v2={'0' * 62}", "must be 64 hex characters"),
         (f"kid={KID},v1={'0' * 64}", "the timestamp 't' is missing"),
         (f"t={NOW_S},v1={'0' * 64}", "the key id 'kid' is missing"),
         (f"t=+{NOW_S},kid={KID},v1={'0' * 64}", "must be 1 to 12 decimal digits"),
@@ -211,6 +276,13 @@ def test_a_payload_header_with_a_kid_is_malformed() -> None:
         signing.verify_payload(BODY, header, [SECRET], now_s=NOW_S)
 
 
+def test_a_payload_is_verified_by_its_v1_and_a_v2_is_skipped() -> None:
+    v1 = signing.sign_payload([SECRET], BODY, NOW_S)
+    assert signing.verify_payload(BODY, f"{v1},v2={'0' * 64}", [SECRET], now_s=NOW_S) == NOW_S
+    with pytest.raises(MalformedSignatureError, match="carries at least one v1"):
+        signing.verify_payload(BODY, f"t={NOW_S},v2={'0' * 64}", [SECRET], now_s=NOW_S)
+
+
 def test_a_payload_header_with_non_ascii_v1_is_a_mismatch_not_a_crash() -> None:
     header = f"t={NOW_S},v1={'é' * 64}"
     with pytest.raises(SignatureMismatchError):
@@ -233,6 +305,12 @@ def test_signing_refuses_targets_no_server_would_see(method: str, path: str, pro
         )
 
 
+@pytest.mark.parametrize("key", ["", "with space", "line\nbreak", "clé"])
+def test_signing_refuses_keys_no_server_would_see(key: str) -> None:
+    with pytest.raises(ValueError, match="idempotency_key must be printable ASCII"):
+        signed_post(idempotency_key=key)
+
+
 @pytest.mark.parametrize("timestamp_s", [-1, 10**12])
 def test_signing_refuses_timestamps_the_header_cannot_carry(timestamp_s: int) -> None:
     with pytest.raises(ValueError, match="timestamp_s must be"):
@@ -245,11 +323,16 @@ def test_payloads_are_signed_with_one_to_eight_secrets(count: int) -> None:
         signing.sign_payload([SECRET] * count, BODY, NOW_S)
 
 
-@given(header=st.text(max_size=300) | st.builds(lambda s: f"t={NOW_S},kid={KID},v1={s}", st.text()))
-def test_any_header_is_refused_or_accepted_never_crashes(header: str) -> None:
+@given(
+    header=st.text(max_size=300)
+    | st.builds(lambda s: f"t={NOW_S},kid={KID},v1={s}", st.text())
+    | st.builds(lambda s: f"t={NOW_S},kid={KID},v2={s}", st.text()),
+    key=st.none() | st.text(max_size=20),
+)
+def test_any_header_is_refused_or_accepted_never_crashes(header: str, key: str | None) -> None:
     ring = _core.KeyRing()
     ring.insert(KID, SECRET)
     [verdict] = signing.verify_requests(
-        ring, [SignedRequest(header, "POST", "/v1/payments", BODY)], now_s=NOW_S
+        ring, [SignedRequest(header, "POST", "/v1/payments", BODY, key)], now_s=NOW_S
     )
     assert isinstance(verdict, signing.SignatureError)

@@ -17,6 +17,7 @@ from instapay.signing import (
     check_timestamp,
     parse_request_header,
     request_message,
+    request_message_v2,
 )
 
 
@@ -40,9 +41,14 @@ class NaiveEngine:
         payer) for a request it refuses."""
         signature = parse_request_header(request.header)
         check_timestamp(signature.timestamp_s, int(time.time()))
-        message = request_message(signature.timestamp_s, request.method, request.path, request.body)
+        # Idempotency is by order id only here, so a v1 (which covers no key) is enough.
+        signed = (signature.timestamp_s, request.method, request.path)
+        if signature.scheme == "v2":
+            message = request_message_v2(*signed, request.idempotency_key, request.body)
+        else:
+            message = request_message(*signed, request.body)
         mac = hmac.new(self.secrets[signature.kid], message, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, signature.v1):
+        if not hmac.compare_digest(mac, signature.mac):
             raise ValueError("bad signature")
         body = json.loads(request.body)
         key = (body["merchant_id"], body["order_id"])

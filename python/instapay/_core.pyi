@@ -21,6 +21,7 @@ __all__ = [
     "KID_LEN_MAX",
     "PROBLEM_BAD_TIMESTAMP",
     "PROBLEM_DUPLICATE",
+    "PROBLEM_KEY_UNSIGNED",
     "PROBLEM_MISMATCH",
     "PROBLEM_MISSING",
     "PROBLEM_NONE",
@@ -31,6 +32,7 @@ __all__ = [
     "PROBLEM_REQUEST_V1_COUNT",
     "PROBLEM_STALE",
     "PROBLEM_TOO_LONG",
+    "PROBLEM_TWO_SCHEMES",
     "PROBLEM_UNKNOWN_FIELD",
     "PROBLEM_UNKNOWN_KID",
     "PROBLEM_V1_COUNT",
@@ -60,6 +62,7 @@ __all__ = [
     "crc32c",
     "hmac_sha256",
     "parallelism",
+    "parse_json_object",
     "parse_payment_bodies",
     "parse_refund_bodies",
     "parse_signature_header",
@@ -128,12 +131,16 @@ PROBLEM_UNKNOWN_KID: Final[int]
 PROBLEM_MISMATCH: Final[int]
 PROBLEM_WRONG_LENGTH: Final[int]
 PROBLEM_NOT_HEX: Final[int]
+PROBLEM_TWO_SCHEMES: Final[int]
+PROBLEM_KEY_UNSIGNED: Final[int]
 """Why a signature header or signed request is refused (0: it is not); rust/signature.rs
 documents each code and its detail."""
 SIGNATURE_HEADER_LEN_MAX: Final[int]
 
-def parse_signature_header(header: str) -> tuple[int, str, int, str | None, list[str]]:
-    """``(problem, detail, t, kid, v1 values)`` of an ``Instapay-Signature`` header."""
+def parse_signature_header(
+    header: str,
+) -> tuple[int, str, int, str | None, list[str], str | None]:
+    """``(problem, detail, t, kid, v1 values, v2)`` of an ``Instapay-Signature`` header."""
 
 AMOUNT_MAX: Final[int]
 """10**15: the largest amount, in minor units."""
@@ -149,6 +156,14 @@ def parse_payment_bodies(bodies: Sequence[_Buffer]) -> list[_PaymentFields | str
     UTF-8 JSON only; unknown or duplicate fields (also in ``metadata``), fractions, exponents,
     strings or booleans for the amount, and ids, amounts or currencies outside DESIGN.md's rules
     are refused. The fingerprint is a SHA-256 over a canonical encoding of the fields.
+    """
+
+def parse_json_object(body: bytes) -> dict[str, object] | str:
+    """A JSON object under the strict rules of signed bodies, or the message refusing it.
+
+    UTF-8 only; a key twice in any object, NaN, Infinity or a top level other than an object is
+    refused. Numbers are ``int`` only when written as integers (a fraction, an exponent or an
+    integer beyond 64 bits is a ``float``), so a caller's ``int`` check refuses them.
     """
 
 def parse_refund_bodies(
@@ -238,11 +253,13 @@ class KeyRing:
         headers: Sequence[str | None],
         methods: Sequence[str],
         paths: Sequence[str],
+        idempotency_keys: Sequence[str | None],
         bodies: Sequence[_Buffer],
         now_s: int,
         tolerance_s: int,
     ) -> list[str | tuple[int, str]]:
-        """Checks whole signed requests: header parsed, timestamp checked, message built, MAC
+        """Checks whole signed requests: header parsed, timestamp checked, message built (a v2
+        covers the request's ``Idempotency-Key``; a v1 with a key is PROBLEM_KEY_UNSIGNED), MAC
         verified (constant-time). Per request the authenticated kid or ``(PROBLEM_*, detail)``."""
 
     def verify_batch_hex(

@@ -4,8 +4,12 @@
         payment = await client.create_payment(order_id="o-1", payer="payer-0", amount=1999,
                                                currency="EUR")
 
-Payments and refunds get an idempotency key unless one is given, so a retry after a network
-error or a 5xx can never charge twice; retries are bounded and back off exponentially.
+A payment is idempotent by its order id: calling `create_payment` again for an order (a retry
+after a network error or a 5xx, or a second call) answers the first payment, never a second
+charge. Pass `idempotency_key` to ask for a new attempt explicitly (after a decline, say): the key
+then scopes it instead of the order. A refund always carries a key (a fresh one per call unless
+given), so its retries refund once. Every request is signed v2, which covers the key. Retries are
+bounded and back off exponentially.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from instapay.signing import SIGNATURE_HEADER, sign_request, verify_payload
+from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign_request, verify_payload
 
 JSON_TYPE = "application/json"
 NDJSON_TYPE = "application/x-ndjson"
@@ -110,6 +114,9 @@ class Client:
         metadata: dict[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Pays for an order once: a call for an order already paid (or declined) answers that
+        payment (`Idempotent-Replayed`). With `idempotency_key`, the key scopes the attempt
+        instead: a new key is a new attempt, the same key its retry."""
         fields: dict[str, Any] = {
             "merchant_id": self.merchant_id,
             "order_id": order_id,
@@ -121,12 +128,13 @@ class Client:
             fields["description"] = description
         if metadata is not None:
             fields["metadata"] = metadata
-        key = idempotency_key or uuid.uuid4().hex
-        return await self._call("POST", "/v1/payments", orjson.dumps(fields), key)
+        return await self._call("POST", "/v1/payments", orjson.dumps(fields), idempotency_key)
 
     async def refund(
         self, payment_id: str, amount: int | None = None, *, idempotency_key: str | None = None
     ) -> dict[str, Any]:
+        """A refund (of the rest when `amount` is None); a fresh key per call unless given, the
+        same on each retry of the call."""
         body = b"" if amount is None else orjson.dumps({"amount": amount})
         key = idempotency_key or uuid.uuid4().hex
         return await self._call("POST", f"/v1/payments/{payment_id}/refunds", body, key)
@@ -215,11 +223,12 @@ class Client:
                 path=path,
                 body=body,
                 timestamp_s=int(time.time()),
+                idempotency_key=idempotency_key,
             ),
             "Content-Type": content_type,
         }
         if idempotency_key is not None:
-            headers["Idempotency-Key"] = idempotency_key
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
         url = self.base_url + path
         async with self._session.request(method, url, data=body, headers=headers) as response:
             payload = await response.read()

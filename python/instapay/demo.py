@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import orjson
 from instapay import datadir
 from instapay.engine import PAYMENTS_PATH, Engine
 from instapay.model import EngineConfig, Merchant
-from instapay.signing import SIGNATURE_HEADER, SignedRequest, sign_request
+from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignedRequest, sign_request
 
 DEMO_FILE = "demo-merchant.json"
 DEMO_PAYERS = 1000
@@ -41,8 +42,14 @@ class DemoMerchant:
         return f"payer-{number}"
 
     def sign(
-        self, path: str, body: bytes, now_s: int | None = None, method: str = "POST"
+        self,
+        path: str,
+        body: bytes,
+        now_s: int | None = None,
+        method: str = "POST",
+        idempotency_key: str | None = None,
     ) -> SignedRequest:
+        """A request signed now (or at `now_s`), v2: the signature covers `idempotency_key`."""
         timestamp_s = int(time.time()) if now_s is None else now_s
         header = sign_request(
             kid=self.kid,
@@ -51,11 +58,18 @@ class DemoMerchant:
             path=path,
             body=body,
             timestamp_s=timestamp_s,
+            idempotency_key=idempotency_key,
         )
-        return SignedRequest(header, method, path, body)
+        return SignedRequest(header, method, path, body, idempotency_key)
 
     def payment(
-        self, order_id: str, payer: str, amount: int, *, now_s: int | None = None
+        self,
+        order_id: str,
+        payer: str,
+        amount: int,
+        *,
+        now_s: int | None = None,
+        idempotency_key: str | None = None,
     ) -> SignedRequest:
         body = {
             "merchant_id": self.merchant_id,
@@ -64,11 +78,15 @@ class DemoMerchant:
             "amount": amount,
             "currency": self.currency,
         }
-        return self.sign(PAYMENTS_PATH, orjson.dumps(body), now_s)
+        return self.sign(PAYMENTS_PATH, orjson.dumps(body), now_s, idempotency_key=idempotency_key)
 
-    def refund(self, payment_id: str, amount: int | None = None) -> SignedRequest:
+    def refund(
+        self, payment_id: str, amount: int | None = None, *, idempotency_key: str | None = None
+    ) -> SignedRequest:
+        """A refund under `idempotency_key`, or a fresh one (a new refund, as the SDK does)."""
         body = b"" if amount is None else orjson.dumps({"amount": amount})
-        return self.sign(f"{PAYMENTS_PATH}/{payment_id}/refunds", body)
+        key = idempotency_key or uuid.uuid4().hex
+        return self.sign(f"{PAYMENTS_PATH}/{payment_id}/refunds", body, idempotency_key=key)
 
     async def set_up(self, engine: Engine, payers: int, balance: int) -> None:
         """Opens the settlement account and `payers` payer accounts holding `balance` each."""
@@ -97,9 +115,12 @@ class DemoMerchant:
         return demo
 
     def example_curl(self, base_url: str) -> str:
-        """A ready-to-paste request, signed now (valid for five minutes)."""
-        request = self.payment("order-1", self.payer(0), 1999)
+        """A ready-to-paste request, signed now (valid for five minutes). Its v2 signature
+        covers its Idempotency-Key: sent again, under any key, it never pays twice."""
+        key = "order-1-attempt-1"
+        request = self.payment("order-1", self.payer(0), 1999, idempotency_key=key)
         return (
             f"curl -s {base_url}{request.path} -H 'Content-Type: application/json' "
+            f"-H '{IDEMPOTENCY_HEADER}: {key}' "
             f"-H '{SIGNATURE_HEADER}: {request.header}' -d '{request.body.decode()}'"
         )

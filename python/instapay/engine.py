@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -35,6 +35,7 @@ import orjson
 import yarl
 
 from instapay import _core, datadir, wal
+from instapay.ascii_digits import number_in_id
 from instapay.ledger import Ledger
 from instapay.merchants import Merchants, merchant_from_row, merchant_row, new_kid, new_secret
 from instapay.model import (
@@ -65,7 +66,7 @@ SNAPSHOT_EVERY_RECORDS_DEFAULT = 1_000_000
 # Batches applied in memory but not yet durable; bounds memory and the work a crash discards.
 PIPELINE_BATCHES_MAX = 2
 PAYMENTS_PATH = "/v1/payments"
-REFUNDS_PATH = re.compile(r"/v1/payments/(pay_\d{1,20})/refunds")
+REFUNDS_PATH = re.compile(r"/v1/payments/(pay_[^/]+)/refunds")
 PAYMENT_ID_PREFIX = "pay_"
 REFUND_ID_PREFIX = "re_"
 # Snapshot payload: length of the JSON state, the JSON state, then the idempotency index dump.
@@ -91,6 +92,9 @@ class RecordType(IntEnum):
 
 
 _ADMIN_RECORD_FIELDS = ("account_id", "currency", "amount", "overdraft", "failure_code")
+# A deposit or withdrawal sent with an Idempotency-Key carries the key it reserved, before its
+# failure code (see `_logged_key`).
+_ADMIN_KEYED_RECORD_FIELDS = (*_ADMIN_RECORD_FIELDS[:-1], "idempotency", "failure_code")
 # The fields of each record type, in logged order: `named` gives them to `instapay wal dump`.
 # A DELIVERIES record is a list of outcomes, each with these fields.
 RECORD_FIELDS: dict[RecordType, tuple[str, ...]] = {
@@ -145,6 +149,11 @@ def payment_id(lsn: int) -> str:
     return f"{PAYMENT_ID_PREFIX}{lsn}"
 
 
+def payment_lsn(payment_id_: str) -> int | None:
+    """The LSN a payment id names, or None when it names none."""
+    return number_in_id(payment_id_, PAYMENT_ID_PREFIX)
+
+
 def refund_id(lsn: int) -> str:
     return f"{REFUND_ID_PREFIX}{lsn}"
 
@@ -163,6 +172,9 @@ class _AdminOp(NamedTuple):
     currency: str
     amount: int = 0
     overdraft: bool = False
+    # A deposit or withdrawal sent with an Idempotency-Key: its scoped key and fingerprint.
+    key: bytes | None = None
+    fingerprint: bytes = b""
 
 
 class _MerchantOp(NamedTuple):
@@ -224,7 +236,6 @@ class _Job:
     answers: _Answers
     index: int
     request: SignedRequest | None = None
-    idempotency_key: str | None = None
     control: _ControlOp | None = None
     # Set for a payment whose signature the caller checked (one signature over a whole batch).
     merchant: Merchant | None = None
@@ -355,6 +366,9 @@ class Engine:
         self.index = _core.IdempotencyIndex(idempotency_capacity)
         # Durable payment and refund results by LSN (their ids carry the LSN).
         self.results: dict[int, PaymentResult | RefundResult] = {}
+        # Durable deposits and withdrawals sent with an Idempotency-Key, by LSN: what a retry
+        # gets again.
+        self._admin_results: dict[int, AdminResult] = {}
         # LSNs of the durable payments of each (merchant, order id), oldest first.
         self._orders: dict[tuple[str, str], list[int]] = {}
         self.lsn_next = 1
@@ -435,27 +449,19 @@ class Engine:
             raise TypeError("a request was left unanswered")
         return answer
 
-    async def submit(
-        self, request: SignedRequest, *, idempotency_key: str | None = None
-    ) -> PaymentResult | RefundResult:
-        """Processes one signed payment or refund request; raises the RequestError refusing it."""
-        return _signed(await self._one(request=request, idempotency_key=idempotency_key))
+    async def submit(self, request: SignedRequest) -> PaymentResult | RefundResult:
+        """Processes one signed payment or refund request (its `idempotency_key` must be signed,
+        v2); raises the RequestError refusing it."""
+        return _signed(await self._one(request=request))
 
     async def submit_many(
-        self, requests: Sequence[SignedRequest], *, idempotency_keys: Sequence[str | None] = ()
+        self, requests: Sequence[SignedRequest]
     ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
         """Processes many requests; per request its result or the error refusing it.
 
         Raises EngineFailedError if the engine stopped.
         """
-        keys = list(idempotency_keys) or [None] * len(requests)
-        if len(keys) != len(requests):
-            raise ValueError("one idempotency key (or None) per request")
-        parts = [
-            {"request": request, "idempotency_key": key}
-            for request, key in zip(requests, keys, strict=True)
-        ]
-        return await self._submit_all(parts)
+        return await self._submit_all([{"request": request} for request in requests])
 
     async def submit_authenticated(
         self, merchant: Merchant, bodies: Sequence[bytes]
@@ -501,15 +507,20 @@ class Engine:
             _AdminOp(RecordType.OPEN_ACCOUNT, account_id, currency, 0, overdraft)
         )
 
-    async def deposit(self, account_id: str, amount: int, currency: str) -> AdminResult:
-        _check_account(account_id, currency)
-        _check_amount(amount)
-        return await self._admin(_AdminOp(RecordType.DEPOSIT, account_id, currency, amount))
+    async def deposit(
+        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
+    ) -> AdminResult:
+        """With a key, a retry (same key, same deposit) gets the first result again
+        (`replayed`) and another deposit under the key is refused (`idempotency_key_reused`)."""
+        op = _money_op(RecordType.DEPOSIT, account_id, amount, currency, idempotency_key)
+        return await self._admin(op)
 
-    async def withdraw(self, account_id: str, amount: int, currency: str) -> AdminResult:
-        _check_account(account_id, currency)
-        _check_amount(amount)
-        return await self._admin(_AdminOp(RecordType.WITHDRAW, account_id, currency, amount))
+    async def withdraw(
+        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
+    ) -> AdminResult:
+        """Like `deposit`, the other way."""
+        op = _money_op(RecordType.WITHDRAW, account_id, amount, currency, idempotency_key)
+        return await self._admin(op)
 
     async def create_merchant(
         self, merchant_id: str, settlement_account: str, webhook_url: str | None = None
@@ -598,8 +609,8 @@ class Engine:
 
     def payment(self, payment_id_: str) -> PaymentResult | None:
         """A durable payment by id."""
-        lsn = payment_id_.removeprefix(PAYMENT_ID_PREFIX)
-        result = self.results.get(int(lsn)) if lsn.isdigit() and len(lsn) <= 20 else None
+        lsn = payment_lsn(payment_id_)
+        result = None if lsn is None else self.results.get(lsn)
         return result if isinstance(result, PaymentResult) else None
 
     # ---- the pipeline -----------------------------------------------------------------------
@@ -637,7 +648,7 @@ class Engine:
         keys: list[bytes] = []
         fingerprints: list[bytes] = []
         for job, op in ops:
-            if isinstance(op, _PaymentOp | _RefundOp) and op.key is not None:
+            if isinstance(op, _PaymentOp | _RefundOp | _AdminOp) and op.key is not None:
                 keyed.append(job)
                 keys.append(op.key)
                 fingerprints.append(op.fingerprint)
@@ -666,9 +677,19 @@ class Engine:
 
     def _parse(self, jobs: list[_Job], now_s: int) -> list[tuple[_Job, _Op]]:
         """Verifies, routes and parses the batch; refused jobs are answered here."""
-        signed = [
-            (job, job.request) for job in jobs if job.request is not None and not job.merchant
-        ]
+        signed: list[tuple[_Job, SignedRequest]] = []
+        for job in jobs:
+            if job.request is None or job.merchant:
+                continue
+            try:
+                # First: a key no client can sign (not printable ASCII, too long) is named as
+                # such, not reported as the signature mismatch it would cause.
+                if job.request.idempotency_key is not None:
+                    _check_client_key(job.request.idempotency_key)
+            except RequestError as error:
+                job.answer(error)
+                continue
+            signed.append((job, job.request))
         verdicts = verify_requests(
             self.merchants.ring, [request for _, request in signed], now_s=now_s
         )
@@ -679,8 +700,6 @@ class Engine:
                 if isinstance(verdict, SignatureError):
                     raise RequestError(verdict.code, str(verdict), 401)
                 merchant = self.merchants.by_kid[verdict]
-                if job.idempotency_key is not None:
-                    _check_client_key(job.idempotency_key)
                 route = _route(request)
             except RequestError as error:
                 job.answer(error)
@@ -719,7 +738,8 @@ class Engine:
                     ),
                 )
                 continue
-            scope = f"k:{job.idempotency_key}" if job.idempotency_key else f"o:{order_id}"
+            client_key = job.request.idempotency_key if job.request else None
+            scope = f"k:{client_key}" if client_key else f"o:{order_id}"
             key = _idempotency_key(merchant.id, scope)
             op = _PaymentOp(
                 merchant, order_id, payer, amount, currency, description, metadata, key, fingerprint
@@ -733,26 +753,30 @@ class Engine:
         )
         parsed: list[tuple[int, _Op]] = []
         for (job, merchant, paid), item in zip(refunds, fields, strict=True):
+            client_key = job.request.idempotency_key if job.request else None
             if isinstance(item, str):
                 job.answer(RequestError("invalid_request", item))
+                continue
+            if client_key is None:
+                # A refund has no natural scope (a payment may be refunded in parts): its signed
+                # key is the scope, without which every resend of a captured refund refunds again.
+                message = "a refund needs an Idempotency-Key, covered by a v2 signature"
+                job.answer(RequestError("idempotency_key_required", message))
                 continue
             entry = self.ledger.payments.get(paid)
             if entry is None or entry.settlement != merchant.settlement_account:
                 job.answer(RequestError("not_found", f"no refundable payment {paid}", 404))
                 continue
             amount, reason, fingerprint = item
-            key = (
-                _idempotency_key(merchant.id, f"r:{paid}:{job.idempotency_key}")
-                if job.idempotency_key
-                else None
-            )
+            key = _idempotency_key(merchant.id, f"r:{paid}:{client_key}")
             parsed.append((id(job), _RefundOp(merchant, paid, amount, reason, key, fingerprint)))
         return parsed
 
     def _answer_known(self, job: _Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
         if status == _core.RESERVE_REPLAY:
-            job.answer(self.results[value]._replace(replayed=True))
+            stored = self.results.get(value) or self._admin_results[value]
+            job.answer(_replayed(stored))
         elif status == _core.RESERVE_IN_FLIGHT:
             self._waiters[value].append(job)
         elif status == _core.RESERVE_MISMATCH:
@@ -834,6 +858,9 @@ class Engine:
         elif isinstance(op, _AdminOp):
             record = [op.account_id, op.currency, op.amount, op.overdraft]
             done = self._replay_admin(op.kind, record)
+            if op.key is not None:
+                keyed = {"key": op.key.decode(), "fingerprint": op.fingerprint.hex()}
+                record.append({**keyed, "created_s": now_s})
             record.append(done.failure_code)
             kind, result = op.kind, done
         else:
@@ -985,15 +1012,17 @@ class Engine:
 
     def _publish(self, staged: _Staged) -> None:
         """The batch is durable: remember its results, complete its keys, answer its callers."""
-        for _, result, _, lsn in staged.done:
+        for _, result, slot, lsn in staged.done:
             if isinstance(result, PaymentResult | RefundResult):
                 self._remember(lsn, result)
+            elif isinstance(result, AdminResult) and slot is not None:
+                self._admin_results[lsn] = result
         self.index.complete_batch(staged.slots, staged.refs)
         for job, result, slot, _ in staged.done:
             job.answer(result)
             if slot is not None:
                 for waiter in self._waiters.pop(slot):
-                    waiter.answer(_signed(result)._replace(replayed=True))
+                    waiter.answer(_replayed(result))
 
     def _stop(self, error: BaseException, why: str) -> EngineFailedError:
         """Fail-stop: from now on the engine answers nothing but this error."""
@@ -1065,26 +1094,24 @@ class Engine:
             result: Result
             if kind == RecordType.PAYMENT:
                 result = self._replay_payment(record.lsn, fields)
-                key, fingerprint = fields[9], fields[10]
             elif kind == RecordType.REFUND:
                 result = self._replay_refund(record.lsn, fields)
-                key, fingerprint = fields[5], fields[6]
                 if result.amount != fields[7]:
                     raise AssertionError(f"replay of LSN {record.lsn} refunded a different amount")
             else:
                 result = self._replay_admin(kind, fields)
-                key = None
             if _failure(fields[-1]) != result.failure_code:
                 raise AssertionError(
                     f"replay of LSN {record.lsn} gave {result.failure_code}, "
                     f"the log says {fields[-1]}"
                 )
+            key = _logged_key(kind, fields)
             if isinstance(result, PaymentResult | RefundResult):
                 self._remember(record.lsn, result)
-                if key is not None:
-                    keys.append(
-                        (key.encode(), bytes.fromhex(fingerprint), result.created_s, record.lsn)
-                    )
+            elif key is not None:
+                self._admin_results[record.lsn] = result
+            if key is not None:
+                keys.append((*key, record.lsn))
         self._restore_keys(keys)
 
     def _replay_logged_control(self, kind: RecordType, lsn: int, fields: list[Any]) -> None:
@@ -1122,6 +1149,10 @@ class Engine:
             "ledger": self.ledger.to_snapshot(),
             # Every field of each result but `replayed`; its LSN is in its id.
             "results": [list(result[:-1]) for result in self.results.values()],
+            "admin_results": [
+                [lsn, result.account_id, result.status, result.failure_code, result.balance]
+                for lsn, result in self._admin_results.items()
+            ],
             "merchants": self.merchants.to_snapshot(),
             "deliveries": self.outbox.to_snapshot(),
         }
@@ -1140,6 +1171,11 @@ class Engine:
         for row in state["results"]:
             result = _result_from_row(row)
             self._remember(_lsn_of(result), result, notify=False)
+        # Snapshots written before deposits took idempotency keys have none.
+        for admin_lsn, account_id, status, failure, balance in state.get("admin_results", []):
+            self._admin_results[admin_lsn] = AdminResult(
+                account_id, Status(status), _failure(failure), balance
+            )
         self.outbox.restore(state.get("deliveries", []))
         self.index = _core.IdempotencyIndex.load(payload[start + length :])
         self.lsn_next = lsn + 1
@@ -1235,6 +1271,8 @@ def named(kind: RecordType, fields: list[Any]) -> dict[str, Any]:
     """A record's fields by name (`RECORD_FIELDS`). Fields beyond the names (a record newer
     than this code) are only counted: one of them could be a secret."""
     names = RECORD_FIELDS.get(kind, ())
+    if _admin_keyed(kind, fields):
+        names = _ADMIN_KEYED_RECORD_FIELDS
     if kind == RecordType.DELIVERIES:
         return {"outcomes": [_named_fields(names, outcome) for outcome in fields]}
     return _named_fields(names, fields)
@@ -1282,6 +1320,55 @@ def _lsn_of(result: PaymentResult | RefundResult) -> int:
     return int(result.id.rpartition("_")[2])
 
 
+def _money_op(
+    kind: RecordType, account_id: str, amount: int, currency: str, client_key: str | None
+) -> _AdminOp:
+    """A deposit or withdrawal; with a client key, scoped apart from every merchant's keys (no
+    merchant id is empty) and fingerprinted by what it moves."""
+    _check_account(account_id, currency)
+    _check_amount(amount)
+    if client_key is None:
+        return _AdminOp(kind, account_id, currency, amount)
+    _check_client_key(client_key)
+    key = _idempotency_key("", f"a:{client_key}")
+    fingerprint = _core.sha256(orjson.dumps([kind, account_id, currency, amount]))
+    return _AdminOp(kind, account_id, currency, amount, key=key, fingerprint=fingerprint)
+
+
+# An admin record is [account, currency, amount, overdraft, failure]; one sent with an
+# Idempotency-Key has {"key", "fingerprint", "created_s"} before the failure.
+def _admin_keyed(kind: RecordType, fields: list[Any]) -> bool:
+    """Whether a record is a keyed deposit's or withdrawal's."""
+    return (
+        kind in (RecordType.DEPOSIT, RecordType.WITHDRAW)
+        and len(fields) == len(_ADMIN_KEYED_RECORD_FIELDS)
+        and isinstance(fields[4], dict)
+    )
+
+
+def _logged_key(kind: RecordType, fields: list[Any]) -> tuple[bytes, bytes, int] | None:
+    """The idempotency key a logged record reserved: (key, fingerprint, reserved at), or None."""
+    if kind == RecordType.PAYMENT:
+        key, fingerprint, created_s = fields[9], fields[10], fields[8]
+    elif kind == RecordType.REFUND:
+        key, fingerprint, created_s = fields[5], fields[6], fields[4]
+    elif _admin_keyed(kind, fields):
+        keyed = fields[4]
+        key, fingerprint, created_s = keyed["key"], keyed["fingerprint"], keyed["created_s"]
+    else:
+        return None
+    return None if key is None else (key.encode(), bytes.fromhex(fingerprint), created_s)
+
+
+def _replayed(result: Applied) -> Result:
+    """A stored result answered again to a retry, marked as such."""
+    if isinstance(result, AdminResult):
+        return replace(result, replayed=True)
+    if isinstance(result, PaymentResult | RefundResult):
+        return result._replace(replayed=True)
+    raise TypeError(f"a keyed request produced {result!r}")
+
+
 def _signed(result: Applied) -> PaymentResult | RefundResult:
     """The result of a signed request; anything else is a bug in the pipeline."""
     if not isinstance(result, PaymentResult | RefundResult):
@@ -1295,7 +1382,7 @@ def _route(request: SignedRequest) -> str | None:
         raise RequestError("method_not_allowed", f"{request.method} is not accepted here", 405)
     if request.path == PAYMENTS_PATH:
         return None
-    if match := REFUNDS_PATH.fullmatch(request.path):
+    if (match := REFUNDS_PATH.fullmatch(request.path)) and payment_lsn(match.group(1)) is not None:
         return match.group(1)
     raise RequestError("not_found", f"no such endpoint: {request.path}", 404)
 

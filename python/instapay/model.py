@@ -96,6 +96,8 @@ class AdminResult:
     status: Status
     failure_code: Failure | None
     balance: int
+    # True when this answer is a stored result returned again for a retried request.
+    replayed: bool = False
 
 
 Result = PaymentResult | RefundResult | AdminResult

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from instapay.ascii_digits import number_in_id
 from instapay.model import PaymentResult, RefundResult
 
 EVENT_ID_PREFIX = "evt_"
@@ -81,10 +82,7 @@ def event_id(lsn: int) -> str:
 
 def event_lsn(event_id_: str) -> int | None:
     """The LSN in an event id, or None when it is not one."""
-    digits = event_id_.removeprefix(EVENT_ID_PREFIX)
-    if digits == event_id_ or not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
-        return None
-    return int(digits)
+    return number_in_id(event_id_, EVENT_ID_PREFIX)
 
 
 class Outbox:

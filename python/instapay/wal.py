@@ -22,6 +22,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from instapay import _core, datadir
+from instapay.ascii_digits import ascii_int
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def segment_paths(wal_dir: Path) -> list[tuple[int, Path]]:
     segments = []
     for path in wal_dir.glob("wal-*.log"):
         first = path.name.removeprefix("wal-").removesuffix(".log")
-        if len(first) == 20 and first.isdigit():
-            segments.append((int(first), path))
+        if len(first) == 20 and (lsn := ascii_int(first)) is not None:
+            segments.append((lsn, path))
     return sorted(segments)
 
 
@@ -280,9 +281,9 @@ def snapshot_paths(directory: Path) -> list[tuple[int, Path]]:
     snap_dir = directory / "snapshots"
     found = []
     for path in snap_dir.glob("snapshot-*.snap") if snap_dir.is_dir() else []:
-        lsn = path.name.removeprefix("snapshot-").removesuffix(".snap")
-        if len(lsn) == 20 and lsn.isdigit():
-            found.append((int(lsn), path))
+        digits = path.name.removeprefix("snapshot-").removesuffix(".snap")
+        if len(digits) == 20 and (lsn := ascii_int(digits)) is not None:
+            found.append((lsn, path))
     return sorted(found, reverse=True)
 
 

@@ -18,12 +18,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from instapay import _core
+from instapay.ascii_digits import ascii_int
 from instapay.engine import Engine, FsyncMode
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instapay.http.metrics import Metrics
@@ -41,7 +43,9 @@ from instapay.model import (
 from instapay.notify import DeliveryPolicy, Dispatcher
 from instapay.outbox import event_lsn
 from instapay.signing import (
+    IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
+    MalformedSignatureError,
     SignatureError,
     SignedRequest,
     sign_payload,
@@ -76,7 +80,6 @@ HEADER_LIMITS = HeaderLimits(max_line_size=8190, max_field_size=8190, max_header
 JSON_TYPE = "application/json"
 REQUEST_ID_HEADER = "X-Request-Id"
 REPLAYED_HEADER = "Idempotent-Replayed"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 @dataclass(frozen=True)
@@ -198,12 +201,29 @@ def merchant_response(request: web.Request, result: PaymentResult | RefundResult
     return response
 
 
+def single_header(request: web.Request, name: str, code: str, status: int) -> str | None:
+    """A header sent at most once (None when absent). Two are refused (`code`, `status`): which
+    one counts would be a choice two readers of the request could make differently."""
+    values = request.headers.getall(name, ())
+    if len(values) > 1:
+        raise RequestError(code, f"{name} appears more than once", status)
+    return values[0] if values else None
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    return single_header(request, IDEMPOTENCY_HEADER, "invalid_request", 400)
+
+
+def signed_request(request: web.Request, body: bytes) -> SignedRequest:
+    """What the request's signature must cover: its target, body and Idempotency-Key."""
+    header = single_header(request, SIGNATURE_HEADER, MalformedSignatureError.code, 401)
+    return SignedRequest(header, request.method, request.path_qs, body, idempotency_key(request))
+
+
 async def signed_reader(request: web.Request, body: bytes = b"") -> Merchant:
     """The merchant of a request checked outside the pipeline (a read, or a whole batch)."""
     engine = engine_of(request)
-    signed = SignedRequest(
-        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, body
-    )
+    signed = signed_request(request, body)
     [verdict] = verify_requests(engine.merchants.ring, [signed], now_s=int(time.time()))
     if isinstance(verdict, SignatureError):
         raise RequestError(verdict.code, str(verdict), 401)
@@ -323,11 +343,7 @@ async def list_payments(request: web.Request) -> web.Response:
 async def signed_submission(request: web.Request) -> PaymentResult | RefundResult:
     if request.content_type != JSON_TYPE and request.can_read_body:
         raise RequestError("unsupported_media_type", f"send {JSON_TYPE}", 415)
-    signed = SignedRequest(
-        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
-    )
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    return await engine_of(request).submit(signed, idempotency_key=key)
+    return await engine_of(request).submit(signed_request(request, await request.read()))
 
 
 async def create_payment_or_refund(request: web.Request) -> web.Response:
@@ -348,13 +364,11 @@ async def admin_body(
     request: web.Request, fields: dict[str, type], optional: frozenset[str] | set[str] = frozenset()
 ) -> dict[str, Any]:
     """An admin JSON object with these fields (and types), all required but `optional` (which
-    may be absent or null)."""
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as error:
-        raise RequestError("invalid_request", f"invalid JSON body: {error}") from error
-    if not isinstance(body, dict):
-        raise RequestError("invalid_request", "the body must be a JSON object")
+    may be absent or null), read by the strict parser of signed bodies: a duplicate key, NaN or
+    a fraction where an integer is due is refused, never resolved."""
+    body = _core.parse_json_object(await request.read())
+    if isinstance(body, str):
+        raise RequestError("invalid_request", body)
     for name, kind in fields.items():
         if name in optional and body.get(name) is None:  # absent or null
             continue
@@ -373,7 +387,10 @@ def admin_json(result: AdminResult) -> web.Response:
         "failure_code": result.failure_code.value if result.failure_code else None,
         "balance": result.balance,
     }
-    return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
+    response = web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
+    if result.replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return response
 
 
 async def admin_open_account(request: web.Request) -> web.Response:
@@ -386,14 +403,21 @@ async def admin_open_account(request: web.Request) -> web.Response:
     return admin_json(await engine.open_account(body["id"], body["currency"], overdraft=overdraft))
 
 
-async def admin_move_money(
-    request: web.Request, move: Callable[[str, int, str], Awaitable[AdminResult]]
-) -> web.Response:
+class MoveMoney(Protocol):
+    """`Engine.deposit` or `Engine.withdraw`."""
+
+    def __call__(
+        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None
+    ) -> Awaitable[AdminResult]: ...
+
+
+async def admin_move_money(request: web.Request, move: MoveMoney) -> web.Response:
+    """A deposit or withdrawal; an Idempotency-Key makes its retries answer the first result."""
     require_admin(request)
     body = await admin_body(request, {"amount": int, "currency": str})
-    return admin_json(
-        await move(request.match_info["account_id"], body["amount"], body["currency"])
-    )
+    account_id = request.match_info["account_id"]
+    key = idempotency_key(request)
+    return admin_json(await move(account_id, body["amount"], body["currency"], idempotency_key=key))
 
 
 async def admin_deposit(request: web.Request) -> web.Response:
@@ -533,10 +557,10 @@ def known_event(engine: Engine, event_id: str, merchant_id: str | None = None) -
 
 
 def page_len(request: web.Request) -> int:
-    text = request.query.get("limit", str(EVENTS_PAGE_LEN_DEFAULT))
-    if not text.isdigit() or not 1 <= int(text) <= EVENTS_PAGE_LEN_MAX:
+    limit = ascii_int(request.query.get("limit", str(EVENTS_PAGE_LEN_DEFAULT)))
+    if limit is None or not 1 <= limit <= EVENTS_PAGE_LEN_MAX:
         raise RequestError("invalid_request", f"limit: an integer from 1 to {EVENTS_PAGE_LEN_MAX}")
-    return int(text)
+    return limit
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -443,10 +443,33 @@ PARAMETERS: Final[JSON] = {
         "in": "header",
         "required": False,
         "description": (
-            "Same key + same request: the stored result again (`Idempotent-Replayed: true`), "
-            "never a second charge. Same key + different request: 422. Same key while the first "
-            "is in flight: the first one's result. Kept at least 24 h. Without it, payments are "
-            "idempotent per (merchant_id, order_id)."
+            "Covered by the v2 signature. Same key + same request: the stored result again "
+            "(`Idempotent-Replayed: true`), never a second charge. Same key + different "
+            "request: 422. Same key while the first is in flight: the first one's result. Kept "
+            "at least 24 h. Without it, payments are idempotent per (merchant_id, order_id); "
+            "send one only for a deliberate new attempt at an order."
+        ),
+        "schema": ID,
+    },
+    "RefundIdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": True,
+        "description": (
+            "Required, covered by the v2 signature: the refund's scope (a payment may be "
+            "refunded in parts). Same key + same refund: the stored result again; another "
+            "refund under the key: 422."
+        ),
+        "schema": ID,
+    },
+    "AdminIdempotencyKey": {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": (
+            "Same key + same account, amount, currency and direction: the stored result again "
+            "(`Idempotent-Replayed: true`), never a second movement; anything else under the "
+            "key: 422. Kept at least 24 h, across restarts."
         ),
         "schema": ID,
     },
@@ -485,8 +508,10 @@ def _error(description: str, headers: JSON = _REQUEST_ID) -> JSON:
 RESPONSES: Final[JSON] = {
     "BadRequest": _error("`invalid_request`: malformed or invalid; nothing was applied."),
     "SignatureRefused": _error(
-        "Bad, missing or expired signature, or an unknown key: `signature_malformed`, "
-        "`signature_expired`, `signature_mismatch`, `unknown_key`."
+        "Bad, missing or expired signature, or an unknown key: `signature_malformed` (also for "
+        "two Instapay-Signature headers, or a v1 and a v2), `signature_expired`, "
+        "`signature_mismatch`, `unknown_key`, `idempotency_key_unsigned` (a v1 signature with an "
+        "Idempotency-Key, which v1 does not cover)."
     ),
     "AdminUnauthorized": _error("`admin_unauthorized`: no or the wrong bearer token."),
     "AdminDisabled": _error("`admin_disabled`: the server runs without an admin token."),
@@ -572,6 +597,15 @@ _400 = {"400": _ref("responses", "BadRequest")}
 _404 = {"404": _ref("responses", "NotFound")}
 _413 = {"413": _ref("responses", "TooLarge")}
 _415 = {"415": _ref("responses", "UnsupportedMediaType")}
+
+
+_ADMIN_REPLAY_HEADERS: Final = {
+    **_REQUEST_ID,
+    "Idempotent-Replayed": _ref("headers", "Idempotent-Replayed"),
+}
+_ADMIN_KEY_REUSED: Final = {
+    "422": _error("`idempotency_key_reused`: this Idempotency-Key came with another movement.")
+}
 
 
 def _conflict(codes: str) -> JSON:
@@ -666,7 +700,10 @@ PATHS: Final[JSON] = {
                     _schema("Refund"),
                     _RESULT_HEADERS,
                 ),
-                **_400,
+                "400": _error(
+                    "`invalid_request`, or `idempotency_key_required`: a refund without an "
+                    "Idempotency-Key. Nothing was applied."
+                ),
                 **_404,
                 **_413,
                 **_415,
@@ -675,11 +712,11 @@ PATHS: Final[JSON] = {
                 ),
             },
             description=(
-                "Without an Idempotency-Key every refund request is a new refund; with one, it "
-                "is scoped to the payment."
+                "The signed Idempotency-Key scopes the refund to the payment: a resent refund "
+                "refunds once; a new key is a new refund."
             ),
             security=_MERCHANT,
-            parameters=[_param("PaymentId"), _param("IdempotencyKey")],
+            parameters=[_param("PaymentId"), _param("RefundIdempotencyKey")],
             request_body=_body(_schema("RefundCreate"), required=False),
         ),
     },
@@ -749,12 +786,14 @@ PATHS: Final[JSON] = {
                     "Deposited, or `status: failed` (`account_not_found`, `currency_mismatch`, "
                     "`amount_too_large`).",
                     _schema("AccountOperation"),
+                    _ADMIN_REPLAY_HEADERS,
                 ),
                 **_400,
                 **_413,
+                **_ADMIN_KEY_REUSED,
             },
             security=_ADMIN,
-            parameters=[_param("AccountId")],
+            parameters=[_param("AccountId"), _param("AdminIdempotencyKey")],
             request_body=_body(_schema("MoneyMovement")),
         ),
     },
@@ -768,12 +807,14 @@ PATHS: Final[JSON] = {
                     "Withdrawn, or `status: failed` (`account_not_found`, `currency_mismatch`, "
                     "`insufficient_funds`).",
                     _schema("AccountOperation"),
+                    _ADMIN_REPLAY_HEADERS,
                 ),
                 **_400,
                 **_413,
+                **_ADMIN_KEY_REUSED,
             },
             security=_ADMIN,
-            parameters=[_param("AccountId")],
+            parameters=[_param("AccountId"), _param("AdminIdempotencyKey")],
             request_body=_body(_schema("MoneyMovement")),
         ),
     },
@@ -957,11 +998,15 @@ SECURITY_SCHEMES: Final[JSON] = {
         "in": "header",
         "name": "Instapay-Signature",
         "description": (
-            "`t=<unix>,kid=<kid>,v1=<hex HMAC-SHA256(secret, "
-            '"<t>\\n<METHOD>\\n<path>\\n" + body)>`: `<path>` is the request target as sent, '
-            "query string included; `body` the exact bytes (empty for a GET). Timestamps more "
-            "than 300 s from the server clock are refused. Keys rotate by kid: old and new are "
-            "valid side by side until the old one is revoked."
+            "`t=<unix>,kid=<kid>,v2=<hex HMAC-SHA256(secret, "
+            '"v2\\n<t>\\n<METHOD>\\n<path>\\n<Idempotency-Key>\\n" + body)>`: `<path>` is the '
+            "request target as sent, query string included; `<Idempotency-Key>` the header's "
+            "value, empty when none is sent; `body` the exact bytes (empty for a GET). Version 1, "
+            '`v1=<hex HMAC-SHA256(secret, "<t>\\n<METHOD>\\n<path>\\n" + body)>`, covers no '
+            "key and is accepted only on requests without an Idempotency-Key "
+            "(`idempotency_key_unsigned` otherwise). One MAC and one header per request. "
+            "Timestamps more than 300 s from the server clock are refused. Keys rotate by kid: "
+            "old and new are valid side by side until the old one is revoked."
         ),
     },
     "AdminBearer": {

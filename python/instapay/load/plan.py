@@ -34,14 +34,15 @@ class Amounts:
 
     @classmethod
     def parse(cls, text: str) -> Amounts:
-        if re.fullmatch(r"\d+", text):
+        # [0-9], not \d: \d and int() take any Unicode digit.
+        if re.fullmatch(r"[0-9]+", text):
             return cls("fixed", _positive("--amounts", int(text)))
-        if match := re.fullmatch(r"(\d+)-(\d+)", text):
+        if match := re.fullmatch(r"([0-9]+)-([0-9]+)", text):
             low, high = int(match[1]), int(match[2])
             if not 1 <= low <= high:
                 raise PlanError("--amounts: a range is LOW-HIGH with 1 <= LOW <= HIGH")
             return cls("uniform", low, high)
-        if match := re.fullmatch(r"lognormal:(\d+):([0-9.]+)", text):
+        if match := re.fullmatch(r"lognormal:([0-9]+):([0-9.]+)", text):
             return cls("lognormal", _positive("--amounts", int(match[1])), sigma=float(match[2]))
         raise PlanError(f"--amounts: {text!r} is not N, LOW-HIGH or lognormal:MEDIAN:SIGMA")
 

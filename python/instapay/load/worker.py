@@ -25,7 +25,7 @@ from instapay import _core
 from instapay.http.server import freeze_survivors_of_full_collections
 from instapay.load.plan import Plan, WorkerShare
 from instapay.load.stats import Counts, new_histogram, record_s
-from instapay.signing import SIGNATURE_HEADER
+from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, request_message_v2
 
 PAYMENTS_PATH = "/v1/payments"
 BATCH_PATH = "/v1/payments/batch"
@@ -162,19 +162,20 @@ class Worker:
             made.append((body, payments[0][0], payments))
         return made
 
-    def _sign(self, bodies: list[bytes]) -> tuple[list[str], float]:
+    def _sign(self, requests: list[tuple[bytes, str]]) -> tuple[list[str], float]:
+        """v2 signatures of (body, Idempotency-Key) pairs, all at once."""
         now_s = time.time()
         timestamp_s = int(now_s)
-        prefix = f"{timestamp_s}\nPOST\n{self.path}\n".encode()
-        macs = self.ring.sign_batch(
-            [self.plan.target.kid] * len(bodies), [prefix + b for b in bodies]
-        )
+        messages = [
+            request_message_v2(timestamp_s, "POST", self.path, key, body) for body, key in requests
+        ]
         kid = self.plan.target.kid
-        return [f"t={timestamp_s},kid={kid},v1={mac.hex()}" for mac in macs], now_s
+        macs = self.ring.sign_batch([kid] * len(messages), messages)
+        return [f"t={timestamp_s},kid={kid},v2={mac.hex()}" for mac in macs], now_s
 
     def _refill(self, count: int) -> None:
         made = self._new_bodies(count)
-        headers, signed_at_s = self._sign([body for body, _, _ in made])
+        headers, signed_at_s = self._sign([(body, key) for body, key, _ in made])
         for (body, key, payments), header in zip(made, headers, strict=True):
             self.prepared.append(Prepared(body, key, header, signed_at_s, payments))
 
@@ -182,7 +183,7 @@ class Worker:
         """A new request, or a replay of an answered one (then: the ids it must get again)."""
         if self.originals and self.rng.random() < self.plan.replay_ratio:
             original, ids = self.originals[self.rng.randrange(len(self.originals))]
-            [header], signed_at_s = self._sign([original.body])
+            [header], signed_at_s = self._sign([(original.body, original.key)])
             replay = Prepared(original.body, original.key, header, signed_at_s, original.payments)
             return replay, ids
         if not self.prepared:
@@ -190,7 +191,7 @@ class Worker:
             self._refill(max(1, min(SIGN_BATCH_LEN, round(per_second))))
         prepared = self.prepared.popleft()
         if time.time() - prepared.signed_at_s > SIGNATURE_AGE_S_MAX:
-            [prepared.header], prepared.signed_at_s = self._sign([prepared.body])
+            [prepared.header], prepared.signed_at_s = self._sign([(prepared.body, prepared.key)])
         return prepared, None
 
     # ---- sending and recording -------------------------------------------------------------
@@ -201,7 +202,7 @@ class Worker:
         headers = {
             "Content-Type": self.content_type,
             SIGNATURE_HEADER: request.header,
-            "Idempotency-Key": request.key,
+            IDEMPOTENCY_HEADER: request.key,
         }
         try:
             async with session.post(self.url, data=request.body, headers=headers) as response:

@@ -1,0 +1,25 @@
+"""Numbers read from requests and file names: ASCII digits only, the one place the rule lives.
+
+`str.isdigit` and `int()` accept any Unicode digit: `"²".isdigit()` is true and `int("²")` then
+raises (a 500), and `int("٢٠٠٢")` reads 2002, so `pay_٢٠٠٢` would name `pay_2002`.
+"""
+
+from __future__ import annotations
+
+# An LSN (a u64) has at most 20 digits.
+DIGITS_MAX_DEFAULT = 20
+
+
+def ascii_int(text: str, digits_max: int = DIGITS_MAX_DEFAULT) -> int | None:
+    """The integer `text` writes in 1 to `digits_max` ASCII digits (no sign, no space), or None."""
+    if not 1 <= len(text) <= digits_max or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
+def number_in_id(text: str, prefix: str) -> int | None:
+    """The number of an id such as `pay_12`, written as the server writes it (the prefix, then
+    ASCII digits without a leading zero), or None: one id never has two spellings."""
+    digits = text.removeprefix(prefix)
+    number = None if digits == text else ascii_int(digits)
+    return number if number is not None and digits == str(number) else None
