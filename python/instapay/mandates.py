@@ -1,0 +1,229 @@
+"""Mandates: a payer account's standing consent that one merchant may debit it, as in SEPA direct
+debit mandates, Alipay / WeChat Pay agreement payments and UPI AutoPay.
+
+A mandate caps each payment (`amount_max_per_payment`), optionally the total of a UTC day
+(`amount_max_per_day`), and optionally ends (`expires_at`, unix seconds). An account holds at most
+one mandate per merchant that is neither revoked nor expired. Mandates and their spend are ledger
+state: granted and revoked by logged records, changed by the payments they allow, snapshotted,
+and replayed deterministically, because a payment's day is that of its logged `created` time,
+never the clock at replay. A refund does not give back daily spend: the daily limit caps what a
+merchant may pull from the payer in a day, and a pull refunded later was still a pull (this also
+keeps the spend a function of the debits alone, whatever day a refund comes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from instapay.model import Failure
+
+SECONDS_PER_DAY = 86_400
+MANDATE_ID_PREFIX = "mdt_"
+# Mandates an account may hold, revoked and expired ones included (they stay listed as the
+# account's consent history): bounds the state and every list answer without paging.
+MANDATES_PER_ACCOUNT_MAX = 100
+# 9999-12-31T23:59:59Z: far enough for any real mandate, small enough for every client's integers.
+EXPIRES_AT_MAX_S = 253_402_300_799
+
+
+def mandate_id(lsn: int) -> str:
+    return f"{MANDATE_ID_PREFIX}{lsn}"
+
+
+def utc_day(unix_s: int) -> int:
+    """Days since 1970-01-01, UTC: the day a daily limit counts in."""
+    return unix_s // SECONDS_PER_DAY
+
+
+@dataclass(slots=True)
+class Mandate:
+    id: str
+    account_id: str
+    merchant_id: str
+    amount_max_per_payment: int
+    amount_max_per_day: int | None
+    expires_at_s: int | None
+    created_s: int
+    revoked_s: int | None = None
+    # The UTC day of the latest debit, and the total debited on that day.
+    spent_day: int = 0
+    spent: int = 0
+
+    def expired(self, now_s: int) -> bool:
+        return self.expires_at_s is not None and now_s >= self.expires_at_s
+
+    def spent_on(self, day: int) -> int:
+        """The spend counted against `day`. A payment stamped before the latest debit's day (the
+        clock stepped back) counts into that later day: never a fresh allowance."""
+        return self.spent if day <= self.spent_day else 0
+
+    def decline(self, amount: int, created_s: int) -> Failure | None:
+        """Why this mandate does not cover a payment of `amount` made at `created_s`, if so."""
+        if self.expired(created_s):
+            return Failure.MANDATE_EXPIRED
+        if amount > self.amount_max_per_payment:
+            return Failure.MANDATE_AMOUNT_EXCEEDED
+        per_day = self.amount_max_per_day
+        if per_day is not None and self.spent_on(utc_day(created_s)) + amount > per_day:
+            return Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+        return None
+
+    def record_debit(self, amount: int, created_s: int) -> None:
+        day = utc_day(created_s)
+        if day > self.spent_day:
+            self.spent_day, self.spent = day, 0
+        self.spent += amount
+
+    def status(self, now_s: int) -> str:
+        if self.revoked_s is not None:
+            return "revoked"
+        return "expired" if self.expired(now_s) else "active"
+
+    def to_json(self, now_s: int) -> dict[str, Any]:
+        return {
+            "object": "mandate",
+            "id": self.id,
+            "account_id": self.account_id,
+            "merchant_id": self.merchant_id,
+            "amount_max_per_payment": self.amount_max_per_payment,
+            "amount_max_per_day": self.amount_max_per_day,
+            "expires_at": self.expires_at_s,
+            "created": self.created_s,
+            "revoked_at": self.revoked_s,
+            "status": self.status(now_s),
+            "amount_spent_today": self.spent_on(utc_day(now_s)),
+        }
+
+    def to_row(self) -> dict[str, Any]:
+        """The snapshot form: named fields, so a field added later cannot shift the others."""
+        return {
+            "id": self.id,
+            "account_id": self.account_id,
+            "merchant_id": self.merchant_id,
+            "amount_max_per_payment": self.amount_max_per_payment,
+            "amount_max_per_day": self.amount_max_per_day,
+            "expires_at": self.expires_at_s,
+            "created": self.created_s,
+            "revoked_at": self.revoked_s,
+            "spent_day": self.spent_day,
+            "spent": self.spent,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Mandate:
+        return cls(
+            row["id"],
+            row["account_id"],
+            row["merchant_id"],
+            row["amount_max_per_payment"],
+            row["amount_max_per_day"],
+            row["expires_at"],
+            row["created"],
+            row["revoked_at"],
+            row["spent_day"],
+            row["spent"],
+        )
+
+
+class MandateGrant(NamedTuple):
+    """An admin's request to record a payer's mandate (checked, then logged)."""
+
+    account_id: str
+    merchant_id: str
+    amount_max_per_payment: int
+    amount_max_per_day: int | None
+    expires_at_s: int | None
+    created_s: int
+
+    def record(self) -> dict[str, Any]:
+        """The MANDATE_GRANTED record; the mandate's id is `mdt_<its LSN>`."""
+        return {
+            "account_id": self.account_id,
+            "merchant_id": self.merchant_id,
+            "amount_max_per_payment": self.amount_max_per_payment,
+            "amount_max_per_day": self.amount_max_per_day,
+            "expires_at": self.expires_at_s,
+            "created": self.created_s,
+        }
+
+
+class MandateRevocation(NamedTuple):
+    account_id: str
+    mandate_id: str
+    revoked_s: int
+
+    def record(self) -> dict[str, Any]:
+        """The MANDATE_REVOKED record."""
+        return {
+            "account_id": self.account_id,
+            "mandate_id": self.mandate_id,
+            "revoked_at": self.revoked_s,
+        }
+
+
+def mandate_from_record(lsn: int, record: dict[str, Any]) -> Mandate:
+    return Mandate(
+        mandate_id(lsn),
+        record["account_id"],
+        record["merchant_id"],
+        record["amount_max_per_payment"],
+        record["amount_max_per_day"],
+        record["expires_at"],
+        record["created"],
+    )
+
+
+_NONE: dict[str, Mandate] = {}
+
+
+class Mandates:
+    """Every account's mandates, and per payer the one each merchant may use."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Mandate] = {}
+        self.by_account: dict[str, list[Mandate]] = {}
+        # payer -> merchant id -> its newest mandate not revoked: the lookup of every payment.
+        self._current: dict[str, dict[str, Mandate]] = {}
+
+    def current(self, payer: str, merchant_id: str) -> Mandate | None:
+        """The payer's mandate for the merchant that is not revoked (it may have expired)."""
+        return self._current.get(payer, _NONE).get(merchant_id)
+
+    def add(self, mandate: Mandate) -> None:
+        self.by_id[mandate.id] = mandate
+        self.by_account.setdefault(mandate.account_id, []).append(mandate)
+        if mandate.revoked_s is None:
+            self._current.setdefault(mandate.account_id, {})[mandate.merchant_id] = mandate
+
+    def revoke(self, mandate_id_: str, revoked_s: int) -> Mandate:
+        mandate = self.by_id[mandate_id_]
+        mandate.revoked_s = revoked_s
+        merchants = self._current.get(mandate.account_id, _NONE)
+        if merchants.get(mandate.merchant_id) is mandate:
+            del merchants[mandate.merchant_id]
+        return mandate
+
+    def check_invariants(self) -> None:
+        for mandate in self.by_id.values():
+            per_day = mandate.amount_max_per_day
+            if per_day is not None and mandate.spent > per_day:
+                raise AssertionError(
+                    f"mandate {mandate.id} spent {mandate.spent} of {per_day} in a day"
+                )
+        for account_id, merchants in self._current.items():
+            for merchant_id, mandate in merchants.items():
+                if (mandate.account_id, mandate.merchant_id) != (account_id, merchant_id):
+                    raise AssertionError(f"mandate {mandate.id} is filed under the wrong pair")
+                if mandate.revoked_s is not None:
+                    raise AssertionError(f"revoked mandate {mandate.id} still allows payments")
+
+    def to_snapshot(self) -> list[dict[str, Any]]:
+        return [mandate.to_row() for mandate in self.by_id.values()]
+
+    @classmethod
+    def from_snapshot(cls, rows: list[dict[str, Any]]) -> Mandates:
+        mandates = cls()
+        for row in rows:
+            mandates.add(Mandate.from_row(row))
+        return mandates
