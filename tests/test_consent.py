@@ -18,6 +18,7 @@ from instapay import _core, wal
 from instapay.client import Client
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import SNAPSHOT_STATE_LEN, Engine, RecordType
+from instapay.mandates import SECONDS_PER_DAY, MandateGrant
 from instapay.model import EngineConfig, Failure, PaymentResult, Status
 from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, start
 
@@ -354,8 +355,40 @@ def test_mandates_and_their_spend_survive_restarts_from_the_log_and_from_a_snaps
 # ---- logs and snapshots written before consent ---------------------------------------------------
 
 
-def old_record(kind: RecordType, *fields: object) -> tuple[int, bytes]:
+def logged(kind: RecordType, *fields: object) -> tuple[int, bytes]:
+    """A record as the engine writes it (a JSON list; the mandate records are objects)."""
     return kind, orjson.dumps(list(fields))
+
+
+def logged_payment(  # noqa: PLR0917 (the fields that differ between the tests' payments)
+    kind: RecordType,
+    merchant_id: str,
+    order_id: str,
+    payer: str,
+    settlement: str,
+    amount: int,
+    created_s: int,
+) -> tuple[int, bytes]:
+    """A payment record, succeeded, as the engine writes it."""
+    key = f"{merchant_id}\x00o:{order_id}"
+    fields = [merchant_id, order_id, payer, settlement, amount, "EUR", None, None, created_s]
+    return logged(kind, *fields, key, "00" * 32, None)
+
+
+def write_log(directory: Path, records: list[tuple[int, bytes]]) -> None:
+    writer = wal.WalWriter(directory, 1, sync=True, segment_bytes_max=wal.SEGMENT_BYTES_MAX_DEFAULT)
+    writer.append([kind for kind, _ in records], [payload for _, payload in records])
+    writer.close()
+
+
+def opened_and_funded(*accounts: str) -> list[tuple[int, bytes]]:
+    """OPEN_ACCOUNT records for the demo's settlement account and `accounts`, 1000 into the
+    first of them."""
+    opened = [
+        logged(RecordType.OPEN_ACCOUNT, account, "EUR", 0, False, None)
+        for account in (DEMO.settlement_account, *accounts)
+    ]
+    return [*opened, logged(RecordType.DEPOSIT, accounts[0], "EUR", 1000, False, None)]
 
 
 def write_old_log(directory: Path) -> None:
@@ -363,46 +396,15 @@ def write_old_log(directory: Path) -> None:
     funded, one payment from the payer and one from the settlement account to another merchant's
     (the theft, which then succeeded), both PAYMENT records."""
     created_s = int(time.time())
-    key = "demo\x00o:o-1"
+    demo, settlement = DEMO.merchant_id, DEMO.settlement_account
     records = [
-        old_record(RecordType.OPEN_ACCOUNT, DEMO.settlement_account, "EUR", 0, False, None),
-        old_record(RecordType.OPEN_ACCOUNT, "payer-0", "EUR", 0, False, None),
-        old_record(RecordType.OPEN_ACCOUNT, "other.settlement", "EUR", 0, False, None),
-        old_record(RecordType.DEPOSIT, "payer-0", "EUR", 1000, False, None),
-        old_record(
-            RecordType.PAYMENT,
-            DEMO.merchant_id,
-            "o-1",
-            "payer-0",
-            DEMO.settlement_account,
-            600,
-            "EUR",
-            None,
-            None,
-            created_s,
-            key,
-            "00" * 32,
-            None,
-        ),
-        old_record(
-            RecordType.PAYMENT,
-            "other",
-            "t-1",
-            DEMO.settlement_account,
-            "other.settlement",
-            400,
-            "EUR",
-            None,
-            None,
-            created_s,
-            "other\x00o:t-1",
-            "11" * 32,
-            None,
+        *opened_and_funded("payer-0", "other.settlement"),
+        logged_payment(RecordType.PAYMENT, demo, "o-1", "payer-0", settlement, 600, created_s),
+        logged_payment(
+            RecordType.PAYMENT, "other", "t-1", settlement, "other.settlement", 400, created_s
         ),
     ]
-    writer = wal.WalWriter(directory, 1, sync=True, segment_bytes_max=wal.SEGMENT_BYTES_MAX_DEFAULT)
-    writer.append([kind for kind, _ in records], [payload for _, payload in records])
-    writer.close()
+    write_log(directory, records)
 
 
 async def pay_after_upgrade(engine: Engine) -> tuple[PaymentResult, PaymentResult]:
@@ -468,3 +470,31 @@ def test_a_snapshot_written_before_consent_loads_with_settlement_accounts_marked
     path.unlink()
     wal.write_snapshot(tmp_path, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index)
     run(attack())
+
+
+def test_replay_counts_each_payment_in_the_utc_day_it_was_logged_in(tmp_path: Path) -> None:
+    """A mandate of 100 a day, spent in full yesterday and again today: the log replays to its
+    logged outcomes only if each payment counts in the day of its logged time, not the clock's."""
+    today_s = int(time.time())
+    yesterday_s = today_s - SECONDS_PER_DAY
+    grant = MandateGrant("payer-0", DEMO.merchant_id, 100, 100, None, yesterday_s - 1)
+    demo, settlement, consented = (
+        DEMO.merchant_id,
+        DEMO.settlement_account,
+        RecordType.PAYMENT_WITH_CONSENT,
+    )
+    records = [
+        *opened_and_funded("payer-0"),
+        (RecordType.MANDATE_GRANTED, orjson.dumps(grant.record())),
+        logged_payment(consented, demo, "o-1", "payer-0", settlement, 100, yesterday_s),
+        logged_payment(consented, demo, "o-2", "payer-0", settlement, 100, today_s),
+    ]
+    write_log(tmp_path, records)
+
+    async def scenario() -> None:
+        async with Engine.open(tmp_path, config=DEMO.config()) as engine:
+            assert engine.balance("payer-0") == ("EUR", 800)
+            declined = await engine.submit(DEMO.payment("o-3", "payer-0", 1))
+            assert declined.failure_code == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+
+    run(scenario())
