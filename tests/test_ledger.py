@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from instapay.ledger import BALANCE_MAX, Ledger, Owner
-from instapay.mandates import SECONDS_PER_DAY, Mandate, mandate_id
+from instapay.mandates import SECONDS_PER_DAY, Mandate, MandateGrant, mandate_id
 from instapay.model import Failure
 
 ACCOUNTS = ["alice", "bob", "shop", "shop-usd", "overdrawn"]
@@ -26,15 +26,10 @@ def mandate(
     amount_max_per_day: int | None = None,
     expires_at_s: int | None = None,
 ) -> Mandate:
-    return Mandate(
-        mandate_id(number),
-        payer,
-        merchant_id,
-        amount_max_per_payment,
-        amount_max_per_day,
-        expires_at_s,
-        created_s=NOW_S,
+    terms = MandateGrant(
+        payer, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, NOW_S
     )
+    return Mandate(mandate_id(number), terms)
 
 
 def ledger_with_accounts() -> Ledger:
@@ -368,12 +363,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.grant_mandate(
             Mandate(
                 mandate_id(number),
-                payer,
-                merchant_id,
-                per_payment,
-                per_day,
-                expires_at_s,
-                self.now_s,
+                MandateGrant(payer, merchant_id, per_payment, per_day, expires_at_s, self.now_s),
             )
         )
         self.mandates[mandate_id(number)] = ModelMandate(

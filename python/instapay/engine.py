@@ -829,7 +829,7 @@ class Engine:
             raise RequestError("not_found", f"no account {op.account_id}", 404)
         if isinstance(op, MandateRevocation):
             mandate = self.ledger.mandates.by_id.get(op.mandate_id)
-            if mandate is None or mandate.account_id != op.account_id:
+            if mandate is None or mandate.terms.account_id != op.account_id:
                 raise RequestError("not_found", f"no mandate {op.mandate_id} of this account", 404)
             if mandate.revoked_s is not None:
                 raise RequestError("mandate_revoked", f"{op.mandate_id} is already revoked", 409)

@@ -225,8 +225,8 @@ class Ledger:
         mandate = self.mandates.by_id.get(payment.mandate)
         if (
             mandate is None
-            or mandate.account_id != payment.payer
-            or payment.amount > mandate.amount_max_per_payment
+            or mandate.terms.account_id != payment.payer
+            or payment.amount > mandate.terms.amount_max_per_payment
         ):
             raise AssertionError(f"payment {payment_id} debited {payment.payer} without consent")
 

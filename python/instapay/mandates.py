@@ -36,22 +36,66 @@ def utc_day(unix_s: int) -> int:
     return unix_s // SECONDS_PER_DAY
 
 
-@dataclass(slots=True)
-class Mandate:
-    id: str
+class MandateGrant(NamedTuple):
+    """A mandate's terms, as an admin grants them (checked, then logged as MANDATE_GRANTED)."""
+
     account_id: str
     merchant_id: str
     amount_max_per_payment: int
     amount_max_per_day: int | None
     expires_at_s: int | None
     created_s: int
+
+    def record(self) -> dict[str, Any]:
+        """The MANDATE_GRANTED record (and the terms in a snapshot row and an API answer); the
+        mandate's id is `mdt_<its LSN>`."""
+        return {
+            "account_id": self.account_id,
+            "merchant_id": self.merchant_id,
+            "amount_max_per_payment": self.amount_max_per_payment,
+            "amount_max_per_day": self.amount_max_per_day,
+            "expires_at": self.expires_at_s,
+            "created": self.created_s,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> MandateGrant:
+        return cls(
+            record["account_id"],
+            record["merchant_id"],
+            record["amount_max_per_payment"],
+            record["amount_max_per_day"],
+            record["expires_at"],
+            record["created"],
+        )
+
+
+class MandateRevocation(NamedTuple):
+    account_id: str
+    mandate_id: str
+    revoked_s: int
+
+    def record(self) -> dict[str, Any]:
+        """The MANDATE_REVOKED record."""
+        return {
+            "account_id": self.account_id,
+            "mandate_id": self.mandate_id,
+            "revoked_at": self.revoked_s,
+        }
+
+
+@dataclass(slots=True)
+class Mandate:
+    id: str
+    terms: MandateGrant
     revoked_s: int | None = None
     # The UTC day of the latest debit, and the total debited on that day.
     spent_day: int = 0
     spent: int = 0
 
     def expired(self, now_s: int) -> bool:
-        return self.expires_at_s is not None and now_s >= self.expires_at_s
+        expires_at_s = self.terms.expires_at_s
+        return expires_at_s is not None and now_s >= expires_at_s
 
     def spent_on(self, day: int) -> int:
         """The spend counted against `day`. A payment stamped before the latest debit's day (the
@@ -62,9 +106,9 @@ class Mandate:
         """Why this mandate does not cover a payment of `amount` made at `created_s`, if so."""
         if self.expired(created_s):
             return Failure.MANDATE_EXPIRED
-        if amount > self.amount_max_per_payment:
+        if amount > self.terms.amount_max_per_payment:
             return Failure.MANDATE_AMOUNT_EXCEEDED
-        per_day = self.amount_max_per_day
+        per_day = self.terms.amount_max_per_day
         if per_day is not None and self.spent_on(utc_day(created_s)) + amount > per_day:
             return Failure.MANDATE_DAILY_LIMIT_EXCEEDED
         return None
@@ -84,12 +128,7 @@ class Mandate:
         return {
             "object": "mandate",
             "id": self.id,
-            "account_id": self.account_id,
-            "merchant_id": self.merchant_id,
-            "amount_max_per_payment": self.amount_max_per_payment,
-            "amount_max_per_day": self.amount_max_per_day,
-            "expires_at": self.expires_at_s,
-            "created": self.created_s,
+            **self.terms.record(),
             "revoked_at": self.revoked_s,
             "status": self.status(now_s),
             "amount_spent_today": self.spent_on(utc_day(now_s)),
@@ -99,12 +138,7 @@ class Mandate:
         """The snapshot form: named fields, so a field added later cannot shift the others."""
         return {
             "id": self.id,
-            "account_id": self.account_id,
-            "merchant_id": self.merchant_id,
-            "amount_max_per_payment": self.amount_max_per_payment,
-            "amount_max_per_day": self.amount_max_per_day,
-            "expires_at": self.expires_at_s,
-            "created": self.created_s,
+            **self.terms.record(),
             "revoked_at": self.revoked_s,
             "spent_day": self.spent_day,
             "spent": self.spent,
@@ -112,66 +146,12 @@ class Mandate:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Mandate:
-        return cls(
-            row["id"],
-            row["account_id"],
-            row["merchant_id"],
-            row["amount_max_per_payment"],
-            row["amount_max_per_day"],
-            row["expires_at"],
-            row["created"],
-            row["revoked_at"],
-            row["spent_day"],
-            row["spent"],
-        )
-
-
-class MandateGrant(NamedTuple):
-    """An admin's request to record a payer's mandate (checked, then logged)."""
-
-    account_id: str
-    merchant_id: str
-    amount_max_per_payment: int
-    amount_max_per_day: int | None
-    expires_at_s: int | None
-    created_s: int
-
-    def record(self) -> dict[str, Any]:
-        """The MANDATE_GRANTED record; the mandate's id is `mdt_<its LSN>`."""
-        return {
-            "account_id": self.account_id,
-            "merchant_id": self.merchant_id,
-            "amount_max_per_payment": self.amount_max_per_payment,
-            "amount_max_per_day": self.amount_max_per_day,
-            "expires_at": self.expires_at_s,
-            "created": self.created_s,
-        }
-
-
-class MandateRevocation(NamedTuple):
-    account_id: str
-    mandate_id: str
-    revoked_s: int
-
-    def record(self) -> dict[str, Any]:
-        """The MANDATE_REVOKED record."""
-        return {
-            "account_id": self.account_id,
-            "mandate_id": self.mandate_id,
-            "revoked_at": self.revoked_s,
-        }
+        terms = MandateGrant.from_record(row)
+        return cls(row["id"], terms, row["revoked_at"], row["spent_day"], row["spent"])
 
 
 def mandate_from_record(lsn: int, record: dict[str, Any]) -> Mandate:
-    return Mandate(
-        mandate_id(lsn),
-        record["account_id"],
-        record["merchant_id"],
-        record["amount_max_per_payment"],
-        record["amount_max_per_day"],
-        record["expires_at"],
-        record["created"],
-    )
+    return Mandate(mandate_id(lsn), MandateGrant.from_record(record))
 
 
 _NONE: dict[str, Mandate] = {}
@@ -191,29 +171,30 @@ class Mandates:
         return self._current.get(payer, _NONE).get(merchant_id)
 
     def add(self, mandate: Mandate) -> None:
+        account_id, merchant_id = mandate.terms.account_id, mandate.terms.merchant_id
         self.by_id[mandate.id] = mandate
-        self.by_account.setdefault(mandate.account_id, []).append(mandate)
+        self.by_account.setdefault(account_id, []).append(mandate)
         if mandate.revoked_s is None:
-            self._current.setdefault(mandate.account_id, {})[mandate.merchant_id] = mandate
+            self._current.setdefault(account_id, {})[merchant_id] = mandate
 
     def revoke(self, mandate_id_: str, revoked_s: int) -> Mandate:
         mandate = self.by_id[mandate_id_]
         mandate.revoked_s = revoked_s
-        merchants = self._current.get(mandate.account_id, _NONE)
-        if merchants.get(mandate.merchant_id) is mandate:
-            del merchants[mandate.merchant_id]
+        merchants = self._current.get(mandate.terms.account_id, _NONE)
+        if merchants.get(mandate.terms.merchant_id) is mandate:
+            del merchants[mandate.terms.merchant_id]
         return mandate
 
     def check_invariants(self) -> None:
         for mandate in self.by_id.values():
-            per_day = mandate.amount_max_per_day
+            per_day = mandate.terms.amount_max_per_day
             if per_day is not None and mandate.spent > per_day:
                 raise AssertionError(
                     f"mandate {mandate.id} spent {mandate.spent} of {per_day} in a day"
                 )
         for account_id, merchants in self._current.items():
             for merchant_id, mandate in merchants.items():
-                if (mandate.account_id, mandate.merchant_id) != (account_id, merchant_id):
+                if mandate.terms[:2] != (account_id, merchant_id):
                     raise AssertionError(f"mandate {mandate.id} is filed under the wrong pair")
                 if mandate.revoked_s is not None:
                     raise AssertionError(f"revoked mandate {mandate.id} still allows payments")
