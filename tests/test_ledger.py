@@ -95,23 +95,24 @@ def test_a_declined_payment_changes_nothing(
     assert ledger.mandates.by_id[mandate_id(1)].spent == 0
 
 
-def test_a_merchant_cannot_debit_another_merchants_settlement_account() -> None:
-    """The theft of issue 12: merchant "other" names "shop" (a settlement account) as payer."""
+@pytest.mark.parametrize(
+    ("payer", "failure"),
+    [
+        # The theft of issue 12: merchant "other" names "shop" (a settlement account) as payer.
+        ("shop", Failure.PAYER_NOT_AUTHORIZED),
+        # alice granted "shop" a mandate, not "other".
+        ("alice", Failure.MANDATE_MISSING),
+    ],
+)
+def test_a_merchant_debits_no_account_that_did_not_consent_to_it(
+    payer: str, failure: Failure
+) -> None:
     ledger = ledger_with_accounts()
     ledger.open_account("other.settlement", "EUR", False, Owner.MERCHANT)
-    ledger.deposit("shop", 4000, "EUR")
-    paid = pay(ledger, "pay_1", "shop", 4000, settlement="other.settlement", merchant_id="other")
-    assert paid == Failure.PAYER_NOT_AUTHORIZED
-    assert ledger.accounts["shop"].balance == 4000
-
-
-def test_a_payer_without_a_mandate_for_this_merchant_is_not_debited() -> None:
-    ledger = ledger_with_accounts()
-    ledger.open_account("other.settlement", "EUR", False, Owner.MERCHANT)
-    ledger.deposit("alice", 1000, "EUR")
-    paid = pay(ledger, "pay_1", "alice", 10, settlement="other.settlement", merchant_id="other")
-    assert paid == Failure.MANDATE_MISSING
-    assert ledger.accounts["alice"].balance == 1000
+    ledger.deposit(payer, 4000, "EUR")
+    paid = pay(ledger, "pay_1", payer, 4000, settlement="other.settlement", merchant_id="other")
+    assert paid == failure
+    assert ledger.accounts[payer].balance == 4000
 
 
 def test_a_mandate_caps_each_payment() -> None:
