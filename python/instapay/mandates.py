@@ -103,21 +103,28 @@ class Mandate:
         return self.spent if day <= self.spent_day else 0
 
     def decline(self, amount: int, created_s: int) -> Failure | None:
-        """Why this mandate does not cover a payment of `amount` made at `created_s`, if so."""
-        if self.expired(created_s):
+        """Why this mandate does not cover a payment of `amount` made at `created_s`, if so.
+        Written out flat (no helper calls): it runs for every payment."""
+        terms = self.terms
+        expires_at_s = terms.expires_at_s
+        if expires_at_s is not None and created_s >= expires_at_s:
             return Failure.MANDATE_EXPIRED
-        if amount > self.terms.amount_max_per_payment:
+        if amount > terms.amount_max_per_payment:
             return Failure.MANDATE_AMOUNT_EXCEEDED
-        per_day = self.terms.amount_max_per_day
-        if per_day is not None and self.spent_on(utc_day(created_s)) + amount > per_day:
-            return Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+        per_day = terms.amount_max_per_day
+        if per_day is not None:
+            spent = self.spent if created_s // SECONDS_PER_DAY <= self.spent_day else 0
+            if spent + amount > per_day:
+                return Failure.MANDATE_DAILY_LIMIT_EXCEEDED
         return None
 
     def record_debit(self, amount: int, created_s: int) -> None:
-        day = utc_day(created_s)
+        day = created_s // SECONDS_PER_DAY
         if day > self.spent_day:
-            self.spent_day, self.spent = day, 0
-        self.spent += amount
+            self.spent_day = day
+            self.spent = amount
+        else:
+            self.spent += amount
 
     def status(self, now_s: int) -> str:
         if self.revoked_s is not None:
