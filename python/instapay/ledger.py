@@ -214,24 +214,24 @@ class Ledger:
                 raise AssertionError(f"account {account.id} balance {account.balance} out of range")
         if sums != self.net_inflow:
             raise AssertionError(f"balances {sums} differ from net inflows {self.net_inflow}")
+        mandates = self.mandates.by_id
         for payment_id, payment in self.payments.items():
             if not 0 <= payment.refunded <= payment.amount:
                 raise AssertionError(f"payment {payment_id} refunded {payment.refunded}")
-            self._check_consent(payment_id, payment)
+            # Consent: a mandate of the payer allowed the payment, within its per-payment limit
+            # (the daily one is checked on the mandate's spend). Inline: it runs per payment.
+            if payment.mandate is None:
+                continue  # logged before consent was checked
+            mandate = mandates.get(payment.mandate)
+            if (
+                mandate is None
+                or mandate.terms.account_id != payment.payer
+                or payment.amount > mandate.terms.amount_max_per_payment
+            ):
+                raise AssertionError(
+                    f"payment {payment_id} debited {payment.payer} without consent"
+                )
         self.mandates.check_invariants()
-
-    def _check_consent(self, payment_id: str, payment: PaymentEntry) -> None:
-        """A payment made under consent rules was allowed by a mandate of its payer, within the
-        mandate's per-payment limit (the daily one is checked on the mandate's spend)."""
-        if payment.mandate is None:
-            return  # logged before consent was checked
-        mandate = self.mandates.by_id.get(payment.mandate)
-        if (
-            mandate is None
-            or mandate.terms.account_id != payment.payer
-            or payment.amount > mandate.terms.amount_max_per_payment
-        ):
-            raise AssertionError(f"payment {payment_id} debited {payment.payer} without consent")
 
     def to_snapshot(self) -> dict[str, Any]:
         return {
