@@ -18,8 +18,8 @@ from instapay import _core, wal
 from instapay.client import Client
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import SNAPSHOT_STATE_LEN, Engine, RecordType
-from instapay.mandates import SECONDS_PER_DAY, MandateGrant
-from instapay.model import EngineConfig, Failure, PaymentResult, Status
+from instapay.mandates import MANDATES_PER_ACCOUNT_MAX, SECONDS_PER_DAY, MandateGrant
+from instapay.model import EngineConfig, Failure, PaymentResult, RequestError, Status
 from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, start
 
 THIEF = {"id": "thief", "settlement_account": "thief.settlement"}
@@ -307,6 +307,23 @@ def test_revocations_and_reads_are_checked(tmp_path: Path) -> None:
                 headers={"Authorization": "Bearer wrong"},
             ) as response:
                 assert response.status == 401
+
+    run(scenario())
+
+
+def test_grant_and_revoke_cycles_cannot_grow_an_accounts_mandates_without_bound(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with Engine.open(tmp_path, config=DEMO.config()) as engine:
+            await engine.open_account("payer-0", "EUR")
+            for _ in range(MANDATES_PER_ACCOUNT_MAX):
+                granted = await engine.grant_mandate("payer-0", DEMO.merchant_id, 1)
+                await engine.revoke_mandate("payer-0", granted.id)
+            with pytest.raises(RequestError) as refused:
+                await engine.grant_mandate("payer-0", DEMO.merchant_id, 1)
+            assert (refused.value.http_status, refused.value.code) == (409, "too_many_mandates")
+            assert len(engine.mandates_of("payer-0") or []) == MANDATES_PER_ACCOUNT_MAX
 
     run(scenario())
 
