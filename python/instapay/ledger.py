@@ -269,6 +269,6 @@ class Ledger:
                 payer, settlement, amount, currency, refunded, *mandate
             )
         ledger.net_inflow = dict(state["net_inflow"])
-        ledger.mandates = Mandates.from_snapshot(state.get("mandates", []))
+        ledger.mandates = Mandates.from_snapshot(state.get("mandates"))
         ledger.check_invariants()
         return ledger

@@ -141,20 +141,8 @@ class Mandate:
             "amount_spent_today": self.spent_on(utc_day(now_s)),
         }
 
-    def to_row(self) -> dict[str, Any]:
-        """The snapshot form: named fields, so a field added later cannot shift the others."""
-        return {
-            "id": self.id,
-            **self.terms.record(),
-            "revoked_at": self.revoked_s,
-            "spent_day": self.spent_day,
-            "spent": self.spent,
-        }
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Mandate:
-        terms = MandateGrant.from_record(row)
-        return cls(row["id"], terms, row["revoked_at"], row["spent_day"], row["spent"])
+SNAPSHOT_FIELDS = ("id", *MandateGrant._fields, "revoked_s", "spent_day", "spent")
 
 
 def mandate_from_record(lsn: int, record: dict[str, Any]) -> Mandate:
@@ -206,12 +194,24 @@ class Mandates:
                 if mandate.revoked_s is not None:
                     raise AssertionError(f"revoked mandate {mandate.id} still allows payments")
 
-    def to_snapshot(self) -> list[dict[str, Any]]:
-        return [mandate.to_row() for mandate in self.by_id.values()]
+    def to_snapshot(self) -> dict[str, Any]:
+        """Rows under one header of field names: compact and quick to write (a snapshot pauses
+        the pipeline: named objects took three times as long), and read by name, so a field
+        appended to the header later shifts none of the others."""
+        return {
+            "fields": SNAPSHOT_FIELDS,
+            "rows": [
+                (m.id, *m.terms, m.revoked_s, m.spent_day, m.spent) for m in self.by_id.values()
+            ],
+        }
 
     @classmethod
-    def from_snapshot(cls, rows: list[dict[str, Any]]) -> Mandates:
+    def from_snapshot(cls, state: dict[str, Any] | None) -> Mandates:
+        """From `to_snapshot`'s state; None (a snapshot from before mandates): none."""
         mandates = cls()
-        for row in rows:
-            mandates.add(Mandate.from_row(row))
+        at = {name: index for index, name in enumerate(state["fields"])} if state else {}
+        for row in state["rows"] if state else ():
+            terms = MandateGrant(*(row[at[name]] for name in MandateGrant._fields))
+            spend = (row[at["spent_day"]], row[at["spent"]])
+            mandates.add(Mandate(row[at["id"]], terms, row[at["revoked_s"]], *spend))
         return mandates
