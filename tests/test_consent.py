@@ -24,6 +24,7 @@ from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, st
 
 THIEF = {"id": "thief", "settlement_account": "thief.settlement"}
 MANDATES = "/v1/admin/accounts/{}/mandates"
+FOUR_THOUSAND = {"amount": 4000, "currency": "EUR"}
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
@@ -112,6 +113,26 @@ def test_a_merchant_cannot_debit_another_merchants_settlement_account(tmp_path: 
         asyncio.run(after_restart())
     finally:
         server.stop()
+
+
+def test_the_batch_endpoint_declines_the_same_theft(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with serving(tmp_path, DEMO.config()) as api:
+            sale = await api.engine.submit(DEMO.payment("sale-1", DEMO.payer(0), 5000))
+            assert sale.status == Status.SUCCEEDED
+            async with await create_thief(api) as thief:
+                lines = await thief.create_payments_batch(
+                    [
+                        {"order_id": "b-1", "payer": DEMO.settlement_account, **FOUR_THOUSAND},
+                        {"order_id": "b-2", "payer": DEMO.payer(1), **FOUR_THOUSAND},
+                    ]
+                )
+            codes = [line["failure_code"] for line in lines]
+            assert codes == ["payer_not_authorized", "mandate_missing"]
+            assert await balance(api, DEMO.settlement_account) == 5000
+            assert await balance(api, THIEF["settlement_account"]) == 0
+
+    run(scenario())
 
 
 # ---- the mandate admin API ----------------------------------------------------------------------
