@@ -71,7 +71,7 @@ def test_a_merchant_cannot_debit_another_merchants_settlement_account(tmp_path: 
     server = start(tmp_path, port, admin_token=ADMIN_TOKEN)
     demo = DemoMerchant.load_or_create(tmp_path)
 
-    async def attack() -> tuple[dict[str, Any], dict[str, int]]:
+    async def attack() -> tuple[Client, dict[str, Any], dict[str, int]]:
         async with aiohttp.ClientSession() as session:
             api = AdminApi(base_url, session)
             async with Client(base_url, demo.merchant_id, demo.kid, demo.secret) as shop:
@@ -79,19 +79,27 @@ def test_a_merchant_cannot_debit_another_merchants_settlement_account(tmp_path: 
                     order_id="sale-1", payer=demo.payer(0), amount=5000, currency="EUR"
                 )
             assert sale["status"] == "succeeded"
-            async with await create_thief(api) as thief:
-                stolen = await thief.create_payment(
-                    order_id="take-1", payer=demo.settlement_account, amount=4000, currency="EUR"
-                )
+            thief = await create_thief(api)
+            async with thief:
+                stolen, retried = [
+                    await thief.create_payment(
+                        order_id="take-1",
+                        payer=demo.settlement_account,
+                        amount=4000,
+                        currency="EUR",
+                        idempotency_key="take-1",
+                    )
+                    for _ in range(2)
+                ]
+                assert retried == stolen, "a stored decline, replayed to a retry"
                 unconsented = await thief.create_payment(
                     order_id="take-2", payer=demo.payer(1), amount=4000, currency="EUR"
                 )
                 assert unconsented["failure_code"] == Failure.MANDATE_MISSING
-                assert await thief.get_payment(stolen["id"]) == stolen, "a stored decline"
             accounts = [demo.settlement_account, THIEF["settlement_account"], demo.payer(1)]
-            return stolen, {account: await balance(api, account) for account in accounts}
+            return thief, stolen, {account: await balance(api, account) for account in accounts}
 
-    stolen, balances = asyncio.run(attack())
+    thief, stolen, balances = asyncio.run(attack())
     assert (stolen["status"], stolen["failure_code"]) == ("failed", "payer_not_authorized")
     assert balances == {
         demo.settlement_account: 5000,
@@ -109,6 +117,8 @@ def test_a_merchant_cannot_debit_another_merchants_settlement_account(tmp_path: 
                     assert await balance(api, account) == amount
                 status, listed = await api.admin("GET", MANDATES.format(demo.settlement_account))
                 assert (status, listed["data"]) == (200, [])
+            async with thief:
+                assert await thief.get_payment(stolen["id"]) == stolen, "the decline is durable"
 
         asyncio.run(after_restart())
     finally:
