@@ -32,6 +32,16 @@ def mandate(
     return Mandate(mandate_id(number), terms)
 
 
+def carol_with(carols: Mandate, balance: int = 10_000) -> Ledger:
+    """The merchant "shop" and the customer carol, holding `balance` and this one mandate."""
+    ledger = Ledger()
+    ledger.open_account("carol", "EUR", False)
+    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
+    ledger.deposit("carol", balance, "EUR")
+    ledger.grant_mandate(carols)
+    return ledger
+
+
 def ledger_with_accounts() -> Ledger:
     """Customers alice, bob and overdrawn (an overdraft account), each with a mandate for the
     merchant "shop" (settling into the account "shop"); "shop-usd" settles another merchant."""
@@ -116,22 +126,14 @@ def test_a_merchant_debits_no_account_that_did_not_consent_to_it(
 
 
 def test_a_mandate_caps_each_payment() -> None:
-    ledger = Ledger()
-    ledger.open_account("carol", "EUR", False)
-    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
-    ledger.deposit("carol", 1000, "EUR")
-    ledger.grant_mandate(mandate(1, "carol", amount_max_per_payment=300))
+    ledger = carol_with(mandate(1, "carol", amount_max_per_payment=300), 1000)
     assert pay(ledger, "pay_1", "carol", 301) == Failure.MANDATE_AMOUNT_EXCEEDED
     assert pay(ledger, "pay_2", "carol", 300) is None
     assert ledger.accounts["carol"].balance == 700
 
 
 def test_a_daily_limit_counts_the_utc_day_of_each_payment() -> None:
-    ledger = Ledger()
-    ledger.open_account("carol", "EUR", False)
-    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
-    ledger.deposit("carol", 10_000, "EUR")
-    ledger.grant_mandate(mandate(1, "carol", amount_max_per_payment=400, amount_max_per_day=1000))
+    ledger = carol_with(mandate(1, "carol", amount_max_per_payment=400, amount_max_per_day=1000))
     last_second = DAY_START_S + SECONDS_PER_DAY - 1
     for number in range(2):
         assert pay(ledger, f"pay_{number}", "carol", 400, at_s=DAY_START_S + number) is None
@@ -144,11 +146,7 @@ def test_a_daily_limit_counts_the_utc_day_of_each_payment() -> None:
 
 
 def test_a_payment_stamped_before_the_latest_debits_day_gets_no_fresh_allowance() -> None:
-    ledger = Ledger()
-    ledger.open_account("carol", "EUR", False)
-    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
-    ledger.deposit("carol", 10_000, "EUR")
-    ledger.grant_mandate(mandate(1, "carol", amount_max_per_day=1000))
+    ledger = carol_with(mandate(1, "carol", amount_max_per_day=1000))
     assert pay(ledger, "pay_1", "carol", 1000, at_s=DAY_START_S + SECONDS_PER_DAY) is None
     earlier = pay(ledger, "pay_2", "carol", 1, at_s=DAY_START_S)
     assert earlier == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
