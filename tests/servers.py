@@ -124,6 +124,23 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
+class AdminApi:
+    """The admin endpoints of a server at `base_url` (in this process or another)."""
+
+    base_url: str
+    session: aiohttp.ClientSession
+
+    async def admin(
+        self, method: str, path: str, body: object = None
+    ) -> tuple[int, dict[str, Any]]:
+        data = None if body is None else orjson.dumps(body)
+        async with self.session.request(
+            method, self.base_url + path, data=data, headers=ADMIN
+        ) as response:
+            return response.status, orjson.loads(await response.read())
+
+
+@dataclass
 class Running:
     """A running application: its engine, its URL, and a session to call it with."""
 
@@ -143,11 +160,7 @@ class Running:
     async def admin(
         self, method: str, path: str, body: object = None
     ) -> tuple[int, dict[str, Any]]:
-        data = None if body is None else orjson.dumps(body)
-        async with self.session.request(
-            method, self.base_url + path, data=data, headers=ADMIN
-        ) as response:
-            return response.status, orjson.loads(await response.read())
+        return await AdminApi(self.base_url, self.session).admin(method, path, body)
 
 
 @contextlib.asynccontextmanager

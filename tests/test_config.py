@@ -9,7 +9,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from instapay import cli, config
-from instapay.demo import DemoMerchant
+from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import RUNTIME
@@ -135,6 +135,7 @@ def test_a_server_runs_on_the_configured_merchant(
             await engine.open_account("shop.settlement", "EUR")
             await engine.open_account(shop.payer(0), "EUR")
             await engine.deposit(shop.payer(0), 100, "EUR")
+            await grant_mandates(engine, [shop.payer(0)], "shop")
         app = create_app(ServerSettings(data_dir, loaded.engine))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

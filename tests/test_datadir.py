@@ -35,7 +35,8 @@ def run_demo(directory: Path) -> None:
 
     async def main() -> None:
         async with Engine.open(directory, config=DEMO.config()) as engine:
-            await DEMO.set_up(engine, payers=2, balance=100)
+            if engine.balance(DEMO.payer(0)) is None:  # the first run
+                await DEMO.set_up(engine, payers=2, balance=100)
             await engine.submit(DEMO.payment("order-1", DEMO.payer(0), 10))
 
     asyncio.run(main())

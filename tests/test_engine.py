@@ -11,7 +11,7 @@ import pytest
 
 from instapay import cli, wal
 from instapay.datadir import DataDirectoryInUseError
-from instapay.demo import DemoMerchant
+from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine
 from instapay.model import (
     EngineConfig,
@@ -253,7 +253,7 @@ def test_wal_verify_and_dump_describe_a_data_directory(
     assert cli.main(["wal", "dump", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("1 OPEN_ACCOUNT")
-    assert any(" PAYMENT " in line and '"order-1"' in line for line in lines)
+    assert any(" PAYMENT_WITH_CONSENT " in line and '"order-1"' in line for line in lines)
 
 
 def test_wal_verify_names_the_damage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -325,6 +325,7 @@ def test_the_longest_ids_and_keys_are_taken(tmp_path: Path) -> None:
             for account in ("settles", "p" * 255):
                 await engine.open_account(account, "EUR")
             await engine.deposit("p" * 255, 100, "EUR")
+            await grant_mandates(engine, ["p" * 255], longest.merchant_id)
             key = "i" * 255
             request = longest.payment("o" * 255, "p" * 255, 10, idempotency_key=key)
             paid = await engine.submit(request)

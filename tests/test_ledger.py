@@ -1,40 +1,93 @@
-"""The ledger's money rules, and its invariant under any sequence of operations."""
+"""The ledger's money rules, consent (owners and mandates), and its invariants under any sequence
+of operations."""
+
+from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from instapay.ledger import BALANCE_MAX, Ledger
+from instapay.ledger import BALANCE_MAX, Ledger, Owner
+from instapay.mandates import SECONDS_PER_DAY, Mandate, MandateGrant, mandate_id
 from instapay.model import Failure
 
 ACCOUNTS = ["alice", "bob", "shop", "shop-usd", "overdrawn"]
+# 2026-12-01T00:00:00Z
+DAY_START_S = 1_795_996_800
+NOW_S = DAY_START_S + 3600
+
+
+def mandate(
+    number: int,
+    payer: str,
+    merchant_id: str = "shop",
+    *,
+    amount_max_per_payment: int = 10**15,
+    amount_max_per_day: int | None = None,
+    expires_at_s: int | None = None,
+) -> Mandate:
+    terms = MandateGrant(
+        payer, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, NOW_S
+    )
+    return Mandate(mandate_id(number), terms)
+
+
+def carol_with(carols: Mandate, balance: int = 10_000) -> Ledger:
+    """The merchant "shop" and the customer carol, holding `balance` and this one mandate."""
+    ledger = Ledger()
+    ledger.open_account("carol", "EUR", False)
+    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
+    ledger.deposit("carol", balance, "EUR")
+    ledger.grant_mandate(carols)
+    return ledger
 
 
 def ledger_with_accounts() -> Ledger:
+    """Customers alice, bob and overdrawn (an overdraft account), each with a mandate for the
+    merchant "shop" (settling into the account "shop"); "shop-usd" settles another merchant."""
     ledger = Ledger()
-    for account_id, currency, overdraft in [
-        ("alice", "EUR", False),
-        ("bob", "EUR", False),
-        ("shop", "EUR", False),
-        ("shop-usd", "USD", False),
-        ("overdrawn", "EUR", True),
+    for account_id, currency, overdraft, owner in [
+        ("alice", "EUR", False, Owner.CUSTOMER),
+        ("bob", "EUR", False, Owner.CUSTOMER),
+        ("shop", "EUR", False, Owner.MERCHANT),
+        ("shop-usd", "USD", False, Owner.MERCHANT),
+        ("overdrawn", "EUR", True, Owner.CUSTOMER),
     ]:
-        assert ledger.open_account(account_id, currency, overdraft) is None
+        assert ledger.open_account(account_id, currency, overdraft, owner) is None
+    for number, payer in enumerate(["alice", "bob", "overdrawn"], start=1):
+        ledger.grant_mandate(mandate(number, payer))
     return ledger
+
+
+def pay(
+    ledger: Ledger,
+    payment_id: str,
+    payer: str,
+    amount: int,
+    *,
+    settlement: str = "shop",
+    merchant_id: str = "shop",
+    currency: str = "EUR",
+    at_s: int = NOW_S,
+) -> Failure | None:
+    return ledger.pay(
+        payment_id, payer, settlement, amount, currency, merchant_id=merchant_id, created_s=at_s
+    )
 
 
 def test_a_payment_moves_money_from_payer_to_merchant() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
-    assert ledger.pay("pay_1", "alice", "shop", 400, "EUR") is None
+    assert pay(ledger, "pay_1", "alice", 400) is None
     assert (ledger.accounts["alice"].balance, ledger.accounts["shop"].balance) == (600, 400)
+    assert ledger.payments["pay_1"].mandate == mandate_id(1)
 
 
 @pytest.mark.parametrize(
     ("payer", "settlement", "amount", "currency", "failure"),
     [
         ("alice", "shop", 1001, "EUR", Failure.INSUFFICIENT_FUNDS),
-        ("nobody", "shop", 1, "EUR", Failure.ACCOUNT_NOT_FOUND),
+        ("nobody", "shop", 1, "EUR", Failure.MANDATE_MISSING),
         ("alice", "nowhere", 1, "EUR", Failure.ACCOUNT_NOT_FOUND),
         ("alice", "shop-usd", 1, "EUR", Failure.CURRENCY_MISMATCH),
         ("alice", "shop", 1, "USD", Failure.CURRENCY_MISMATCH),
@@ -46,14 +99,85 @@ def test_a_declined_payment_changes_nothing(
 ) -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
-    assert ledger.pay("pay_1", payer, settlement, amount, currency) == failure
+    assert pay(ledger, "pay_1", payer, amount, settlement=settlement, currency=currency) == failure
     assert ledger.accounts["alice"].balance == 1000
     assert "pay_1" not in ledger.payments
+    assert ledger.mandates.by_id[mandate_id(1)].spent == 0
+
+
+@pytest.mark.parametrize(
+    ("payer", "failure"),
+    [
+        # The theft of issue 12: merchant "other" names "shop" (a settlement account) as payer.
+        ("shop", Failure.PAYER_NOT_AUTHORIZED),
+        # alice granted "shop" a mandate, not "other".
+        ("alice", Failure.MANDATE_MISSING),
+    ],
+)
+def test_a_merchant_debits_no_account_that_did_not_consent_to_it(
+    payer: str, failure: Failure
+) -> None:
+    ledger = ledger_with_accounts()
+    ledger.open_account("other.settlement", "EUR", False, Owner.MERCHANT)
+    ledger.deposit(payer, 4000, "EUR")
+    paid = pay(ledger, "pay_1", payer, 4000, settlement="other.settlement", merchant_id="other")
+    assert paid == failure
+    assert ledger.accounts[payer].balance == 4000
+
+
+def test_a_mandate_caps_each_payment() -> None:
+    ledger = carol_with(mandate(1, "carol", amount_max_per_payment=300), 1000)
+    assert pay(ledger, "pay_1", "carol", 301) == Failure.MANDATE_AMOUNT_EXCEEDED
+    assert pay(ledger, "pay_2", "carol", 300) is None
+    assert ledger.accounts["carol"].balance == 700
+
+
+def test_a_daily_limit_counts_the_utc_day_of_each_payment() -> None:
+    ledger = carol_with(mandate(1, "carol", amount_max_per_payment=400, amount_max_per_day=1000))
+    last_second = DAY_START_S + SECONDS_PER_DAY - 1
+    for number in range(2):
+        assert pay(ledger, f"pay_{number}", "carol", 400, at_s=DAY_START_S + number) is None
+    declined = pay(ledger, "pay_2", "carol", 201, at_s=last_second)
+    assert declined == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+    assert pay(ledger, "pay_3", "carol", 200, at_s=last_second) is None
+    # The next UTC day starts afresh.
+    assert pay(ledger, "pay_4", "carol", 400, at_s=last_second + 1) is None
+    assert ledger.mandates.by_id[mandate_id(1)].spent == 400
+
+
+def test_a_payment_stamped_before_the_latest_debits_day_gets_no_fresh_allowance() -> None:
+    ledger = carol_with(mandate(1, "carol", amount_max_per_day=1000))
+    assert pay(ledger, "pay_1", "carol", 1000, at_s=DAY_START_S + SECONDS_PER_DAY) is None
+    earlier = pay(ledger, "pay_2", "carol", 1, at_s=DAY_START_S)
+    assert earlier == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+
+
+def test_a_mandate_ends_at_its_expiry_and_when_revoked() -> None:
+    ledger = ledger_with_accounts()
+    ledger.deposit("alice", 1000, "EUR")
+    ledger.open_account("carol", "EUR", False)
+    ledger.deposit("carol", 1000, "EUR")
+    ledger.grant_mandate(mandate(9, "carol", expires_at_s=NOW_S + 10))
+    assert pay(ledger, "pay_1", "carol", 1, at_s=NOW_S + 9) is None
+    assert pay(ledger, "pay_2", "carol", 1, at_s=NOW_S + 10) == Failure.MANDATE_EXPIRED
+    ledger.revoke_mandate(mandate_id(1), NOW_S)
+    assert pay(ledger, "pay_3", "alice", 1) == Failure.MANDATE_MISSING
+    assert ledger.accounts["alice"].balance == 1000
+
+
+def test_payments_logged_before_consent_replay_by_their_rules() -> None:
+    """A PAYMENT record from before mandates: it applied without one, and replays so."""
+    ledger = ledger_with_accounts()
+    ledger.open_account("carol", "EUR", False)
+    ledger.deposit("carol", 1000, "EUR")
+    assert ledger.pay_as_before_consent("pay_1", "carol", "shop", 400, "EUR") is None
+    assert ledger.payments["pay_1"].mandate is None
+    ledger.check_invariants()
 
 
 def test_an_overdraft_account_may_go_below_zero() -> None:
     ledger = ledger_with_accounts()
-    assert ledger.pay("pay_1", "overdrawn", "shop", 50, "EUR") is None
+    assert pay(ledger, "pay_1", "overdrawn", 50) is None
     assert ledger.accounts["overdrawn"].balance == -50
     ledger.check_invariants()
 
@@ -61,7 +185,7 @@ def test_an_overdraft_account_may_go_below_zero() -> None:
 def test_refunds_never_exceed_the_payment() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
-    ledger.pay("pay_1", "alice", "shop", 400, "EUR")
+    pay(ledger, "pay_1", "alice", 400)
     assert ledger.refund("pay_1", 150) == (150, None)
     assert ledger.refund("pay_1", 251) == (251, Failure.REFUND_EXCEEDS_PAYMENT)
     assert ledger.refund("pay_1", None) == (250, None)
@@ -70,10 +194,21 @@ def test_refunds_never_exceed_the_payment() -> None:
     assert ledger.accounts["alice"].balance == 1000
 
 
+def test_a_refund_gives_money_back_but_not_daily_spend() -> None:
+    ledger = ledger_with_accounts()
+    ledger.open_account("carol", "EUR", False)
+    ledger.deposit("carol", 1000, "EUR")
+    ledger.grant_mandate(mandate(9, "carol", amount_max_per_day=500))
+    assert pay(ledger, "pay_1", "carol", 500) is None
+    assert ledger.refund("pay_1", None) == (500, None)
+    assert ledger.accounts["carol"].balance == 1000
+    assert pay(ledger, "pay_2", "carol", 1) == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+
+
 def test_a_refund_the_merchant_cannot_cover_is_declined() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
-    ledger.pay("pay_1", "alice", "shop", 400, "EUR")
+    pay(ledger, "pay_1", "alice", 400)
     ledger.withdraw("shop", 400, "EUR")
     assert ledger.refund("pay_1", 100) == (100, Failure.INSUFFICIENT_FUNDS)
     assert ledger.payments["pay_1"].refunded == 0
@@ -88,49 +223,247 @@ def test_balances_are_bounded() -> None:
 def test_a_snapshot_restores_the_same_ledger() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
-    ledger.pay("pay_1", "alice", "shop", 400, "EUR")
+    other = mandate(
+        7, "bob", "other", amount_max_per_payment=50, amount_max_per_day=60, expires_at_s=NOW_S + 99
+    )
+    ledger.grant_mandate(other)
+    pay(ledger, "pay_1", "alice", 400)
     ledger.refund("pay_1", 100)
+    ledger.revoke_mandate(mandate_id(2), NOW_S)
     restored = Ledger.from_snapshot(ledger.to_snapshot())
     assert restored.accounts == ledger.accounts
     assert restored.payments == ledger.payments
     assert restored.net_inflow == ledger.net_inflow
+    assert restored.mandates.by_id == ledger.mandates.by_id
+    assert restored.mandates.current("bob", "shop") is None
+    assert restored.mandates.current("bob", "other") == ledger.mandates.by_id[mandate_id(7)]
 
 
-amounts = st.integers(min_value=1, max_value=10**15)
-operations = st.lists(
-    st.one_of(
-        st.tuples(st.just("deposit"), st.sampled_from(ACCOUNTS), amounts),
-        st.tuples(st.just("withdraw"), st.sampled_from(ACCOUNTS), amounts),
-        st.tuples(st.just("pay"), st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS), amounts),
-        st.tuples(st.just("refund"), st.integers(0, 30), st.none() | amounts),
-    ),
-    max_size=60,
-)
+def test_a_snapshot_from_before_consent_still_loads() -> None:
+    """Rows without owner or mandate fields, and no mandates: what older versions wrote."""
+    state = {
+        "accounts": [["alice", "EUR", False, 600], ["shop", "EUR", False, 400]],
+        "payments": [["pay_1", "alice", "shop", 400, "EUR", 0]],
+        "net_inflow": {"EUR": 1000},
+    }
+    ledger = Ledger.from_snapshot(state)
+    assert ledger.accounts["shop"].owner is Owner.CUSTOMER  # the engine marks settlement ones
+    assert ledger.payments["pay_1"].mandate is None
+    assert ledger.mandates.by_id == {}
 
 
-@given(operations)
-def test_any_sequence_of_operations_keeps_the_invariants(ops: list[tuple[object, ...]]) -> None:
+def test_check_invariants_catches_a_debit_without_consent() -> None:
     ledger = ledger_with_accounts()
-    deposited: dict[str, int] = {"EUR": 0, "USD": 0}
-    paid = 0
-    for op in ops:
-        match op:
-            case ("deposit", str(account), int(amount)):
-                currency = ledger.accounts[account].currency
-                if ledger.deposit(account, amount, currency) is None:
-                    deposited[currency] += amount
-            case ("withdraw", str(account), int(amount)):
-                currency = ledger.accounts[account].currency
-                if ledger.withdraw(account, amount, currency) is None:
-                    deposited[currency] -= amount
-            case ("pay", str(payer), str(settlement), int(amount)):
-                paid += 1
-                ledger.pay(f"pay_{paid}", payer, settlement, amount, "EUR")
-            case ("refund", int(number), amount):
-                ledger.refund(f"pay_{number}", amount if isinstance(amount, int) else None)
+    ledger.deposit("alice", 1000, "EUR")
+    pay(ledger, "pay_1", "alice", 400)
+    ledger.payments["pay_1"].mandate = mandate_id(2)  # bob's mandate: not alice's consent
+    with pytest.raises(AssertionError, match="without consent"):
         ledger.check_invariants()
-    for currency, total in deposited.items():
-        balances = sum(a.balance for a in ledger.accounts.values() if a.currency == currency)
-        assert balances == total, currency
-    for holder in ledger.accounts.values():
-        assert holder.overdraft or holder.balance >= 0
+
+
+# ---- any sequence of operations, against a model --------------------------------------------
+
+
+@dataclass
+class ModelMandate:
+    payer: str
+    merchant_id: str
+    per_payment: int
+    per_day: int | None
+    expires_at_s: int | None
+    # UTC day -> debited that day.
+    spent: dict[int, int] = field(default_factory=dict)
+    revoked: bool = False
+
+    def decline(self, amount: int, at_s: int) -> Failure | None:
+        if self.expires_at_s is not None and at_s >= self.expires_at_s:
+            return Failure.MANDATE_EXPIRED
+        if amount > self.per_payment:
+            return Failure.MANDATE_AMOUNT_EXCEEDED
+        day = at_s // SECONDS_PER_DAY
+        if self.per_day is not None and self.spent.get(day, 0) + amount > self.per_day:
+            return Failure.MANDATE_DAILY_LIMIT_EXCEEDED
+        return None
+
+
+CUSTOMERS = ["alice", "bob", "overdrawn"]
+# merchant id -> its settlement account
+MERCHANTS = {"shop": "shop", "other": "other.settlement"}
+SETTLEMENTS = list(MERCHANTS.values())
+amounts = st.integers(min_value=1, max_value=2000)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Deposits, withdrawals, mandates granted, revoked and expiring, payments by either merchant
+    from any account (settlement accounts too) at a clock that moves across UTC days, refunds.
+
+    A small model predicts every consent decision; the ledger must agree, money must be conserved,
+    balances must equal the model's, and no account may lose money but by a withdrawal, a refund
+    it owes as a merchant, or a payment a live mandate of its own allowed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledger = Ledger()
+        self.now_s = NOW_S
+        self.balances: dict[str, int] = {}
+        self.mandates: dict[str, ModelMandate] = {}
+        self.paid: list[str] = []
+        self.next_lsn = 1
+
+    @initialize()
+    def open_accounts(self) -> None:
+        for account in CUSTOMERS:
+            self.ledger.open_account(account, "EUR", account == "overdrawn")
+        for account in SETTLEMENTS:
+            self.ledger.open_account(account, "EUR", False, Owner.MERCHANT)
+        self.balances = dict.fromkeys(CUSTOMERS + SETTLEMENTS, 0)
+        for account in CUSTOMERS:
+            self.deposit(account, 5000)
+
+    def _lsn(self) -> int:
+        self.next_lsn += 1
+        return self.next_lsn
+
+    @rule(account=st.sampled_from(CUSTOMERS + SETTLEMENTS), amount=amounts)
+    def deposit(self, account: str, amount: int) -> None:
+        assert self.ledger.deposit(account, amount, "EUR") is None
+        self.balances[account] += amount
+
+    @rule(account=st.sampled_from(CUSTOMERS + SETTLEMENTS), amount=amounts)
+    def withdraw(self, account: str, amount: int) -> None:
+        if self.ledger.withdraw(account, amount, "EUR") is None:
+            self.balances[account] -= amount
+
+    @rule(seconds=st.integers(0, SECONDS_PER_DAY // 3))
+    def advance_clock(self, seconds: int) -> None:
+        self.now_s += seconds
+
+    @rule(
+        payer=st.sampled_from(CUSTOMERS),
+        merchant_id=st.sampled_from(list(MERCHANTS)),
+        per_payment=amounts,
+        extra_per_day=st.none() | st.integers(0, 1000),
+        lasts_s=st.none() | st.integers(1, SECONDS_PER_DAY),
+    )
+    def grant(
+        self,
+        payer: str,
+        merchant_id: str,
+        per_payment: int,
+        extra_per_day: int | None,
+        lasts_s: int | None,
+    ) -> None:
+        current = self._current(payer, merchant_id)
+        if current is not None and not self._expired(self.mandates[current], self.now_s):
+            return  # the engine refuses a second live mandate for one pair
+        per_day = None if extra_per_day is None else per_payment + extra_per_day
+        expires_at_s = None if lasts_s is None else self.now_s + lasts_s
+        number = self._lsn()
+        self.ledger.grant_mandate(
+            Mandate(
+                mandate_id(number),
+                MandateGrant(payer, merchant_id, per_payment, per_day, expires_at_s, self.now_s),
+            )
+        )
+        self.mandates[mandate_id(number)] = ModelMandate(
+            payer, merchant_id, per_payment, per_day, expires_at_s
+        )
+
+    @precondition(lambda self: any(not m.revoked for m in self.mandates.values()))
+    @rule(data=st.data())
+    def revoke(self, data: st.DataObject) -> None:
+        live = sorted(mid for mid, m in self.mandates.items() if not m.revoked)
+        chosen = data.draw(st.sampled_from(live))
+        self.ledger.revoke_mandate(chosen, self.now_s)
+        self.mandates[chosen].revoked = True
+
+    @staticmethod
+    def _expired(mandate: ModelMandate, at_s: int) -> bool:
+        return mandate.expires_at_s is not None and at_s >= mandate.expires_at_s
+
+    def _current(self, payer: str, merchant_id: str) -> str | None:
+        """The pair's newest mandate (a new grant supersedes an expired one), unless revoked."""
+        for mid, mandate in reversed(self.mandates.items()):
+            if (mandate.payer, mandate.merchant_id) == (payer, merchant_id):
+                return None if mandate.revoked else mid
+        return None
+
+    def _expected_consent(self, payer: str, merchant_id: str, amount: int) -> Failure | str:
+        """The model's decision: a decline, or the id of the mandate that allows the payment."""
+        if payer == MERCHANTS[merchant_id]:
+            return Failure.PAYER_IS_MERCHANT
+        if payer in SETTLEMENTS:
+            return Failure.PAYER_NOT_AUTHORIZED
+        mid = self._current(payer, merchant_id)
+        if mid is None:
+            return Failure.MANDATE_MISSING
+        return self.mandates[mid].decline(amount, self.now_s) or mid
+
+    @rule(
+        payer=st.sampled_from(CUSTOMERS + SETTLEMENTS),
+        merchant_id=st.sampled_from(list(MERCHANTS)),
+        amount=amounts,
+    )
+    def pay(self, payer: str, merchant_id: str, amount: int) -> None:
+        self._pay(payer, merchant_id, amount)
+
+    @precondition(lambda self: bool(self.mandates))
+    @rule(data=st.data(), amount=amounts)
+    def pay_a_pair_that_had_a_mandate(self, data: st.DataObject, amount: int) -> None:
+        """Most payers and merchants never agreed: this rule makes the ones that did pay often."""
+        chosen = self.mandates[data.draw(st.sampled_from(sorted(self.mandates)))]
+        self._pay(chosen.payer, chosen.merchant_id, amount)
+
+    def _pay(self, payer: str, merchant_id: str, amount: int) -> None:
+        payment_id = f"pay_{self._lsn()}"
+        expected = self._expected_consent(payer, merchant_id, amount)
+        settlement = MERCHANTS[merchant_id]
+        failure = pay(
+            self.ledger,
+            payment_id,
+            payer,
+            amount,
+            settlement=settlement,
+            merchant_id=merchant_id,
+            at_s=self.now_s,
+        )
+        if isinstance(expected, Failure):
+            assert failure == expected
+            return
+        assert failure in (None, Failure.INSUFFICIENT_FUNDS)
+        if failure is None:
+            day = self.now_s // SECONDS_PER_DAY
+            spent = self.mandates[expected].spent
+            spent[day] = spent.get(day, 0) + amount
+            self.balances[payer] -= amount
+            self.balances[settlement] += amount
+            self.paid.append(payment_id)
+            assert self.ledger.payments[payment_id].mandate == expected
+
+    @precondition(lambda self: bool(self.paid))
+    @rule(data=st.data(), amount=st.none() | amounts)
+    def refund(self, data: st.DataObject, amount: int | None) -> None:
+        payment_id = data.draw(st.sampled_from(self.paid))
+        entry = self.ledger.payments[payment_id]
+        refunded, failure = self.ledger.refund(payment_id, amount)
+        if failure is None:
+            self.balances[entry.settlement] -= refunded
+            self.balances[entry.payer] += refunded
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        self.ledger.check_invariants()
+
+    @invariant()
+    def balances_are_the_models(self) -> None:
+        actual = {account.id: account.balance for account in self.ledger.accounts.values()}
+        assert actual == self.balances
+
+    @invariant()
+    def daily_spend_never_exceeds_a_mandates_limit(self) -> None:
+        for mandate in self.mandates.values():
+            if mandate.per_day is not None:
+                assert all(total <= mandate.per_day for total in mandate.spent.values())
+
+
+TestLedgerMachine = LedgerMachine.TestCase

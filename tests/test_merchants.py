@@ -11,7 +11,7 @@ import pytest
 
 from instapay import cli
 from instapay.client import ApiError, Client
-from instapay.demo import DemoMerchant
+from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine
 from instapay.outbox import DeliveryOutcome
 from instapay.signing import SignedRequest
@@ -30,9 +30,11 @@ async def open_settlement(api: Running, account_id: str = "shop.settlement") -> 
 
 
 async def create_shop(api: Running) -> dict[str, Any]:
+    """The merchant "shop", which the demo's first payer lets debit it."""
     await open_settlement(api)
     status, created = await api.admin("POST", "/v1/admin/merchants", SHOP)
     assert status == 201, created
+    await grant_mandates(api.engine, [DEMO.payer(0)], "shop")
     return created
 
 

@@ -431,6 +431,34 @@ def test_admin_account_answers_are_the_documented_ones(api: Api) -> None:
     assert status == 404
 
 
+def test_mandate_answers_are_the_documented_ones(api: Api) -> None:
+    assert (
+        api.call("POST", "/v1/admin/accounts", body=b'{"id": "doc-dave", "currency": "EUR"}')[0]
+        == 200
+    )
+    mandates = "/v1/admin/accounts/{account_id}/mandates"
+    one = "/v1/admin/accounts/{account_id}/mandates/{mandate_id}"
+    path = "/v1/admin/accounts/doc-dave/mandates"
+    body = {"merchant_id": DEMO.merchant_id, "amount_max_per_payment": 5, "amount_max_per_day": 9}
+    status, created, _ = api.call("POST", mandates, path, body=orjson.dumps(body))
+    assert (status, created["status"]) == (201, "active")
+    status, refused, _ = api.call("POST", mandates, path, body=orjson.dumps(body))
+    assert (status, error_code(refused)) == (409, "mandate_exists")
+    unknown = {"merchant_id": "doc-ghost", "amount_max_per_payment": 5}
+    status, refused, _ = api.call("POST", mandates, path, body=orjson.dumps(unknown))
+    assert (status, error_code(refused)) == (400, "merchant_not_found")
+    status, listed, _ = api.call("GET", mandates, path)
+    assert (status, listed["data"]) == (200, [created])
+    status, _, _ = api.call("GET", mandates, "/v1/admin/accounts/doc-nobody/mandates")
+    assert status == 404
+    status, revoked, _ = api.call("DELETE", one, f"{path}/{created['id']}")
+    assert (status, revoked["status"]) == (200, "revoked")
+    status, refused, _ = api.call("DELETE", one, f"{path}/{created['id']}")
+    assert (status, error_code(refused)) == (409, "mandate_revoked")
+    status, _, _ = api.call("DELETE", one, f"{path}/mdt_99999")
+    assert status == 404
+
+
 def test_operations_answers_are_the_documented_ones(api: Api) -> None:
     assert api.call("GET", "/healthz")[:2] == (200, {"status": "ok"})
     assert api.call("GET", "/readyz")[:2] == (200, {"status": "ready"})

@@ -7,12 +7,13 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
-from instapay import datadir
+from instapay import _core, datadir
 from instapay.engine import PAYMENTS_PATH, Engine
 from instapay.model import EngineConfig, Merchant
 from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignedRequest, sign_request
@@ -89,11 +90,13 @@ class DemoMerchant:
         return self.sign(f"{PAYMENTS_PATH}/{payment_id}/refunds", body, idempotency_key=key)
 
     async def set_up(self, engine: Engine, payers: int, balance: int) -> None:
-        """Opens the settlement account and `payers` payer accounts holding `balance` each."""
+        """Opens the settlement account and `payers` payer accounts holding `balance` each,
+        each with a mandate for this merchant (any amount per payment, no daily limit)."""
         await engine.open_account(self.settlement_account, self.currency)
         names = [self.payer(number) for number in range(payers)]
         await asyncio.gather(*(engine.open_account(name, self.currency) for name in names))
         await asyncio.gather(*(engine.deposit(name, balance, self.currency) for name in names))
+        await grant_mandates(engine, names, self.merchant_id)
 
     def save(self, directory: Path) -> None:
         """Keeps the demo's key in the data directory (owner-only), so restarts keep it."""
@@ -124,3 +127,16 @@ class DemoMerchant:
             f"-H '{IDEMPOTENCY_HEADER}: {key}' "
             f"-H '{SIGNATURE_HEADER}: {request.header}' -d '{request.body.decode()}'"
         )
+
+
+async def grant_mandates(
+    engine: Engine,
+    payers: Iterable[str],
+    merchant_id: str,
+    amount_max_per_payment: int = _core.AMOUNT_MAX,
+) -> None:
+    """Each payer lets `merchant_id` debit it up to `amount_max_per_payment` a payment, without
+    daily limit or expiry: the consent every demo, test or benchmark that pays needs."""
+    await asyncio.gather(
+        *(engine.grant_mandate(payer, merchant_id, amount_max_per_payment) for payer in payers)
+    )

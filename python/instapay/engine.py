@@ -36,7 +36,17 @@ import yarl
 
 from instapay import _core, datadir, wal
 from instapay.ascii_digits import number_in_id
-from instapay.ledger import Ledger
+from instapay.ledger import Ledger, Owner
+from instapay.mandates import (
+    EXPIRES_AT_MAX_S,
+    GRANT_RECORD_FIELDS,
+    MANDATES_PER_ACCOUNT_MAX,
+    REVOCATION_RECORD_FIELDS,
+    Mandate,
+    MandateGrant,
+    MandateRevocation,
+    mandate_from_record,
+)
 from instapay.merchants import Merchants, merchant_from_row, merchant_row, new_kid, new_secret
 from instapay.model import (
     AdminResult,
@@ -89,32 +99,45 @@ class RecordType(IntEnum):
     REDELIVERY = 10
     WEBHOOK_SECRET_ROTATED = 11
     PREVIOUS_WEBHOOK_SECRET_REVOKED = 12
+    # Consent (instapay.mandates). These records are JSON objects with named fields.
+    MANDATE_GRANTED = 13
+    MANDATE_REVOKED = 14
+    # A payment applied under the consent rules (same fields as PAYMENT, which is replayed by
+    # the rules before consent, as it was applied).
+    PAYMENT_WITH_CONSENT = 15
+
+
+PAYMENT_RECORDS = frozenset((RecordType.PAYMENT, RecordType.PAYMENT_WITH_CONSENT))
+MANDATE_RECORDS = frozenset((RecordType.MANDATE_GRANTED, RecordType.MANDATE_REVOKED))
 
 
 _ADMIN_RECORD_FIELDS = ("account_id", "currency", "amount", "overdraft", "failure_code")
 # A deposit or withdrawal sent with an Idempotency-Key carries the key it reserved, before its
 # failure code (see `_logged_key`).
 _ADMIN_KEYED_RECORD_FIELDS = (*_ADMIN_RECORD_FIELDS[:-1], "idempotency", "failure_code")
-# The fields of each record type, in logged order: `named` gives them to `instapay wal dump`.
-# A DELIVERIES record is a list of outcomes, each with these fields.
+_PAYMENT_RECORD_FIELDS = (
+    "merchant_id",
+    "order_id",
+    "payer",
+    "settlement_account",
+    "amount",
+    "currency",
+    "description",
+    "metadata",
+    "created_s",
+    "idempotency_key",
+    "fingerprint",
+    "failure_code",
+)
+# The fields of each positional record type, in logged order: `named` gives them to
+# `instapay wal dump`. A DELIVERIES record is a list of outcomes, each with these fields. Mandate
+# records are JSON objects that name their own fields.
 RECORD_FIELDS: dict[RecordType, tuple[str, ...]] = {
     RecordType.OPEN_ACCOUNT: _ADMIN_RECORD_FIELDS,
     RecordType.DEPOSIT: _ADMIN_RECORD_FIELDS,
     RecordType.WITHDRAW: _ADMIN_RECORD_FIELDS,
-    RecordType.PAYMENT: (
-        "merchant_id",
-        "order_id",
-        "payer",
-        "settlement_account",
-        "amount",
-        "currency",
-        "description",
-        "metadata",
-        "created_s",
-        "idempotency_key",
-        "fingerprint",
-        "failure_code",
-    ),
+    RecordType.PAYMENT: _PAYMENT_RECORD_FIELDS,
+    RecordType.PAYMENT_WITH_CONSENT: _PAYMENT_RECORD_FIELDS,
     RecordType.REFUND: (
         "payment_id",
         "merchant_id",
@@ -140,6 +163,8 @@ RECORD_FIELDS: dict[RecordType, tuple[str, ...]] = {
     RecordType.REDELIVERY: ("at_ms", "event_lsns"),
     RecordType.WEBHOOK_SECRET_ROTATED: ("merchant_id", "webhook_secret"),
     RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED: ("merchant_id",),
+    RecordType.MANDATE_GRANTED: GRANT_RECORD_FIELDS,
+    RecordType.MANDATE_REVOKED: REVOCATION_RECORD_FIELDS,
 }
 # Fields holding a secret (hex), or a map of key ids to secrets (`keys`).
 SECRET_RECORD_FIELDS = frozenset({"secret", "webhook_secret", "previous_webhook_secret", "keys"})
@@ -204,8 +229,17 @@ class _RedeliveryOp(NamedTuple):
 
 
 # Changes an admin (or the webhook dispatcher) makes, in log order with the payments.
-_ControlOp = _AdminOp | _MerchantOp | _KeyOp | _WebhookSecretOp | _DeliveriesOp | _RedeliveryOp
-Applied = Result | Merchant | Recorded
+_ControlOp = (
+    _AdminOp
+    | _MerchantOp
+    | _KeyOp
+    | _WebhookSecretOp
+    | _DeliveriesOp
+    | _RedeliveryOp
+    | MandateGrant
+    | MandateRevocation
+)
+Applied = Result | Merchant | Recorded | Mandate
 Answer = Applied | RequestError | Overloaded | EngineFailedError
 
 
@@ -491,7 +525,7 @@ class Engine:
         for answer in await answers.future:
             if isinstance(answer, EngineFailedError):
                 raise answer
-            if answer is None or isinstance(answer, AdminResult | Merchant | Recorded):
+            if answer is None or isinstance(answer, AdminResult | Merchant | Recorded | Mandate):
                 raise TypeError(f"a signed request was answered with {answer!r}")
             results.append(answer)
         return results
@@ -570,6 +604,48 @@ class Engine:
         """Starts a fresh round of deliveries for these events, due now."""
         lsns = tuple(dict.fromkeys(event_lsns))  # each event once
         await self._one(control=_RedeliveryOp(lsns, int(time.time() * 1000)))
+
+    async def grant_mandate(
+        self,
+        account_id: str,
+        merchant_id: str,
+        amount_max_per_payment: int,
+        *,
+        amount_max_per_day: int | None = None,
+        expires_at_s: int | None = None,
+    ) -> Mandate:
+        """Records that the payer account lets the merchant debit it within these limits."""
+        _check_id("account id", account_id)
+        _check_id("merchant_id", merchant_id)
+        _check_amount(amount_max_per_payment, "amount_max_per_payment")
+        if amount_max_per_day is not None:
+            _check_amount(amount_max_per_day, "amount_max_per_day")
+            if amount_max_per_day < amount_max_per_payment:
+                raise RequestError(
+                    "invalid_request", "amount_max_per_day: at least amount_max_per_payment"
+                )
+        now_s = int(time.time())
+        if expires_at_s is not None and not now_s < expires_at_s <= EXPIRES_AT_MAX_S:
+            raise RequestError(
+                "invalid_request",
+                f"expires_at: unix seconds after now ({now_s}) and at most {EXPIRES_AT_MAX_S}",
+            )
+        grant = MandateGrant(
+            account_id, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, now_s
+        )
+        return _expect(Mandate, await self._one(control=grant))
+
+    async def revoke_mandate(self, account_id: str, mandate_id: str) -> Mandate:
+        """Ends a mandate: payments under it are declined (`mandate_missing`) from now on."""
+        op = MandateRevocation(account_id, mandate_id, int(time.time()))
+        return _expect(Mandate, await self._one(control=op))
+
+    def mandates_of(self, account_id: str) -> list[Mandate] | None:
+        """An account's mandates, oldest first (revoked and expired ones too); None if there is
+        no such account."""
+        if account_id not in self.ledger.accounts:
+            return None
+        return list(self.ledger.mandates.by_account.get(account_id, ()))
 
     def event(self, lsn: int) -> dict[str, Any] | None:
         result = self.results.get(lsn)
@@ -820,11 +896,41 @@ class Engine:
             )
             if unknown := [lsn for lsn in lsns if lsn not in self.results]:
                 raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
+        elif isinstance(op, MandateGrant | MandateRevocation):
+            self._check_mandate(op)
+
+    def _check_mandate(self, op: MandateGrant | MandateRevocation) -> None:
+        account = self.ledger.accounts.get(op.account_id)
+        if account is None:
+            raise RequestError("not_found", f"no account {op.account_id}", 404)
+        if isinstance(op, MandateRevocation):
+            mandate = self.ledger.mandates.by_id.get(op.mandate_id)
+            if mandate is None or mandate.terms.account_id != op.account_id:
+                raise RequestError("not_found", f"no mandate {op.mandate_id} of this account", 404)
+            if mandate.revoked_s is not None:
+                raise RequestError("mandate_revoked", f"{op.mandate_id} is already revoked", 409)
+            return
+        if account.owner is Owner.MERCHANT:
+            raise RequestError(
+                "account_is_settlement", "a merchant's settlement account never pays", 409
+            )
+        if self.merchants.get(op.merchant_id) is None:
+            raise RequestError("merchant_not_found", f"no merchant {op.merchant_id}")
+        current = self.ledger.mandates.current(op.account_id, op.merchant_id)
+        if current is not None and not current.expired(op.created_s):
+            raise RequestError(
+                "mandate_exists", f"{current.id} lets {op.merchant_id} debit this account", 409
+            )
+        if len(self.ledger.mandates.by_account.get(op.account_id, ())) >= MANDATES_PER_ACCOUNT_MAX:
+            raise RequestError(
+                "too_many_mandates", f"an account holds at most {MANDATES_PER_ACCOUNT_MAX}", 409
+            )
 
     def _apply(self, op: _Op, now_s: int, staged: _Staged) -> Applied:
         lsn = self.lsn_next
         self.lsn_next += 1
         result: Applied
+        record: list[Any] | dict[str, Any]
         if isinstance(op, _PaymentOp):
             record = [
                 op.merchant.id,
@@ -839,9 +945,9 @@ class Engine:
                 op.key.decode(),
                 op.fingerprint.hex(),
             ]
-            paid = self._replay_payment(lsn, record)
+            paid = self._replay_payment(lsn, record, consent=True)
             record.append(paid.failure_code)
-            kind, result = RecordType.PAYMENT, paid
+            kind, result = RecordType.PAYMENT_WITH_CONSENT, paid
         elif isinstance(op, _RefundOp):
             record = [
                 op.payment_id,
@@ -863,6 +969,9 @@ class Engine:
                 record.append({**keyed, "created_s": now_s})
             record.append(done.failure_code)
             kind, result = op.kind, done
+        elif isinstance(op, MandateGrant | MandateRevocation):
+            kind, record = _mandate_record(op)
+            result = self._replay_mandate(kind, lsn, record)
         else:
             kind, record = _control_record(op)
             result = self._replay_control(kind, lsn, record)
@@ -870,7 +979,9 @@ class Engine:
         staged.payloads.append(orjson.dumps(record))
         return result
 
-    def _replay_payment(self, lsn: int, record: list[Any]) -> PaymentResult:
+    def _replay_payment(self, lsn: int, record: list[Any], *, consent: bool) -> PaymentResult:
+        """Applies a payment record; `consent`: under the consent rules (PAYMENT_WITH_CONSENT),
+        else as payments were applied before them (PAYMENT)."""
         (
             merchant_id,
             order_id,
@@ -883,7 +994,19 @@ class Engine:
             created_s,
         ) = record[:9]
         pid = payment_id(lsn)
-        failure = self.ledger.pay(pid, payer, settlement, amount, currency)
+        failure = (
+            self.ledger.pay(
+                pid,
+                payer,
+                settlement,
+                amount,
+                currency,
+                merchant_id=merchant_id,
+                created_s=created_s,
+            )
+            if consent
+            else self.ledger.pay_as_before_consent(pid, payer, settlement, amount, currency)
+        )
         return PaymentResult(
             pid,
             merchant_id,
@@ -918,7 +1041,9 @@ class Engine:
     def _replay_admin(self, kind: RecordType, record: list[Any]) -> AdminResult:
         account_id, currency, amount, overdraft = record[:4]
         if kind == RecordType.OPEN_ACCOUNT:
-            failure = self.ledger.open_account(account_id, currency, overdraft)
+            failure = self.ledger.open_account(
+                account_id, currency, overdraft, self._owner_of(account_id)
+            )
         elif kind == RecordType.DEPOSIT:
             failure = self.ledger.deposit(account_id, amount, currency)
         else:
@@ -932,6 +1057,7 @@ class Engine:
         if kind == RecordType.MERCHANT_CREATED:
             merchant = merchant_from_row(record)
             self.merchants.create(merchant)
+            self.ledger.settles_merchant(merchant.settlement_account)
             return merchant
         if kind == RecordType.KEY_ADDED:
             merchant_id, kid, secret = record
@@ -954,6 +1080,25 @@ class Engine:
         else:
             raise ValueError(f"record type {kind!r} is not a control record")
         return Recorded(lsn)
+
+    def _replay_mandate(self, kind: RecordType, lsn: int, record: dict[str, Any]) -> Mandate:
+        """Applies a checked (or logged) mandate grant or revocation."""
+        if kind == RecordType.MANDATE_GRANTED:
+            mandate = mandate_from_record(lsn, record)
+            self.ledger.grant_mandate(mandate)
+            return mandate
+        return self.ledger.revoke_mandate(record["mandate_id"], record["revoked_at"])
+
+    def _owner_of(self, account_id: str) -> Owner:
+        """A merchant's settlement account is the merchant's; any other account a customer's."""
+        settles = any(m.settlement_account == account_id for m in self.merchants.by_id.values())
+        return Owner.MERCHANT if settles else Owner.CUSTOMER
+
+    def _mark_settlement_accounts(self) -> None:
+        """Gives the settlement accounts of all merchants their owner: a snapshot written before
+        owners were kept has none, and a merchant may be new in the configuration file."""
+        for merchant in self.merchants.by_id.values():
+            self.ledger.settles_merchant(merchant.settlement_account)
 
     # ---- durability -------------------------------------------------------------------------
 
@@ -1091,9 +1236,13 @@ class Engine:
             if kind in CONTROL_RECORDS:
                 self._replay_logged_control(kind, record.lsn, fields)
                 continue
+            if kind in MANDATE_RECORDS:
+                self._replay_mandate(kind, record.lsn, fields)
+                continue
             result: Result
-            if kind == RecordType.PAYMENT:
-                result = self._replay_payment(record.lsn, fields)
+            if kind in PAYMENT_RECORDS:
+                consent = kind == RecordType.PAYMENT_WITH_CONSENT
+                result = self._replay_payment(record.lsn, fields, consent=consent)
             elif kind == RecordType.REFUND:
                 result = self._replay_refund(record.lsn, fields)
                 if result.amount != fields[7]:
@@ -1168,6 +1317,7 @@ class Engine:
         self.ledger = Ledger.from_snapshot(state["ledger"])
         # Snapshots written before merchants and deliveries were logged have neither.
         self.merchants.restore(state.get("merchants", []))
+        self._mark_settlement_accounts()
         for row in state["results"]:
             result = _result_from_row(row)
             self._remember(_lsn_of(result), result, notify=False)
@@ -1243,6 +1393,13 @@ CONTROL_RECORDS = frozenset(
 )
 
 
+def _mandate_record(op: MandateGrant | MandateRevocation) -> tuple[RecordType, dict[str, Any]]:
+    kind = (
+        RecordType.MANDATE_GRANTED if isinstance(op, MandateGrant) else RecordType.MANDATE_REVOKED
+    )
+    return kind, op.record()
+
+
 def _control_record(op: _ControlOp) -> tuple[RecordType, list[Any]]:
     """The log record of a merchant, key or delivery change."""
     if isinstance(op, _MerchantOp):
@@ -1267,9 +1424,11 @@ def _check_lsn_first(engine_lsn: int, log_lsn: int, when: str) -> None:
 SECRET_REDACTED = "<secret>"  # noqa: S105 (what a printed secret is replaced by)
 
 
-def named(kind: RecordType, fields: list[Any]) -> dict[str, Any]:
+def named(kind: RecordType, fields: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """A record's fields by name (`RECORD_FIELDS`). Fields beyond the names (a record newer
     than this code) are only counted: one of them could be a secret."""
+    if isinstance(fields, dict):
+        return dict(fields)  # a record that names its own fields (mandates)
     names = RECORD_FIELDS.get(kind, ())
     if _admin_keyed(kind, fields):
         names = _ADMIN_KEYED_RECORD_FIELDS
@@ -1285,7 +1444,7 @@ def _named_fields(names: tuple[str, ...], fields: list[Any]) -> dict[str, Any]:
     return by_name
 
 
-def redacted(kind: RecordType, fields: list[Any]) -> dict[str, Any]:
+def redacted(kind: RecordType, fields: list[Any] | dict[str, Any]) -> dict[str, Any]:
     """A record's fields by name with its secrets replaced, for printing (`instapay wal dump`)."""
     by_name = named(kind, fields)
     for name in SECRET_RECORD_FIELDS & by_name.keys():
@@ -1348,7 +1507,7 @@ def _admin_keyed(kind: RecordType, fields: list[Any]) -> bool:
 
 def _logged_key(kind: RecordType, fields: list[Any]) -> tuple[bytes, bytes, int] | None:
     """The idempotency key a logged record reserved: (key, fingerprint, reserved at), or None."""
-    if kind == RecordType.PAYMENT:
+    if kind in PAYMENT_RECORDS:
         key, fingerprint, created_s = fields[9], fields[10], fields[8]
     elif kind == RecordType.REFUND:
         key, fingerprint, created_s = fields[5], fields[6], fields[4]
@@ -1436,10 +1595,10 @@ def _check_account(account_id: str, currency: str) -> None:
         raise RequestError("invalid_request", "currency: an ISO 4217 code of 3 uppercase letters")
 
 
-def _check_amount(amount: int) -> None:
+def _check_amount(amount: int, name: str = "amount") -> None:
     if (
         isinstance(amount, bool)
         or not isinstance(amount, int)
         or not 1 <= amount <= _core.AMOUNT_MAX
     ):
-        raise RequestError("invalid_request", "amount: an integer from 1 to 10^15 (minor units)")
+        raise RequestError("invalid_request", f"{name}: an integer from 1 to 10^15 (minor units)")

@@ -25,6 +25,13 @@ class Failure(StrEnum):
     PAYMENT_NOT_FOUND = "payment_not_found"
     PAYMENT_NOT_REFUNDABLE = "payment_not_refundable"
     REFUND_EXCEEDS_PAYMENT = "refund_exceeds_payment"
+    # Consent (see instapay.mandates): the payer is a merchant's settlement account, which never
+    # pays; or no mandate of the payer for this merchant covers the payment.
+    PAYER_NOT_AUTHORIZED = "payer_not_authorized"
+    MANDATE_MISSING = "mandate_missing"
+    MANDATE_EXPIRED = "mandate_expired"
+    MANDATE_AMOUNT_EXCEEDED = "mandate_amount_exceeded"
+    MANDATE_DAILY_LIMIT_EXCEEDED = "mandate_daily_limit_exceeded"
 
 
 # Results are named tuples: immutable like a frozen dataclass, and five times cheaper to build,

@@ -534,6 +534,45 @@ async def admin_revoke_previous_webhook_secret(request: web.Request) -> web.Resp
     return admin_response(payload)
 
 
+async def admin_grant_mandate(request: web.Request) -> web.Response:
+    """`POST /v1/admin/accounts/{id}/mandates`: the payer account lets a merchant debit it."""
+    require_admin(request)
+    fields: dict[str, type] = {
+        "merchant_id": str,
+        "amount_max_per_payment": int,
+        "amount_max_per_day": int,
+        "expires_at": int,
+    }
+    body = await admin_body(request, fields, optional={"amount_max_per_day", "expires_at"})
+    mandate = await engine_of(request).grant_mandate(
+        request.match_info["account_id"],
+        body["merchant_id"],
+        body["amount_max_per_payment"],
+        amount_max_per_day=body.get("amount_max_per_day"),
+        expires_at_s=body.get("expires_at"),
+    )
+    return admin_response(mandate.to_json(int(time.time())), 201)
+
+
+async def admin_list_mandates(request: web.Request) -> web.Response:
+    """The account's mandates, oldest first, revoked and expired ones included."""
+    require_admin(request)
+    account_id = request.match_info["account_id"]
+    mandates = engine_of(request).mandates_of(account_id)
+    if mandates is None:
+        raise RequestError("not_found", f"no account {account_id}", 404)
+    now_s = int(time.time())
+    return admin_response({"object": "list", "data": [m.to_json(now_s) for m in mandates]})
+
+
+async def admin_revoke_mandate(request: web.Request) -> web.Response:
+    require_admin(request)
+    mandate = await engine_of(request).revoke_mandate(
+        request.match_info["account_id"], request.match_info["mandate_id"]
+    )
+    return admin_response(mandate.to_json(int(time.time())))
+
+
 # Events per page of `GET /v1/events`, and events per admin redelivery call.
 EVENTS_PAGE_LEN_DEFAULT = 100
 EVENTS_PAGE_LEN_MAX = 1000
@@ -715,6 +754,11 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_get("/v1/admin/accounts/{account_id}", admin_balance)
     app.router.add_post("/v1/admin/accounts/{account_id}/deposits", admin_deposit)
     app.router.add_post("/v1/admin/accounts/{account_id}/withdrawals", admin_withdraw)
+    app.router.add_post("/v1/admin/accounts/{account_id}/mandates", admin_grant_mandate)
+    app.router.add_get("/v1/admin/accounts/{account_id}/mandates", admin_list_mandates)
+    app.router.add_delete(
+        "/v1/admin/accounts/{account_id}/mandates/{mandate_id}", admin_revoke_mandate
+    )
     app.router.add_post("/v1/admin/merchants", admin_create_merchant)
     app.router.add_get("/v1/admin/merchants/{merchant_id}", admin_get_merchant)
     app.router.add_post("/v1/admin/merchants/{merchant_id}/keys", admin_add_key)

@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from instapay import _core
+from instapay.mandates import EXPIRES_AT_MAX_S, MANDATES_PER_ACCOUNT_MAX
 from instapay.model import Failure, Status
 
 JSON = dict[str, Any]
@@ -83,6 +84,13 @@ HEX: Final[JSON] = {"type": "string", "pattern": "^[0-9a-f]+$"}
 PAYMENT_ID: Final[JSON] = {"type": "string", "pattern": "^pay_[0-9]{1,20}$", "examples": ["pay_42"]}
 REFUND_ID: Final[JSON] = {"type": "string", "pattern": "^re_[0-9]{1,20}$", "examples": ["re_43"]}
 EVENT_ID: Final[JSON] = {"type": "string", "pattern": "^evt_[0-9]{1,20}$", "examples": ["evt_7"]}
+MANDATE_ID: Final[JSON] = {"type": "string", "pattern": "^mdt_[0-9]{1,20}$", "examples": ["mdt_5"]}
+EXPIRES_AT: Final[JSON] = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "maximum": EXPIRES_AT_MAX_S,
+    "description": "Unix seconds; payments from then on are declined (`mandate_expired`).",
+}
 METADATA: Final[JSON] = {
     "type": "object",
     "maxProperties": 50,
@@ -299,6 +307,58 @@ SCHEMAS: Final[JSON] = {
         },
         description="The outcome of an account operation; a decline is `status: failed`.",
     ),
+    "MandateCreate": _closed(
+        {
+            "merchant_id": {**ID, "description": "The merchant the account lets debit it."},
+            "amount_max_per_payment": AMOUNT,
+            "amount_max_per_day": {
+                **_nullable(AMOUNT),
+                "description": (
+                    "The most the merchant may debit in a UTC day (by each payment's `created`); "
+                    "at least `amount_max_per_payment`. A refund does not give it back. Omitted "
+                    "or null: no daily limit."
+                ),
+            },
+            "expires_at": {**EXPIRES_AT, "description": "In the future; omitted or null: never."},
+        },
+        required=["merchant_id", "amount_max_per_payment"],
+        description="Amounts in the minor units of the account's currency.",
+        examples=[{"merchant_id": "demo", "amount_max_per_payment": 5000}],
+    ),
+    "Mandate": _closed(
+        {
+            "object": _const("mandate"),
+            "id": MANDATE_ID,
+            "account_id": ID,
+            "merchant_id": ID,
+            "amount_max_per_payment": AMOUNT,
+            "amount_max_per_day": _nullable(AMOUNT),
+            "expires_at": EXPIRES_AT,
+            "created": UNIX_S,
+            "revoked_at": _nullable(UNIX_S),
+            "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+            "amount_spent_today": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Debited under this mandate in the current UTC day.",
+            },
+        },
+        description=(
+            "A payer account's consent that one merchant may debit it. Payments without an "
+            "active mandate are declined: `mandate_missing`, `mandate_expired`, "
+            "`mandate_amount_exceeded`, `mandate_daily_limit_exceeded`."
+        ),
+    ),
+    "MandateList": _closed(
+        {
+            "object": _const("list"),
+            "data": {
+                "type": "array",
+                "items": _schema("Mandate"),
+                "maxItems": MANDATES_PER_ACCOUNT_MAX,
+            },
+        }
+    ),
     "Balance": _closed(
         {
             "object": _const("balance"),
@@ -478,6 +538,7 @@ PARAMETERS: Final[JSON] = {
     "MerchantId": {"name": "merchant_id", "in": "path", "required": True, "schema": ID},
     "Kid": {"name": "kid", "in": "path", "required": True, "schema": ID},
     "EventId": {"name": "event_id", "in": "path", "required": True, "schema": EVENT_ID},
+    "MandateId": {"name": "mandate_id", "in": "path", "required": True, "schema": MANDATE_ID},
     "OrderId": {"name": "order_id", "in": "query", "required": True, "schema": ID},
     "After": {
         "name": "after",
@@ -816,6 +877,52 @@ PATHS: Final[JSON] = {
             security=_ADMIN,
             parameters=[_param("AccountId"), _param("AdminIdempotencyKey")],
             request_body=_body(_schema("MoneyMovement")),
+        ),
+    },
+    "/v1/admin/accounts/{account_id}/mandates": {
+        "post": _operation(
+            "createMandate",
+            "Record a payer's mandate: the account lets a merchant debit it, within limits",
+            "admin",
+            {
+                "201": _ok("The mandate, active.", _schema("Mandate")),
+                "400": _error(
+                    "`invalid_request` (limits out of range, `expires_at` not in the future), "
+                    "or `merchant_not_found`."
+                ),
+                **_404,
+                **_conflict(
+                    "`mandate_exists` (the account has an active mandate for this merchant: "
+                    "revoke it first), `account_is_settlement` (a merchant's settlement account "
+                    f"never pays), or `too_many_mandates` ({MANDATES_PER_ACCOUNT_MAX} per account)."
+                ),
+                **_413,
+            },
+            security=_ADMIN,
+            parameters=[_param("AccountId")],
+            request_body=_body(_schema("MandateCreate")),
+        ),
+        "get": _operation(
+            "listMandates",
+            "An account's mandates, oldest first (revoked and expired ones too)",
+            "admin",
+            {"200": _ok("The mandates.", _schema("MandateList")), **_404},
+            security=_ADMIN,
+            parameters=[_param("AccountId")],
+        ),
+    },
+    "/v1/admin/accounts/{account_id}/mandates/{mandate_id}": {
+        "delete": _operation(
+            "revokeMandate",
+            "Revoke a mandate: the merchant may no longer debit the account under it",
+            "admin",
+            {
+                "200": _ok("The mandate, revoked.", _schema("Mandate")),
+                **_404,
+                **_conflict("`mandate_revoked`: it was revoked before."),
+            },
+            security=_ADMIN,
+            parameters=[_param("AccountId"), _param("MandateId")],
         ),
     },
     "/v1/admin/merchants": {
