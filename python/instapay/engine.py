@@ -307,7 +307,9 @@ class Engine:
         self.merchants = Merchants(config.merchants)
         self.outbox = Outbox()
         self.ledger = Ledger()
-        self.index = _core.IdempotencyIndex(idempotency_capacity)
+        self.index = _core.IdempotencyIndex(
+            idempotency_capacity, tenant_share_percent=config.idempotency_share_percent
+        )
         # Durable payment and refund results by LSN (their ids carry the LSN).
         self.results: dict[int, PaymentResult | RefundResult] = {}
         # LSNs of the durable payments of each (merchant, order id), oldest first.
@@ -591,12 +593,14 @@ class Engine:
         keyed: list[_Job] = []
         keys: list[bytes] = []
         fingerprints: list[bytes] = []
+        tenants: list[str] = []
         for job, op in ops:
             if isinstance(op, _PaymentOp | _RefundOp) and op.key is not None:
                 keyed.append(job)
                 keys.append(op.key)
                 fingerprints.append(op.fingerprint)
-        answers = self.index.reserve_batch(keys, fingerprints, now_s)
+                tenants.append(op.merchant.id)
+        answers = self.index.reserve_batch(keys, fingerprints, now_s, tenants)
         answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
         staged = _Staged()
         for job, op in ops:
@@ -717,6 +721,15 @@ class Engine:
                     "this idempotency key was used with a different request",
                     422,
                 ),
+            )
+        elif status == _core.RESERVE_TENANT_FULL:
+            index = self.index
+            job.answer(
+                Overloaded(
+                    f"this merchant holds {value} idempotency keys, its share of the index "
+                    f"({index.tenant_share_percent} % of {index.capacity_max} keys); "
+                    f"keys are kept {index.ttl_seconds} s"
+                )
             )
         else:
             job.answer(Overloaded("the idempotency index is full"))
@@ -1050,8 +1063,14 @@ class Engine:
             while end < len(keys) and keys[end][2] == keys[start][2]:
                 end += 1
             run = keys[start:end]
+            # Logged keys were accepted once: over a share (changed since) they are kept all the
+            # same, or a retry of their request would apply twice.
             answers = self.index.reserve_batch(
-                [k for k, _, _, _ in run], [f for _, f, _, _ in run], run[0][2]
+                [k for k, _, _, _ in run],
+                [f for _, f, _, _ in run],
+                run[0][2],
+                [self.results[lsn].merchant_id for _, _, _, lsn in run],
+                enforce_shares=False,
             )
             slots = [slot for status, slot in answers if status == _core.RESERVE_NEW]
             refs = [
@@ -1087,7 +1106,10 @@ class Engine:
             result = _result_from_row(row)
             self._remember(_lsn_of(result), result, notify=False)
         self.outbox.restore(state.get("deliveries", []))
-        self.index = _core.IdempotencyIndex.load(payload[start + length :])
+        # The configured share, not the one the snapshot was taken with.
+        self.index = _core.IdempotencyIndex.load(
+            payload[start + length :], self.index.tenant_share_percent
+        )
         self.lsn_next = lsn + 1
 
     async def _snapshot_between_batches(self) -> None:

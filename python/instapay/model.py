@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from instapay import _core
+
 
 class Status(StrEnum):
     SUCCEEDED = "succeeded"
@@ -149,3 +151,6 @@ class Merchant:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     merchants: tuple[Merchant, ...] = ()
+    # The most of the idempotency index one merchant may hold, in percent of its capacity (with
+    # a floor of IDEMPOTENCY_TENANT_KEYS_MIN keys): one merchant cannot deny service to others.
+    idempotency_share_percent: int = _core.IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT
