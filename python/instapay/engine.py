@@ -104,6 +104,14 @@ def refund_id(lsn: int) -> str:
     return f"{REFUND_ID_PREFIX}{lsn}"
 
 
+def refund_lsn(refund_id_: str) -> int | None:
+    """The LSN in a refund id, or None when it is not one (1 to 20 ASCII digits)."""
+    digits = refund_id_.removeprefix(REFUND_ID_PREFIX)
+    if digits == refund_id_ or not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        return None
+    return int(digits)
+
+
 def _failure(code: str | None) -> Failure | None:
     return None if code is None else Failure(code)
 
@@ -263,6 +271,19 @@ class _Staged:
     refs: list[int] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Refunds:
+    """The durable refunds of one payment."""
+
+    lsns: list[int] = field(default_factory=list)  # oldest first
+    amount: int = 0  # refunded by those that succeeded
+
+    def add(self, lsn: int, refund: RefundResult) -> None:
+        self.lsns.append(lsn)
+        if refund.status == Status.SUCCEEDED:
+            self.amount += refund.amount
+
+
 def _idempotency_key(merchant_id: str, scope: str) -> bytes:
     return f"{merchant_id}\x00{scope}".encode()
 
@@ -314,6 +335,8 @@ class Engine:
         self.results: dict[int, PaymentResult | RefundResult] = {}
         # LSNs of the durable payments of each (merchant, order id), oldest first.
         self._orders: dict[tuple[str, str], list[int]] = {}
+        # The durable refunds of each payment id.
+        self._refunds: dict[str, _Refunds] = {}
         self.lsn_next = 1
         self.stats = EngineStats()
         self._queue: deque[_Job] = deque()
@@ -543,6 +566,8 @@ class Engine:
         self.results[lsn] = result
         if isinstance(result, PaymentResult):
             self._orders.setdefault((result.merchant_id, result.order_id), []).append(lsn)
+        else:
+            self._refunds.setdefault(result.payment_id, _Refunds()).add(lsn, result)
         self.outbox.add_event(result.merchant_id, lsn)
         merchant = self.merchants.get(result.merchant_id)
         if notify and merchant is not None and merchant.webhook_url is not None:
@@ -551,13 +576,29 @@ class Engine:
     def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
         """The durable payments a merchant made for one order id, oldest first."""
         lsns = self._orders.get((merchant_id, order_id), [])
-        return [result for lsn in lsns if isinstance(result := self.results[lsn], PaymentResult)]
+        return [
+            self._as_now(result)
+            for lsn in lsns
+            if isinstance(result := self.results[lsn], PaymentResult)
+        ]
 
     def payment(self, payment_id_: str) -> PaymentResult | None:
         """A durable payment by id."""
         lsn = payment_id_.removeprefix(PAYMENT_ID_PREFIX)
         result = self.results.get(int(lsn)) if lsn.isdigit() and len(lsn) <= 20 else None
-        return result if isinstance(result, PaymentResult) else None
+        return self._as_now(result) if isinstance(result, PaymentResult) else None
+
+    def _as_now(self, payment: PaymentResult) -> PaymentResult:
+        """A stored payment with what its durable refunds gave back so far."""
+        refunds = self._refunds.get(payment.id)
+        if refunds is None or not refunds.amount:
+            return payment
+        return payment._replace(amount_refunded=refunds.amount)
+
+    def refund_lsns(self, payment_id_: str) -> list[int]:
+        """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
+        refunds = self._refunds.get(payment_id_)
+        return [] if refunds is None else refunds.lsns
 
     # ---- the pipeline -----------------------------------------------------------------------
 
@@ -711,7 +752,10 @@ class Engine:
     def _answer_known(self, job: _Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
         if status == _core.RESERVE_REPLAY:
-            job.answer(self.results[value]._replace(replayed=True))
+            known = self.results[value]
+            if isinstance(known, PaymentResult):
+                known = self._as_now(known)
+            job.answer(known._replace(replayed=True))
         elif status == _core.RESERVE_IN_FLIGHT:
             self._waiters[value].append(job)
         elif status == _core.RESERVE_MISMATCH:

@@ -43,6 +43,9 @@ class PaymentResult(NamedTuple):
     created_s: int
     description: str | None = None
     metadata: dict[str, str] | None = None
+    # What its durable refunds gave back so far. The engine stores results with 0 and fills in
+    # the running total when a payment is read or replayed (Engine.payment): one source of truth.
+    amount_refunded: int = 0
     # True when this answer is a stored result returned again for a retried request.
     replayed: bool = False
 
@@ -54,6 +57,7 @@ class PaymentResult(NamedTuple):
             "order_id": self.order_id,
             "payer": self.payer,
             "amount": self.amount,
+            "amount_refunded": self.amount_refunded,
             "currency": self.currency,
             "status": self.status.value,
             "failure_code": self.failure_code.value if self.failure_code else None,
