@@ -116,9 +116,18 @@ impl IdempotencyIndex {
             return Ok(vec![NO_TENANT; len]);
         };
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        // A batch is mostly one merchant's, one `str` object: its id is looked up once.
+        let mut last: Option<(Bound<'_, PyAny>, TenantId)> = None;
         read_items("tenants", "a sequence of str", tenants, |at, item| {
+            if let Some((object, id)) = &last {
+                if object.is(item) {
+                    return Ok(*id);
+                }
+            }
             let name = typed_item::<PyString>("tenants", at, "str", item)?.to_str()?;
-            Ok(index.tenants_mut().intern(at, name.as_bytes())?)
+            let id = index.tenants_mut().intern(at, name.as_bytes())?;
+            last = Some((item.clone(), id));
+            Ok(id)
         })
     }
 }
