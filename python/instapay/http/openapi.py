@@ -527,8 +527,9 @@ RESPONSES: Final[JSON] = {
         "`too_many_requests`: too many requests in flight; retry after `Retry-After`.", _RETRY
     ),
     "Unavailable": _error(
-        "`starting` (recovering the data directory), `overloaded` (queue full) or "
-        "`unavailable` (the engine stopped); retry after `Retry-After`.",
+        "`starting` (recovering the data directory), `overloaded` (queue full, or the "
+        "merchant holds its share of the idempotency index) or `unavailable` (the engine "
+        "stopped); retry after `Retry-After`.",
         _RETRY,
     ),
 }
