@@ -392,3 +392,27 @@ def test_no_server_at_all_gets_a_summary_and_a_failed_audit(
     assert report["audit"]["unreachable"].startswith(base_url)
     assert not report["audit"]["passed"]
     assert "Traceback" not in printed + capfd.readouterr().err
+
+
+def test_a_wrong_admin_token_is_refused_in_one_line_before_any_load(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    server = start(tmp_path / "data", port, admin_token=ADMIN_TOKEN)
+    demo = DemoMerchant.load_or_create(tmp_path / "data")
+    target = Target(
+        f"http://127.0.0.1:{port}",
+        demo.merchant_id,
+        demo.kid,
+        demo.secret,
+        admin_token="wrong",  # noqa: S106 (a test's token)
+    )
+    output = io.StringIO()
+    plan = Plan(target, "closed", concurrency=2, requests=10)
+    status = run(plan, console=Console(file=output, width=200), show_progress=False)
+    server.stop()
+    assert status == 2
+    printed = output.getvalue()
+    assert "the admin API refused the audit's reads: 401" in printed
+    assert "admin_unauthorized" in printed
+    assert "Traceback" not in printed + capfd.readouterr().err

@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from instapay.client import ApiError
 from instapay.load import worker
 from instapay.load.audit import (
     UNREACHABLE_ERRORS,
@@ -191,7 +192,8 @@ def run(
     plot_path: Path | None = None,
 ) -> int:
     """Runs the plan, prints the summary and the audit, writes the report and the plot; the
-    exit status: 0 if every worker finished and the audit passed, 1 otherwise."""
+    exit status: 0 if every worker finished and the audit passed, 1 otherwise, 2 when the admin
+    API refuses the audit's first reads (nothing is sent then)."""
     console = console or Console()
     before: dict[str, int] | None = None
     unreachable_before = None
@@ -200,6 +202,9 @@ def run(
     except UNREACHABLE_ERRORS as error:
         unreachable_before = unreachable_reason(plan.target, error)
         console.print(f"[red]the server cannot be reached:[/red] {unreachable_before}")
+    except ApiError as error:
+        console.print(f"[red]instapay load: the admin API refused the audit's reads:[/red] {error}")
+        return 2
     collector = _generate(plan, console, show_progress)
     summary = collector.summary()
     acknowledged = [payment for done in collector.done for payment in done.acknowledged]

@@ -156,6 +156,8 @@ async def audit(
         await _check_through_the_api(plan, acknowledged, before, unanswered, result)
     except UNREACHABLE_ERRORS as error:
         result.unreachable = unreachable_reason(plan.target, error)
+    except ApiError as error:  # a lookup or a balance refused: the check is incomplete
+        result.problem(f"the server refused a check: {error}")
     if result.unreachable is None and unreachable_before is not None:
         result.unreachable = f"before the run, {unreachable_before}"
     return result
