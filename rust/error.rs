@@ -7,6 +7,7 @@ use std::fmt;
 use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
+use crate::body::ID_LEN_MAX;
 use crate::idempotency::KEY_LEN_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +70,11 @@ pub enum CoreError {
         index: usize,
         len: usize,
     },
+    /// A tenant name of the index outside 1..=255 bytes.
+    TenantName {
+        index: usize,
+        len: usize,
+    },
     /// A slot that is not an in-flight reservation of the index.
     UnknownSlot {
         index: usize,
@@ -122,6 +128,10 @@ impl fmt::Display for CoreError {
                 f,
                 "fingerprints[{index}] is {len} bytes long; a fingerprint is a 32-byte SHA-256 digest"
             ),
+            Self::TenantName { index, len } => write!(
+                f,
+                "tenants[{index}] is {len} bytes long; tenant names are 1 to {ID_LEN_MAX} bytes"
+            ),
             Self::UnknownSlot { index, slot } => write!(
                 f,
                 "slots[{index}] = {slot} is not an in-flight reservation (unknown, already completed \
@@ -153,6 +163,7 @@ impl From<CoreError> for PyErr {
             | CoreError::OutOfRange { .. }
             | CoreError::KeyLength { .. }
             | CoreError::FingerprintLength { .. }
+            | CoreError::TenantName { .. }
             | CoreError::UnknownSlot { .. }
             | CoreError::CorruptDump(_) => PyValueError::new_err(message),
             CoreError::NoEntropy(_) => PyOSError::new_err(message),

@@ -119,6 +119,12 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("RESERVE_MISMATCH", idempotency::RESERVE_MISMATCH)?;
     module.add("RESERVE_IN_FLIGHT", idempotency::RESERVE_IN_FLIGHT)?;
     module.add("RESERVE_FULL", idempotency::RESERVE_FULL)?;
+    module.add("RESERVE_TENANT_FULL", idempotency::RESERVE_TENANT_FULL)?;
+    module.add(
+        "IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT",
+        idempotency::TENANT_SHARE_PERCENT_DEFAULT,
+    )?;
+    module.add("IDEMPOTENCY_TENANT_KEYS_MIN", idempotency::TENANT_KEYS_MIN)?;
     module.add("IDEMPOTENCY_KEY_LEN_MAX", idempotency::KEY_LEN_MAX)?;
     module.add("IDEMPOTENCY_CAPACITY_MAX", idempotency::CAPACITY_MAX)?;
     module.add(

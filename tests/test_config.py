@@ -4,21 +4,24 @@ running on it."""
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
-from instapay import cli, config
+from instapay import cli, config, webhooks
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import RUNTIME
 from instapay.notify import DeliveryPolicy
 from instapay.signing import SIGNATURE_HEADER
+from servers import serving
 
 SECRET = b"configured shop secret, 32 bytes"
 WEBHOOK_SECRET = b"configured webhook secret, 32 b."
 MERCHANT = '[[merchants]]\nid = "a"\nsettlement_account = "b"\n'
+FAST_DELIVERY = DeliveryPolicy(schedule_s=(0.05,), jitter=0.0, timeout_s=5.0)
 
 
 def keys(spec: str) -> str:
@@ -161,3 +164,111 @@ def test_serve_refuses_a_wrong_config_before_starting(
 ) -> None:
     assert cli.main(["serve", "--config", str(write(tmp_path, "[surprise]\n"))]) == 2
     assert "unknown tables" in capsys.readouterr().err
+
+
+# ---- a webhook secret rotation in the file, and the idempotency share ---------------------------
+
+OLD_WEBHOOK_SECRET = b"the webhook secret before, 32 b."
+
+
+def rotating(webhook_url: str, previous: bytes = OLD_WEBHOOK_SECRET) -> str:
+    return f"""
+[idempotency]
+merchant_share_percent = 10
+
+[[merchants]]
+id = "shop"
+settlement_account = "shop.settlement"
+webhook_url = "{webhook_url}"
+webhook_secret = {{ secret_hex = "{WEBHOOK_SECRET.hex()}" }}
+previous_webhook_secret = {{ secret_hex = "{previous.hex()}" }}
+keys = {{ "shop.k1" = {{ secret_hex = "{SECRET.hex()}" }} }}
+"""
+
+
+def test_a_rotation_in_the_file_keeps_both_webhook_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    loaded = config.load(write(tmp_path, rotating("https://shop.example/hooks")))
+    [shop] = loaded.engine.merchants
+    assert (shop.webhook_secret, shop.previous_webhook_secret) == (
+        WEBHOOK_SECRET,
+        OLD_WEBHOOK_SECRET,
+    )
+    assert loaded.engine.idempotency_share_percent == 10
+    assert config.load(write(tmp_path, GOOD)).engine.idempotency_share_percent == 25
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            rotating("https://shop.example/hooks", previous=WEBHOOK_SECRET),
+            "previous_webhook_secret is the webhook_secret itself",
+        ),
+        (
+            keys('secret_hex = "' + "ab" * 16 + '"')
+            + '\nprevious_webhook_secret = { secret_hex = "'
+            + "cd" * 16
+            + '" }',
+            "previous_webhook_secret needs a webhook_secret",
+        ),
+        (
+            rotating("https://shop.example/hooks").replace("= 10", "= 0"),
+            "merchant_share_percent must be from 1 to 100",
+        ),
+        (
+            rotating("https://shop.example/hooks").replace("merchant_share_percent", "share"),
+            r"\[idempotency\] has unknown keys",
+        ),
+    ],
+)
+def test_a_wrong_rotation_or_share_names_what_is_wrong(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=problem):
+        config.load(write(tmp_path, text))
+
+
+def test_a_delivery_to_a_configured_merchant_carries_a_v1_for_each_secret(tmp_path: Path) -> None:
+    """The merchant switches its verifier from the old secret to the new one with no delivery
+    that fails either: while the file has both, every delivery verifies with both."""
+    arrived: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+
+    async def hooks(request: web.Request) -> web.Response:
+        arrived.put_nowait((await request.read(), request.headers[SIGNATURE_HEADER]))
+        return web.Response()
+
+    async def scenario() -> tuple[bytes, str]:
+        receiver_app = web.Application()
+        receiver_app.router.add_post("/hooks", hooks)
+        receiver = TestServer(receiver_app, host="127.0.0.1")
+        await receiver.start_server()
+        try:
+            loaded = config.load(write(tmp_path, rotating(str(receiver.make_url("/hooks")))))
+            shop = DemoMerchant("shop", "shop.k1", SECRET)
+            data_dir = tmp_path / "data"
+            async with Engine.open(data_dir, config=loaded.engine) as engine:
+                await engine.open_account("shop.settlement", "EUR")
+                await engine.open_account(shop.payer(0), "EUR")
+                await engine.deposit(shop.payer(0), 100, "EUR")
+            async with serving(data_dir, loaded.engine, FAST_DELIVERY) as api:
+                request = shop.payment("o-1", shop.payer(0), 40)
+                headers = {
+                    "Content-Type": "application/json",
+                    SIGNATURE_HEADER: request.header or "",
+                }
+                async with api.session.post(
+                    api.base_url + request.path, data=request.body, headers=headers
+                ) as response:
+                    assert response.status == 200
+                return await asyncio.wait_for(arrived.get(), timeout=30)
+        finally:
+            await receiver.close()
+
+    body, header = asyncio.run(scenario())
+    assert header.count("v1=") == 2
+    assert orjson.loads(body)["type"].startswith("payment.")
+    signed_at_s = webhooks.verify(body, header, WEBHOOK_SECRET)
+    assert webhooks.verify(body, header, OLD_WEBHOOK_SECRET) == signed_at_s

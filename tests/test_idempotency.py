@@ -12,6 +12,7 @@ from instapay._core import (
     RESERVE_MISMATCH,
     RESERVE_NEW,
     RESERVE_REPLAY,
+    RESERVE_TENANT_FULL,
     IdempotencyIndex,
 )
 
@@ -250,3 +251,103 @@ def test_threads_sharing_one_index_lose_no_key() -> None:
         worker.join()
     assert len(index) == threads_count * keys_per_thread
     assert index.reserve_batch([b"t3-4999"], [FP_A], 0) == [(RESERVE_REPLAY, 3)]
+
+
+# ---- tenants: one merchant cannot fill the index for the others ---------------------------------
+
+SHARED_CAPACITY = 4 * _core.IDEMPOTENCY_TENANT_KEYS_MIN
+
+
+def fill_share(index: IdempotencyIndex, tenant: str, count: int) -> None:
+    keys = [b"%s-%d" % (tenant.encode(), n) for n in range(count)]
+    answers = index.reserve_batch(keys, [FP_A] * count, 0, [tenant] * count)
+    assert {status for status, _ in answers} == {RESERVE_NEW}
+    index.complete_batch([slot for _, slot in answers], list(range(count)))
+
+
+def test_a_tenant_at_its_share_is_refused_and_the_others_still_reserve() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
+    share = index.tenant_keys_max
+    assert share == SHARED_CAPACITY // 4
+    fill_share(index, "greedy", share)
+    answers = index.reserve_batch(
+        [b"greedy-more", b"greedy-7", b"honest-1"], [FP_A] * 3, 0, ["greedy", "greedy", "honest"]
+    )
+    assert answers[0] == (RESERVE_TENANT_FULL, share)
+    assert answers[1] == (RESERVE_REPLAY, 7), "its own keys are still answered"
+    assert answers[2][0] == RESERVE_NEW
+    assert (index.tenant_len("greedy"), index.tenant_len("honest")) == (share, 1)
+
+
+def test_a_share_has_a_floor_and_never_exceeds_the_capacity() -> None:
+    floor = _core.IDEMPOTENCY_TENANT_KEYS_MIN
+    assert IdempotencyIndex(2 * floor, tenant_share_percent=1).tenant_keys_max == floor
+    assert IdempotencyIndex(10).tenant_keys_max == 10
+    assert IdempotencyIndex(10**6).tenant_keys_max == 250_000
+    for share in (0, 101):
+        with pytest.raises(ValueError, match="tenant_share_percent must be between 1 and 100"):
+            IdempotencyIndex(10, tenant_share_percent=share)
+
+
+def test_keys_without_a_tenant_are_bounded_by_the_capacity_alone() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=1)
+    keys = [b"k%d" % n for n in range(SHARED_CAPACITY)]
+    answers = index.reserve_batch(keys, [FP_A] * len(keys), 0)
+    assert {status for status, _ in answers} == {RESERVE_NEW}
+
+
+def test_tenant_counts_follow_release_expiry_and_a_dump() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
+    fill_share(index, "shop", 10)
+    [(_, dropped), (_, busy)] = index.reserve_batch(
+        [b"dropped", b"busy"], [FP_A] * 2, TTL_S, ["shop", "shop"]
+    )
+    index.release_batch([dropped])
+    assert index.tenant_len("shop") == 11
+    loaded = IdempotencyIndex.load(index.dump())
+    assert loaded.tenant_len("shop") == 10, "the reservation is not in the dump"
+    assert loaded.tenant_share_percent == 25
+    assert IdempotencyIndex.load(index.dump(), 50).tenant_share_percent == 50
+    assert loaded.expire(TTL_S + 1) == 10
+    assert loaded.tenant_len("shop") == 0
+    index.complete_batch([busy], [1])
+    assert index.expire(TTL_S + 1) == 10
+    assert index.tenant_len("shop") == 1
+
+
+def test_replayed_keys_are_kept_over_a_share() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
+    fill_share(index, "shop", index.tenant_keys_max)
+    [answer] = index.reserve_batch([b"logged"], [FP_A], 0, ["shop"], enforce_shares=False)
+    assert answer[0] == RESERVE_NEW
+
+
+@pytest.mark.parametrize("name", ["", "m" * 256])
+def test_a_tenant_name_outside_1_to_255_bytes_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=r"tenants\[1\] is \d+ bytes long"):
+        IdempotencyIndex(10).reserve_batch([b"a", b"b"], [FP_A] * 2, 0, ["ok", name])
+
+
+def test_a_clock_past_2106_is_refused() -> None:
+    with pytest.raises(ValueError, match="now_s must be between 0 and 4294967295"):
+        IdempotencyIndex(10).reserve_batch([b"a"], [FP_A], 2**32)
+
+
+# A dump written by the index before tenants (format version 1): 10 keys max, TTL 3600 s, three
+# keys reserved at 1_700_000_000, the first two finished with references 11 and 22.
+DUMP_V1 = bytes.fromhex(
+    "49504944454d500001000000000000000a00000000000000100e0000000000009eb91cd7b583ed0fd56cb00f"
+    "c05ef12c02000000000000002a1f96de39af40b785f06122dcac0969684757b168f6e4eb6bc47e03c71c0987"
+    "0b0000000000000000f1536500000000bf205d68167d7497fffd0eaec1e4db1367ea17b905ac89625bf13d19"
+    "9c089b47160000000000000000f15365000000003526b0c0"
+)
+
+
+def test_a_dump_from_before_tenants_still_loads() -> None:
+    loaded = IdempotencyIndex.load(DUMP_V1)
+    keys = [b"shop\x00o:order-1", b"shop\x00o:order-2"]
+    answers = loaded.reserve_batch(keys, [fingerprint(key) for key in keys], 1_700_000_000)
+    assert answers == [(RESERVE_REPLAY, 11), (RESERVE_REPLAY, 22)]
+    assert loaded.tenant_len("shop") == 0, "old keys belong to no tenant"
+    assert loaded.tenant_share_percent == _core.IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT
+    assert loaded.expire(1_700_000_000 + 3601) == 2

@@ -1,5 +1,7 @@
 """IdempotencyIndex against a plain Python model: any sequence of reserve, complete, release,
-expire and dump/load must give the same answers as the dict-based model below."""
+expire and dump/load must give the same answers, and the same keys per tenant, as the dict-based
+model below. Tenant "bulk" starts near the capacity, so that both a tenant's share and the
+capacity are reached within a few steps."""
 
 from dataclasses import dataclass, field
 
@@ -8,17 +10,25 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from instapay._core import (
+    IDEMPOTENCY_TENANT_KEYS_MIN,
     RESERVE_FULL,
     RESERVE_IN_FLIGHT,
     RESERVE_MISMATCH,
     RESERVE_NEW,
     RESERVE_REPLAY,
+    RESERVE_TENANT_FULL,
     IdempotencyIndex,
 )
 
-CAPACITY_MAX = 5
+# Shares of 1 % are the floor, IDEMPOTENCY_TENANT_KEYS_MIN keys; the index has room for a few
+# more, and "bulk" starts 3 keys short of its share.
+SHARE_MAX = IDEMPOTENCY_TENANT_KEYS_MIN
+CAPACITY_MAX = SHARE_MAX + 5
+BULK_KEYS = SHARE_MAX - 3
 TTL_S = 50
 KEYS = [b"a", b"b", b"c", b"order-42", b"\x00", b"x" * 255, b"y" * 254 + b"\xff"]
+# A key always comes from one tenant (the engine scopes keys by merchant).
+TENANT_OF = {key: ("bulk", "shop")[n % 2] for n, key in enumerate(KEYS)}
 FINGERPRINTS = [bytes([n]) * 32 for n in range(2)]
 U64 = st.integers(0, 2**64 - 1)
 
@@ -28,6 +38,7 @@ class Entry:
     fingerprint: bytes
     created_s: int
     slot: int
+    tenant: str
     ref: int | None = None
 
 
@@ -38,10 +49,17 @@ class IndexModel:
     entries: dict[bytes, Entry] = field(default_factory=dict)
     finished: list[bytes] = field(default_factory=list)
 
-    def expected(self, key: bytes, fingerprint: bytes) -> tuple[int, int | None]:
+    def tenant_len(self, tenant: str) -> int:
+        return sum(entry.tenant == tenant for entry in self.entries.values())
+
+    def expected(
+        self, key: bytes, fingerprint: bytes, *, enforce_shares: bool
+    ) -> tuple[int, int | None]:
         """The answer to one request; None stands for the slot a NEW reservation will get."""
         entry = self.entries.get(key)
         if entry is None:
+            if enforce_shares and self.tenant_len(TENANT_OF[key]) >= SHARE_MAX:
+                return RESERVE_TENANT_FULL, SHARE_MAX
             return (RESERVE_FULL, 0) if len(self.entries) >= CAPACITY_MAX else (RESERVE_NEW, None)
         if entry.fingerprint != fingerprint:
             return RESERVE_MISMATCH, 0
@@ -65,10 +83,17 @@ class IndexModel:
 class IndexMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.index = IdempotencyIndex(CAPACITY_MAX, TTL_S)
+        self.index = IdempotencyIndex(CAPACITY_MAX, TTL_S, tenant_share_percent=1)
         self.model = IndexModel()
         self.now_s = 1_000
         self.retired_slots: set[int] = set()
+        bulk = [b"bulk-%d" % n for n in range(BULK_KEYS)]
+        fingerprints = [FINGERPRINTS[0]] * BULK_KEYS
+        answers = self.index.reserve_batch(bulk, fingerprints, self.now_s, ["bulk"] * BULK_KEYS)
+        self.index.complete_batch([slot for _, slot in answers], [0] * BULK_KEYS)
+        for key in bulk:
+            self.model.entries[key] = Entry(FINGERPRINTS[0], self.now_s, -1, "bulk", ref=0)
+            self.model.finished.append(key)
 
     def in_flight_slots(self) -> list[int]:
         return sorted(entry.slot for entry in self.model.entries.values() if entry.ref is None)
@@ -83,22 +108,28 @@ class IndexMachine(RuleBasedStateMachine):
     @rule(
         batch=st.lists(
             st.tuples(st.sampled_from(KEYS), st.sampled_from(FINGERPRINTS)), min_size=1, max_size=8
-        )
+        ),
+        enforce_shares=st.booleans(),
     )
-    def reserve(self, batch: list[tuple[bytes, bytes]]) -> None:
+    def reserve(self, batch: list[tuple[bytes, bytes]], enforce_shares: bool) -> None:
         keys = [key for key, _ in batch]
         fingerprints = [fingerprint for _, fingerprint in batch]
-        answers = self.index.reserve_batch(keys, fingerprints, self.now_s)
+        tenants = [TENANT_OF[key] for key in keys]
+        answers = self.index.reserve_batch(
+            keys, fingerprints, self.now_s, tenants, enforce_shares=enforce_shares
+        )
         assert len(answers) == len(batch)
         for (key, fingerprint), (status, value) in zip(batch, answers, strict=True):
-            expected_status, expected_value = self.model.expected(key, fingerprint)
+            expected_status, expected_value = self.model.expected(
+                key, fingerprint, enforce_shares=enforce_shares
+            )
             assert status == expected_status, (key, fingerprint, status, value)
             if expected_value is not None:
                 assert value == expected_value
             else:
                 assert value not in self.in_flight_slots(), "a slot is handed out twice"
                 assert value not in self.retired_slots, "a retired slot came back"
-                self.model.entries[key] = Entry(fingerprint, self.now_s, slot=value)
+                self.model.entries[key] = Entry(fingerprint, self.now_s, value, TENANT_OF[key])
 
     @precondition(lambda self: self.in_flight_slots())
     @rule(data=st.data())
@@ -150,6 +181,8 @@ class IndexMachine(RuleBasedStateMachine):
     def counts_agree(self) -> None:
         assert len(self.index) == len(self.model.entries)
         assert self.index.in_flight() == len(self.in_flight_slots())
+        for tenant in ("bulk", "shop"):
+            assert self.index.tenant_len(tenant) == self.model.tenant_len(tenant), tenant
 
 
 TestIdempotencyIndexAgainstModel = IndexMachine.TestCase

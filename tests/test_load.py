@@ -1,7 +1,8 @@
 """`instapay load` against servers: a real `instapay serve` process (the counts add up, the audit
 passes, the JSON report is the printed summary, the plot is written), and a fake server in this
 process that misbehaves on purpose (drops acknowledged payments, charges twice, stalls), which the
-harness must catch: a non-zero exit and a message that names the problem."""
+harness must catch: a non-zero exit and a message that names the problem. A server that is down,
+or killed during the run, gets the summary and an audit that says so, never a traceback."""
 
 import asyncio
 import base64
@@ -10,6 +11,7 @@ import io
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from instapay.load import Amounts, Plan, PlanError, Target, run
 from instapay.load import worker as worker_module
 from instapay.load.plan import Mode
 from instapay.signing import SIGNATURE_HEADER, sign_payload
-from servers import free_port, start
+from servers import Server, free_port, start
 
 ADMIN_TOKEN = "load-test-admin"  # noqa: S105 (a test's token)
 DEMO = DemoMerchant()
@@ -315,3 +317,102 @@ def test_a_closed_loop_runs_its_whole_duration_past_the_drain_timeout(
         asyncio.run(generator.run(time.time()))
     assert generator.last_done_s >= 0.9, "the clients kept going until the deadline"
     assert generator.counts.failed == 0
+
+
+# ---- a server that is down, or dies during the run (issue 12, section 7) ------------------------
+
+# Enough that the run is still going when the server is killed, however slow the machine; once
+# it is gone the rest fail at once.
+REQUESTS = 20_000
+KILL_AFTER_REQUESTS = 200
+POLL_S = 0.02
+
+
+def engine_requests(port: int) -> int:
+    """Requests the server's engine has taken, from its metrics."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    [line] = [line for line in text.splitlines() if line.startswith("instapay_engine_requests")]
+    return int(float(line.split()[-1]))
+
+
+def kill_when_busy(server: Server, port: int) -> threading.Thread:
+    """SIGKILLs the server once it has taken KILL_AFTER_REQUESTS more requests (its start-up
+    took some: the demo's accounts and deposits)."""
+    kill_at = engine_requests(port) + KILL_AFTER_REQUESTS
+
+    def watch() -> None:
+        stopped = threading.Event()
+        while engine_requests(port) < kill_at:
+            stopped.wait(POLL_S)
+        server.process.kill()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def test_a_server_killed_during_the_run_gets_a_summary_and_a_failed_audit(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    server = start(tmp_path / "data", port, admin_token=ADMIN_TOKEN)
+    demo = DemoMerchant.load_or_create(tmp_path / "data")
+    target = Target(f"http://127.0.0.1:{port}", demo.merchant_id, demo.kid, demo.secret)
+    plan = Plan(target, "closed", concurrency=4, requests=REQUESTS, payers=10)
+    watcher = kill_when_busy(server, port)
+    status, printed, report = load(plan, tmp_path)
+    watcher.join(timeout=60)
+    server.stop()
+    counts = report["counts"]
+    assert status == 1, printed
+    assert counts["sent"] == REQUESTS
+    assert counts["answered"] >= KILL_AFTER_REQUESTS - 4, "what was measured before the kill"
+    assert counts["failed"] > 0
+    assert counts["sent"] == counts["answered"] + counts["failed"]
+    assert re.search(rf"no answer\s+│ {counts['failed']} ", printed)
+    assert report["audit"]["unreachable"].startswith(f"http://127.0.0.1:{port}: ")
+    assert f"audit FAILED, the server could not be reached (http://127.0.0.1:{port}" in printed
+    assert "Traceback" not in printed + capfd.readouterr().err
+
+
+def test_no_server_at_all_gets_a_summary_and_a_failed_audit(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    demo = DemoMerchant()
+    base_url = f"http://127.0.0.1:{free_port()}"
+    target = Target(base_url, demo.merchant_id, demo.kid, demo.secret, admin_token=ADMIN_TOKEN)
+    plan = Plan(target, "closed", concurrency=2, requests=50, payers=10)
+    status, printed, report = load(plan, tmp_path)
+    assert status == 1, printed
+    assert (report["counts"]["sent"], report["counts"]["failed"]) == (50, 50)
+    assert "the server cannot be reached" in printed
+    assert "skipped balances: the server could not be reached before the run" in printed
+    assert report["audit"]["unreachable"].startswith(base_url)
+    assert not report["audit"]["passed"]
+    assert "Traceback" not in printed + capfd.readouterr().err
+
+
+def test_a_wrong_admin_token_is_refused_in_one_line_before_any_load(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    server = start(tmp_path / "data", port, admin_token=ADMIN_TOKEN)
+    demo = DemoMerchant.load_or_create(tmp_path / "data")
+    target = Target(
+        f"http://127.0.0.1:{port}",
+        demo.merchant_id,
+        demo.kid,
+        demo.secret,
+        admin_token="wrong",  # noqa: S106 (a test's token)
+    )
+    output = io.StringIO()
+    plan = Plan(target, "closed", concurrency=2, requests=10)
+    status = run(plan, console=Console(file=output, width=200), show_progress=False)
+    server.stop()
+    assert status == 2
+    printed = output.getvalue()
+    assert "the admin API refused the audit's reads: 401" in printed
+    assert "admin_unauthorized" in printed
+    assert "Traceback" not in printed + capfd.readouterr().err

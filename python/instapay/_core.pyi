@@ -14,6 +14,8 @@ __all__ = [
     "FINGERPRINT_LEN",
     "IDEMPOTENCY_CAPACITY_MAX",
     "IDEMPOTENCY_KEY_LEN_MAX",
+    "IDEMPOTENCY_TENANT_KEYS_MIN",
+    "IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT",
     "IDEMPOTENCY_TTL_SECONDS_DEFAULT",
     "IDEMPOTENCY_TTL_SECONDS_MAX",
     "ID_LEN_MAX",
@@ -42,6 +44,7 @@ __all__ = [
     "RESERVE_MISMATCH",
     "RESERVE_NEW",
     "RESERVE_REPLAY",
+    "RESERVE_TENANT_FULL",
     "SCAN_BAD_CRC",
     "SCAN_BAD_HEADER",
     "SCAN_BAD_LSN",
@@ -106,6 +109,12 @@ RESERVE_IN_FLIGHT: Final[int]
 """3: reserved and not finished yet; the value is the reservation's slot."""
 RESERVE_FULL: Final[int]
 """4: a new key, but the index holds ``capacity_max`` keys; the value is 0."""
+RESERVE_TENANT_FULL: Final[int]
+"""5: a new key, but its tenant holds its share of the index; the value is the share in keys."""
+IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT: Final[int]
+"""25: a tenant may hold a quarter of the index."""
+IDEMPOTENCY_TENANT_KEYS_MIN: Final[int]
+"""1000: the floor of a tenant's share, in keys (never more than the capacity)."""
 IDEMPOTENCY_KEY_LEN_MAX: Final[int]
 """1024: keys are 1 to 1024 bytes (the engine's scoped keys exceed 255)."""
 IDEMPOTENCY_CAPACITY_MAX: Final[int]
@@ -275,24 +284,50 @@ class IdempotencyIndex:
     bytes of the request fingerprint, never as raw keys. Thread-safe: frozen, with the index behind
     a mutex; batches of 64 items or more run without the GIL.
 
-    ValueError for a capacity outside 1..IDEMPOTENCY_CAPACITY_MAX or a TTL outside
-    1..IDEMPOTENCY_TTL_SECONDS_MAX; OverflowError for a negative one.
+    Tenants (the engine's merchants) share the index fairly: a tenant holds at most
+    ``tenant_keys_max`` keys, finished and in flight: ``tenant_share_percent`` of the capacity,
+    at least IDEMPOTENCY_TENANT_KEYS_MIN and at most the capacity. Keys reserved without a tenant
+    are bounded by the capacity alone.
+
+    ValueError for a capacity outside 1..IDEMPOTENCY_CAPACITY_MAX, a TTL outside
+    1..IDEMPOTENCY_TTL_SECONDS_MAX or a share outside 1..100; OverflowError for a negative one.
     """
 
-    def __new__(cls, capacity_max: int, ttl_seconds: int = ...) -> IdempotencyIndex: ...
+    def __new__(
+        cls, capacity_max: int, ttl_seconds: int = ..., tenant_share_percent: int = ...
+    ) -> IdempotencyIndex: ...
     @property
     def capacity_max(self) -> int: ...
     @property
     def ttl_seconds(self) -> int: ...
+    @property
+    def tenant_share_percent(self) -> int: ...
+    @property
+    def tenant_keys_max(self) -> int:
+        """The most keys one tenant may hold."""
+
     def reserve_batch(
-        self, keys: Sequence[_Buffer], fingerprints: Sequence[_Buffer], now_s: int
+        self,
+        keys: Sequence[_Buffer],
+        fingerprints: Sequence[_Buffer],
+        now_s: int,
+        tenants: Sequence[str] | None = None,
+        *,
+        enforce_shares: bool = True,
     ) -> list[tuple[int, int]]:
         """Per request, in order, a ``(RESERVE_*, value)`` pair.
 
         A key twice in one batch: the first is NEW, the second IN_FLIGHT (MISMATCH if its
-        fingerprint differs). Known keys are answered even when the index is full. ValueError
-        naming the index for a key outside 1..1024 bytes or a fingerprint that is not 32 bytes.
+        fingerprint differs). Known keys are answered even when the index or its tenant is full;
+        a new key of a tenant at its share is TENANT_FULL (before FULL). ``tenants[i]`` (1 to 255
+        bytes) names the tenant of key i; None: no tenant. ``enforce_shares=False`` is for keys
+        that were accepted before (replayed from a log): they are never refused for a share.
+        ValueError naming the index for a key outside 1..1024 bytes, a fingerprint that is not 32
+        bytes or a tenant name outside 1..255 bytes; ValueError for ``now_s`` past 2**32 - 1.
         """
+
+    def tenant_len(self, name: str) -> int:
+        """Keys (finished and in flight) tenant ``name`` holds."""
 
     def complete_batch(self, slots: Sequence[int], refs: Sequence[int]) -> None:
         """Records the u64 result reference of NEW reservations, which are then replayed.
@@ -321,8 +356,11 @@ class IdempotencyIndex:
         start, and the entries and reservations it holds."""
 
     def dump(self) -> bytes:
-        """The finished entries as a versioned snapshot with a CRC-32C, without reservations."""
+        """The finished entries with their tenants as a versioned snapshot with a CRC-32C,
+        without reservations (format version 2, rust/idempotency/snapshot.rs)."""
 
     @staticmethod
-    def load(data: bytes) -> IdempotencyIndex:
-        """The index of a dump; ValueError for a truncated or corrupted one."""
+    def load(data: bytes, tenant_share_percent: int | None = None) -> IdempotencyIndex:
+        """The index of a dump, with the dump's share unless another is given; version 1 dumps
+        (before tenants) load their keys as keys of no tenant. ValueError for a truncated or
+        corrupted one."""

@@ -17,11 +17,16 @@
     in_flight_max = 64
     in_flight_per_merchant_max = 8
 
+    [idempotency]                              # optional; the default is shown
+    merchant_share_percent = 25                # the most of the index one merchant may hold
+
     [[merchants]]
     id = "shop"
     settlement_account = "shop.settlement"
     webhook_url = "https://shop.example/instapay"
     webhook_secret = { secret_env = "SHOP_WEBHOOK_SECRET" }    # required with webhook_url
+    # optional, while rotating: the old secret signs a second v1 until it is removed
+    previous_webhook_secret = { secret_env = "SHOP_OLD_WEBHOOK_SECRET" }
     keys = { "shop.k1" = { secret_env = "SHOP_K1_SECRET" } }   # or { secret_hex = "..." }
 
 Secrets live in the environment (or, for tests and demos, as hex in the file); an unknown key,
@@ -96,7 +101,14 @@ def _merchant(index: int, table: Any) -> Merchant:
     where = f"merchants[{index}]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    allowed = {"id", "settlement_account", "webhook_url", "webhook_secret", "keys"}
+    allowed = {
+        "id",
+        "settlement_account",
+        "webhook_url",
+        "webhook_secret",
+        "previous_webhook_secret",
+        "keys",
+    }
     if unknown := set(table) - allowed:
         raise ConfigError(f"{where} has unknown keys: {sorted(unknown)}")
     keys = _typed(where, table, "keys", dict)
@@ -107,19 +119,33 @@ def _merchant(index: int, table: Any) -> Merchant:
         _typed(where, table, "webhook_url", str)
         if "webhook_secret" not in table:
             raise ConfigError(f"{where}.webhook_secret is required with webhook_url")
-    webhook_secret = table.get("webhook_secret")
+    webhook_secret, previous_webhook_secret = _webhook_secrets(where, table)
     return Merchant(
         id=_typed(where, table, "id", str),
         settlement_account=_typed(where, table, "settlement_account", str),
         keys={kid: _secret(f"{where}.keys.{kid}", spec) for kid, spec in keys.items()},
         webhook_url=webhook_url,
-        webhook_secret=None
-        if webhook_secret is None
-        else _secret(f"{where}.webhook_secret", webhook_secret),
+        webhook_secret=webhook_secret,
+        previous_webhook_secret=previous_webhook_secret,
     )
 
 
-def _merchants(tables: list[Any]) -> EngineConfig:
+def _webhook_secrets(where: str, table: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
+    """The current webhook secret and, during a rotation, the previous one (which signs a second
+    v1 until it is removed from the file, as an admin rotation does)."""
+    current, previous = table.get("webhook_secret"), table.get("previous_webhook_secret")
+    if previous is not None and current is None:
+        raise ConfigError(f"{where}.previous_webhook_secret needs a webhook_secret (the new one)")
+    current_secret = None if current is None else _secret(f"{where}.webhook_secret", current)
+    if previous is None:
+        return current_secret, None
+    previous_secret = _secret(f"{where}.previous_webhook_secret", previous)
+    if previous_secret == current_secret:
+        raise ConfigError(f"{where}.previous_webhook_secret is the webhook_secret itself")
+    return current_secret, previous_secret
+
+
+def _merchants(tables: list[Any], share_percent: int) -> EngineConfig:
     merchants = tuple(_merchant(n, table) for n, table in enumerate(tables))
     for name, values in (
         ("id", [m.id for m in merchants]),
@@ -129,7 +155,17 @@ def _merchants(tables: list[Any]) -> EngineConfig:
     ):
         if repeated := sorted({value for value in values if values.count(value) > 1}):
             raise ConfigError(f"merchants: each {name} must be unique, repeated: {repeated}")
-    return EngineConfig(merchants)
+    return EngineConfig(merchants, idempotency_share_percent=share_percent)
+
+
+def _idempotency_share_percent(data: dict[str, Any]) -> int:
+    """A merchant's share of the idempotency index, so that one cannot fill it for all."""
+    table = _table(data, "idempotency", {"merchant_share_percent"})
+    default = EngineConfig().idempotency_share_percent
+    share = _typed("idempotency", table, "merchant_share_percent", int, default)
+    if not 1 <= share <= 100:
+        raise ConfigError("idempotency.merchant_share_percent must be from 1 to 100")
+    return int(share)
 
 
 def _delivery(data: dict[str, Any]) -> DeliveryPolicy:
@@ -159,7 +195,7 @@ def load(path: Path) -> ServeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from error
-    if unknown := set(data) - {"server", "storage", "webhooks", "merchants"}:
+    if unknown := set(data) - {"server", "storage", "webhooks", "idempotency", "merchants"}:
         raise ConfigError(f"unknown tables: {sorted(unknown)}")
     server = _table(data, "server", {"host", "port", "admin_token_env"})
     storage = _table(data, "storage", {"data_dir", "fsync"})
@@ -176,7 +212,7 @@ def load(path: Path) -> ServeConfig:
         port=_typed("server", server, "port", int, 8080),
         data_dir=Path(_typed("storage", storage, "data_dir", str, "var")),
         fsync=fsync,
-        engine=_merchants(merchants),
+        engine=_merchants(merchants, _idempotency_share_percent(data)),
         admin_token=os.environ.get(token_env) or None,
         delivery=delivery,
     )

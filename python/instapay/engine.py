@@ -79,6 +79,9 @@ PAYMENTS_PATH = "/v1/payments"
 REFUNDS_PATH = re.compile(r"/v1/payments/(pay_[^/]+)/refunds")
 PAYMENT_ID_PREFIX = "pay_"
 REFUND_ID_PREFIX = "re_"
+# The share of the idempotency index that keyed admin deposits and withdrawals count in: a name
+# no merchant can have (ids have no spaces), so no merchant's keys crowd them out, nor theirs.
+ADMIN_TENANT = " admin"
 # Snapshot payload: length of the JSON state, the JSON state, then the idempotency index dump.
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
@@ -181,6 +184,11 @@ def payment_lsn(payment_id_: str) -> int | None:
 
 def refund_id(lsn: int) -> str:
     return f"{REFUND_ID_PREFIX}{lsn}"
+
+
+def refund_lsn(refund_id_: str) -> int | None:
+    """The LSN a refund id names, or None when it names none."""
+    return number_in_id(refund_id_, REFUND_ID_PREFIX)
 
 
 def _failure(code: str | None) -> Failure | None:
@@ -353,6 +361,19 @@ class _Staged:
     refs: list[int] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Refunds:
+    """The durable refunds of one payment."""
+
+    lsns: list[int] = field(default_factory=list)  # oldest first
+    amount: int = 0  # refunded by those that succeeded
+
+    def add(self, lsn: int, refund: RefundResult) -> None:
+        self.lsns.append(lsn)
+        if refund.status == Status.SUCCEEDED:
+            self.amount += refund.amount
+
+
 def _idempotency_key(merchant_id: str, scope: str) -> bytes:
     return f"{merchant_id}\x00{scope}".encode()
 
@@ -397,7 +418,9 @@ class Engine:
         self.merchants = Merchants(config.merchants)
         self.outbox = Outbox()
         self.ledger = Ledger()
-        self.index = _core.IdempotencyIndex(idempotency_capacity)
+        self.index = _core.IdempotencyIndex(
+            idempotency_capacity, tenant_share_percent=config.idempotency_share_percent
+        )
         # Durable payment and refund results by LSN (their ids carry the LSN).
         self.results: dict[int, PaymentResult | RefundResult] = {}
         # Durable deposits and withdrawals sent with an Idempotency-Key, by LSN: what a retry
@@ -405,6 +428,8 @@ class Engine:
         self._admin_results: dict[int, AdminResult] = {}
         # LSNs of the durable payments of each (merchant, order id), oldest first.
         self._orders: dict[tuple[str, str], list[int]] = {}
+        # The durable refunds of each payment id.
+        self._refunds: dict[str, _Refunds] = {}
         self.lsn_next = 1
         self.stats = EngineStats()
         self._queue: deque[_Job] = deque()
@@ -673,6 +698,8 @@ class Engine:
         self.results[lsn] = result
         if isinstance(result, PaymentResult):
             self._orders.setdefault((result.merchant_id, result.order_id), []).append(lsn)
+        else:
+            self._refunds.setdefault(result.payment_id, _Refunds()).add(lsn, result)
         self.outbox.add_event(result.merchant_id, lsn)
         merchant = self.merchants.get(result.merchant_id)
         if notify and merchant is not None and merchant.webhook_url is not None:
@@ -681,13 +708,29 @@ class Engine:
     def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
         """The durable payments a merchant made for one order id, oldest first."""
         lsns = self._orders.get((merchant_id, order_id), [])
-        return [result for lsn in lsns if isinstance(result := self.results[lsn], PaymentResult)]
+        return [
+            self._as_now(result)
+            for lsn in lsns
+            if isinstance(result := self.results[lsn], PaymentResult)
+        ]
 
     def payment(self, payment_id_: str) -> PaymentResult | None:
         """A durable payment by id."""
         lsn = payment_lsn(payment_id_)
         result = None if lsn is None else self.results.get(lsn)
-        return result if isinstance(result, PaymentResult) else None
+        return self._as_now(result) if isinstance(result, PaymentResult) else None
+
+    def _as_now(self, payment: PaymentResult) -> PaymentResult:
+        """A stored payment with what its durable refunds gave back so far."""
+        refunds = self._refunds.get(payment.id)
+        if refunds is None or not refunds.amount:
+            return payment
+        return payment._replace(amount_refunded=refunds.amount)
+
+    def refund_lsns(self, payment_id_: str) -> list[int]:
+        """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
+        refunds = self._refunds.get(payment_id_)
+        return [] if refunds is None else refunds.lsns
 
     # ---- the pipeline -----------------------------------------------------------------------
 
@@ -723,12 +766,14 @@ class Engine:
         keyed: list[_Job] = []
         keys: list[bytes] = []
         fingerprints: list[bytes] = []
+        tenants: list[str] = []
         for job, op in ops:
             if isinstance(op, _PaymentOp | _RefundOp | _AdminOp) and op.key is not None:
                 keyed.append(job)
                 keys.append(op.key)
                 fingerprints.append(op.fingerprint)
-        answers = self.index.reserve_batch(keys, fingerprints, now_s)
+                tenants.append(ADMIN_TENANT if isinstance(op, _AdminOp) else op.merchant.id)
+        answers = self.index.reserve_batch(keys, fingerprints, now_s, tenants)
         answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
         staged = _Staged()
         for job, op in ops:
@@ -852,6 +897,8 @@ class Engine:
         """Answers a request whose idempotency key the index already knows."""
         if status == _core.RESERVE_REPLAY:
             stored = self.results.get(value) or self._admin_results[value]
+            if isinstance(stored, PaymentResult):
+                stored = self._as_now(stored)
             job.answer(_replayed(stored))
         elif status == _core.RESERVE_IN_FLIGHT:
             self._waiters[value].append(job)
@@ -862,6 +909,15 @@ class Engine:
                     "this idempotency key was used with a different request",
                     422,
                 ),
+            )
+        elif status == _core.RESERVE_TENANT_FULL:
+            index = self.index
+            job.answer(
+                Overloaded(
+                    f"this merchant holds {value} idempotency keys, its share of the index "
+                    f"({index.tenant_share_percent} % of {index.capacity_max} keys); "
+                    f"keys are kept {index.ttl_seconds} s"
+                )
             )
         else:
             job.answer(Overloaded("the idempotency index is full"))
@@ -1280,8 +1336,14 @@ class Engine:
             while end < len(keys) and keys[end][2] == keys[start][2]:
                 end += 1
             run = keys[start:end]
+            # Logged keys were accepted once: over a share (changed since) they are kept all the
+            # same, or a retry of their request would apply twice.
             answers = self.index.reserve_batch(
-                [k for k, _, _, _ in run], [f for _, f, _, _ in run], run[0][2]
+                [k for k, _, _, _ in run],
+                [f for _, f, _, _ in run],
+                run[0][2],
+                [self._tenant_of(lsn) for _, _, _, lsn in run],
+                enforce_shares=False,
             )
             slots = [slot for status, slot in answers if status == _core.RESERVE_NEW]
             refs = [
@@ -1291,6 +1353,11 @@ class Engine:
             ]
             self.index.complete_batch(slots, refs)
             start = end
+
+    def _tenant_of(self, lsn: int) -> str:
+        """Whose share of the idempotency index the key logged at `lsn` counts in."""
+        result = self.results.get(lsn)
+        return ADMIN_TENANT if result is None else result.merchant_id
 
     def _snapshot_payload(self) -> bytes:
         state = {
@@ -1327,7 +1394,10 @@ class Engine:
                 account_id, Status(status), _failure(failure), balance
             )
         self.outbox.restore(state.get("deliveries", []))
-        self.index = _core.IdempotencyIndex.load(payload[start + length :])
+        # The configured share, not the one the snapshot was taken with.
+        self.index = _core.IdempotencyIndex.load(
+            payload[start + length :], self.index.tenant_share_percent
+        )
         self.lsn_next = lsn + 1
 
     async def _snapshot_between_batches(self) -> None:

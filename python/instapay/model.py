@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from instapay import _core
+
 
 class Status(StrEnum):
     SUCCEEDED = "succeeded"
@@ -48,6 +50,9 @@ class PaymentResult(NamedTuple):
     created_s: int
     description: str | None = None
     metadata: dict[str, str] | None = None
+    # What its durable refunds gave back so far. The engine stores results with 0 and fills in
+    # the running total when a payment is read or replayed (Engine.payment): one source of truth.
+    amount_refunded: int = 0
     # True when this answer is a stored result returned again for a retried request.
     replayed: bool = False
 
@@ -59,6 +64,7 @@ class PaymentResult(NamedTuple):
             "order_id": self.order_id,
             "payer": self.payer,
             "amount": self.amount,
+            "amount_refunded": self.amount_refunded,
             "currency": self.currency,
             "status": self.status.value,
             "failure_code": self.failure_code.value if self.failure_code else None,
@@ -158,3 +164,6 @@ class Merchant:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     merchants: tuple[Merchant, ...] = ()
+    # The most of the idempotency index one merchant may hold, in percent of its capacity (with
+    # a floor of IDEMPOTENCY_TENANT_KEYS_MIN keys): one merchant cannot deny service to others.
+    idempotency_share_percent: int = _core.IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT

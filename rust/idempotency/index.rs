@@ -9,6 +9,7 @@ use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use super::pending::Pending;
 use super::ring::{Finished, Ring};
 use super::table::{Probe, Table};
+use super::tenants::{TenantId, Tenants};
 use super::{Fingerprint, KeyHash, Seed, CAPACITY_MAX, TTL_SECONDS_MAX};
 use crate::error::{CoreError, CoreResult};
 
@@ -31,6 +32,17 @@ pub enum Outcome {
     InFlight(u64),
     /// A new key, but the index holds `capacity_max` keys already.
     Full,
+    /// A new key, but its tenant holds its share already: this many keys.
+    TenantFull(u64),
+}
+
+/// Whether a reservation is held to its tenant's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shares {
+    Enforced,
+    /// For keys that were accepted once (replayed from the log): refusing one now would let a
+    /// retry of its request apply a second time.
+    Ignored,
 }
 
 pub const RESERVE_NEW: u8 = 0;
@@ -38,6 +50,7 @@ pub const RESERVE_REPLAY: u8 = 1;
 pub const RESERVE_MISMATCH: u8 = 2;
 pub const RESERVE_IN_FLIGHT: u8 = 3;
 pub const RESERVE_FULL: u8 = 4;
+pub const RESERVE_TENANT_FULL: u8 = 5;
 
 impl Outcome {
     /// The `(status, value)` pair Python sees.
@@ -48,6 +61,7 @@ impl Outcome {
             Self::Mismatch => (RESERVE_MISMATCH, 0),
             Self::InFlight(slot) => (RESERVE_IN_FLIGHT, slot),
             Self::Full => (RESERVE_FULL, 0),
+            Self::TenantFull(keys_max) => (RESERVE_TENANT_FULL, keys_max),
         }
     }
 }
@@ -84,6 +98,13 @@ impl Entries {
         } else {
             self.pending.get(handle & SEQ_MASK).key
         }
+    }
+
+    /// The tenant of every finished entry and reservation (a full scan, for tests).
+    #[cfg(test)]
+    fn tenants(&self) -> impl Iterator<Item = TenantId> + '_ {
+        let finished = self.finished.iter().map(|entry| entry.tenant);
+        finished.chain(self.pending.tenants())
     }
 
     fn answer(&self, handle: u32, fingerprint: &Fingerprint) -> Outcome {
@@ -140,21 +161,24 @@ pub struct Index {
     ttl_s: u64,
     table: Table,
     entries: Entries,
+    tenants: Tenants,
 }
 
 impl Index {
     /// # Errors
-    /// `OutOfRange` for a capacity or TTL outside the supported range.
-    pub fn new(capacity_max: u64, ttl_s: u64, seed: Seed) -> CoreResult<Self> {
+    /// `OutOfRange` for a capacity, TTL or tenant share outside the supported range.
+    pub fn new(capacity_max: u64, ttl_s: u64, share_percent: u64, seed: Seed) -> CoreResult<Self> {
         let capacity_max = checked_range("capacity_max", capacity_max, 1, CAPACITY_MAX as u64)?;
+        let capacity_max = usize::try_from(capacity_max).expect("bounded by CAPACITY_MAX");
         checked_range("ttl_seconds", ttl_s, 1, TTL_SECONDS_MAX)?;
         Ok(Self {
             seed,
             key_hasher: KeyHasher::new(&seed),
-            capacity_max: usize::try_from(capacity_max).expect("bounded by CAPACITY_MAX"),
+            capacity_max,
             ttl_s,
-            table: Table::with_capacity(usize::try_from(capacity_max).expect("bounded")),
+            table: Table::with_capacity(capacity_max),
             entries: Entries::default(),
+            tenants: Tenants::new(capacity_max, share_percent)?,
         })
     }
 
@@ -179,11 +203,20 @@ impl Index {
         self.entries.pending.len()
     }
 
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    pub fn tenants_mut(&mut self) -> &mut Tenants {
+        &mut self.tenants
+    }
+
     pub fn memory_bytes(&self) -> usize {
         size_of::<Self>()
             + self.table.allocated_bytes()
             + self.entries.finished.allocated_bytes()
             + self.entries.pending.allocated_bytes()
+            + self.tenants.allocated_bytes()
     }
 
     /// Finished entries, oldest first: what a snapshot keeps.
@@ -201,14 +234,22 @@ impl Index {
             .probe(table_hash(key), |handle| entries.key_of(handle) == *key)
     }
 
-    /// The answers for a batch of requests whose keys hash to `keys` (see `KeyHasher`).
+    /// The answers for a batch of requests whose keys hash to `keys` (see `KeyHasher`), each of
+    /// tenant `tenants[i]` (numbered by `Tenants::intern`).
     pub fn reserve_batch(
         &mut self,
         keys: &[KeyHash],
         fingerprints: &[Fingerprint],
-        now_s: u64,
+        tenants: &[TenantId],
+        now_s: u32,
+        shares: Shares,
     ) -> Vec<Outcome> {
         assert_eq!(keys.len(), fingerprints.len(), "one fingerprint per key");
+        assert_eq!(keys.len(), tenants.len(), "one tenant per key");
+        assert!(
+            tenants.iter().all(|&tenant| self.tenants.is_known(tenant)),
+            "tenants are interned first"
+        );
         // Independent loads of every home bucket first: their cache misses overlap, where the
         // probes below, one after the other, would wait for each in turn.
         let warm = keys
@@ -218,20 +259,33 @@ impl Index {
         let outcomes = keys
             .iter()
             .zip(fingerprints)
-            .map(|(&key, fingerprint)| self.reserve(key, fingerprint, now_s))
+            .zip(tenants)
+            .map(|((&key, fingerprint), &tenant)| self.reserve(key, fingerprint, tenant, now_s, shares))
             .collect();
         self.assert_counts();
         outcomes
     }
 
-    /// The answer for one request whose key hashes to `key`.
-    pub fn reserve(&mut self, key: KeyHash, fingerprint: &Fingerprint, now_s: u64) -> Outcome {
+    /// The answer for one request whose key hashes to `key`. A tenant over its share is
+    /// answered before a full index: it is that tenant's keys that fill it.
+    pub fn reserve(
+        &mut self,
+        key: KeyHash,
+        fingerprint: &Fingerprint,
+        tenant: TenantId,
+        now_s: u32,
+        shares: Shares,
+    ) -> Outcome {
         match self.probe(&key) {
             Probe::Found(bucket) => self.entries.answer(self.table.handle(bucket), fingerprint),
+            Probe::Vacant(_) if shares == Shares::Enforced && !self.tenants.admits(tenant) => {
+                Outcome::TenantFull(self.tenants.keys_max() as u64)
+            }
             Probe::Vacant(_) if self.len() >= self.capacity_max => Outcome::Full,
             Probe::Vacant(bucket) => {
-                let index = self.entries.pending.insert(key, *fingerprint, now_s);
+                let index = self.entries.pending.insert(key, *fingerprint, now_s, tenant);
                 self.table.insert(bucket, table_hash(&key), pending_handle(index));
+                self.tenants.add(tenant);
                 Outcome::New(self.entries.pending.slot(index))
             }
         }
@@ -262,6 +316,7 @@ impl Index {
                 fingerprint: reservation.fingerprint,
                 reference,
                 created_s: reservation.created_s,
+                tenant: reservation.tenant,
             });
             let bucket = self
                 .table
@@ -279,6 +334,7 @@ impl Index {
         for &slot in slots {
             let (index, reservation) = self.entries.pending.take(slot);
             self.remove_handle(&reservation.key, pending_handle(index));
+            self.tenants.remove(reservation.tenant);
         }
         self.assert_counts();
         Ok(())
@@ -293,12 +349,13 @@ impl Index {
     pub fn expire(&mut self, now_s: u64) -> usize {
         let mut removed = 0;
         while let Some(front) = self.entries.finished.front() {
-            if now_s.saturating_sub(front.created_s) <= self.ttl_s {
+            if now_s.saturating_sub(u64::from(front.created_s)) <= self.ttl_s {
                 break;
             }
-            let key = front.key;
+            let (key, tenant) = (front.key, front.tenant);
             self.remove_handle(&key, finished_handle(self.entries.finished.head_seq()));
             self.entries.finished.pop_front();
+            self.tenants.remove(tenant);
             removed += 1;
         }
         self.assert_counts();
@@ -308,10 +365,14 @@ impl Index {
     /// Adds a finished entry read from a snapshot.
     ///
     /// # Errors
-    /// `CorruptDump` when the key is already present or the index is full.
+    /// `CorruptDump` when the key is already present, its tenant unknown or the index full.
+    /// A tenant over its share is restored all the same: its keys were accepted once.
     pub fn restore(&mut self, entry: Finished) -> CoreResult<()> {
         if self.len() >= self.capacity_max {
             return Err(CoreError::CorruptDump("more entries than capacity_max".into()));
+        }
+        if !self.tenants.is_known(entry.tenant) {
+            return Err(CoreError::CorruptDump(format!("unknown tenant {}", entry.tenant)));
         }
         let Probe::Vacant(bucket) = self.probe(&entry.key) else {
             return Err(CoreError::CorruptDump("a key appears twice".into()));
@@ -319,13 +380,26 @@ impl Index {
         let seq = self.entries.finished.push(entry);
         self.table
             .insert(bucket, table_hash(&entry.key), finished_handle(seq));
+        self.tenants.add(entry.tenant);
         Ok(())
     }
 
-    /// The table holds exactly the entries; cheap enough to check after every batch.
+    /// The table holds exactly the entries, each counted by its tenant; cheap enough to check
+    /// after every batch (the tenants are few: merchants).
     fn assert_counts(&self) {
         assert_eq!(self.table.len(), self.entries.len(), "table and entries disagree");
+        assert_eq!(
+            self.tenants.total(),
+            self.table.len(),
+            "tenant counts and table disagree"
+        );
         assert!(self.table.len() <= self.capacity_max, "over capacity");
+    }
+
+    /// Counts every entry's tenant again: what the running counts must equal.
+    #[cfg(test)]
+    fn recount(&self, tenant: TenantId) -> usize {
+        self.entries.tenants().filter(|&each| each == tenant).count()
     }
 }
 
@@ -346,19 +420,93 @@ fn checked_range(what: &'static str, value: u64, min: u64, max: u64) -> CoreResu
 mod tests {
     use super::*;
     use crate::idempotency::ring::{CHUNK_LEN, FINISHED_LEN};
+    use crate::idempotency::tenants::{NO_TENANT, TENANT_KEYS_MIN};
 
     const TTL_S: u64 = 100;
 
     fn index(capacity_max: u64) -> Index {
-        Index::new(capacity_max, TTL_S, [7; 16]).expect("valid settings")
+        Index::new(capacity_max, TTL_S, 100, [7; 16]).expect("valid settings")
     }
 
     fn fingerprint(byte: u8) -> Fingerprint {
         [byte; 16]
     }
 
-    fn reserve(index: &mut Index, key: &[u8], fingerprint: &Fingerprint, now_s: u64) -> Outcome {
-        index.reserve(index.key_hasher().hash(key), fingerprint, now_s)
+    fn reserve(index: &mut Index, key: &[u8], fingerprint: &Fingerprint, now_s: u32) -> Outcome {
+        let key = index.key_hasher().hash(key);
+        index.reserve(key, fingerprint, NO_TENANT, now_s, Shares::Enforced)
+    }
+
+    fn reserve_for(index: &mut Index, tenant: TenantId, key: &[u8], shares: Shares) -> Outcome {
+        let key = index.key_hasher().hash(key);
+        index.reserve(key, &fingerprint(1), tenant, 0, shares)
+    }
+
+    /// Keys `name-0`, `name-1`, ... of `tenant`, finished.
+    fn finish_keys(index: &mut Index, tenant: TenantId, name: &str, count: usize) -> Vec<u64> {
+        let slots: Vec<u64> = (0..count)
+            .map(|n| {
+                let key = format!("{name}-{n}");
+                new_slot(reserve_for(index, tenant, key.as_bytes(), Shares::Enforced))
+            })
+            .collect();
+        index.complete_batch(&slots, &slots).expect("in flight");
+        slots
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_is_refused_while_others_still_reserve() {
+        let mut index = Index::new(4 * TENANT_KEYS_MIN as u64, TTL_S, 25, [7; 16]).expect("valid");
+        let shop = index.tenants_mut().intern(0, b"shop").expect("valid name");
+        let cafe = index.tenants_mut().intern(0, b"cafe").expect("valid name");
+        finish_keys(&mut index, shop, "shop", TENANT_KEYS_MIN);
+        let quota = TENANT_KEYS_MIN as u64;
+        assert_eq!(
+            reserve_for(&mut index, shop, b"one more", Shares::Enforced),
+            Outcome::TenantFull(quota)
+        );
+        assert_eq!(
+            reserve_for(&mut index, shop, b"shop-7", Shares::Enforced),
+            Outcome::Replay(7),
+            "its known keys are still answered"
+        );
+        new_slot(reserve_for(&mut index, cafe, b"cafe-0", Shares::Enforced));
+        new_slot(reserve_for(&mut index, shop, b"replayed", Shares::Ignored));
+        assert_eq!(index.tenants().keys_of(shop), TENANT_KEYS_MIN + 1);
+        assert_eq!(index.recount(shop), TENANT_KEYS_MIN + 1);
+    }
+
+    #[test]
+    fn tenant_counts_follow_release_and_expiry() {
+        let mut index = Index::new(100, TTL_S, 100, [7; 16]).expect("valid settings");
+        let shop = index.tenants_mut().intern(0, b"shop").expect("valid name");
+        finish_keys(&mut index, shop, "old", 3);
+        let busy = new_slot(reserve_for(&mut index, shop, b"busy", Shares::Enforced));
+        let dropped = new_slot(reserve_for(&mut index, shop, b"dropped", Shares::Enforced));
+        assert_eq!(index.tenants().keys_of(shop), 5);
+        index.release_batch(&[dropped]).expect("in flight");
+        assert_eq!(index.tenants().keys_of(shop), 4);
+        assert_eq!(index.expire(TTL_S + 1), 3);
+        assert_eq!(index.tenants().keys_of(shop), 1);
+        index.complete_batch(&[busy], &[1]).expect("in flight");
+        assert_eq!((index.tenants().keys_of(shop), index.recount(shop)), (1, 1));
+    }
+
+    #[test]
+    fn a_full_index_is_full_for_tenants_within_their_share() {
+        let mut index = Index::new(2, TTL_S, 100, [7; 16]).expect("valid settings");
+        let shop = index.tenants_mut().intern(0, b"shop").expect("valid name");
+        let cafe = index.tenants_mut().intern(0, b"cafe").expect("valid name");
+        finish_keys(&mut index, shop, "shop", 1);
+        finish_keys(&mut index, cafe, "cafe", 1);
+        assert_eq!(
+            reserve_for(&mut index, cafe, b"c", Shares::Enforced),
+            Outcome::Full
+        );
+        assert_eq!(
+            reserve_for(&mut index, cafe, b"c", Shares::Ignored),
+            Outcome::Full
+        );
     }
 
     fn new_slot(outcome: Outcome) -> u64 {
@@ -524,7 +672,7 @@ mod tests {
             (1, TTL_SECONDS_MAX + 1),
         ] {
             assert!(matches!(
-                Index::new(capacity, ttl, [0; 16]),
+                Index::new(capacity, ttl, 100, [0; 16]),
                 Err(CoreError::OutOfRange { .. })
             ));
         }

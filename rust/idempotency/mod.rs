@@ -11,16 +11,20 @@ mod pending;
 mod ring;
 mod snapshot;
 mod table;
+mod tenants;
 
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList, PyString};
 
 pub use self::index::{
-    Index, KeyHasher, Outcome, RESERVE_FULL, RESERVE_IN_FLIGHT, RESERVE_MISMATCH, RESERVE_NEW, RESERVE_REPLAY,
+    Index, KeyHasher, Outcome, Shares, RESERVE_FULL, RESERVE_IN_FLIGHT, RESERVE_MISMATCH, RESERVE_NEW,
+    RESERVE_REPLAY, RESERVE_TENANT_FULL,
 };
-use crate::convert::{read_bytes_items, same_lengths, u64_items};
+use self::tenants::{TenantId, NO_TENANT};
+pub use self::tenants::{TENANT_KEYS_MIN, TENANT_SHARE_PERCENT_DEFAULT};
+use crate::convert::{read_bytes_items, read_items, same_lengths, typed_item, u64_items};
 use crate::error::{CoreError, CoreResult};
 use crate::parallel::detach_when;
 
@@ -68,6 +72,16 @@ fn check_key(index: usize, key: &[u8]) -> CoreResult<()> {
     Ok(())
 }
 
+/// Reservation times are kept in 32 bits (see `ring::Finished`).
+fn checked_now(now_s: u64) -> CoreResult<u32> {
+    u32::try_from(now_s).map_err(|_| CoreError::OutOfRange {
+        what: "now_s",
+        value: now_s,
+        min: 0,
+        max: u64::from(u32::MAX),
+    })
+}
+
 fn random_seed() -> CoreResult<Seed> {
     let mut seed = Seed::default();
     getrandom::fill(&mut seed).map_err(|error| CoreError::NoEntropy(error.to_string()))?;
@@ -95,37 +109,94 @@ impl IdempotencyIndex {
             index: Mutex::new(index),
         }
     }
+
+    /// The tenant id of every name (numbering new ones), or `NO_TENANT` for each of `len` keys.
+    fn tenant_ids(&self, tenants: Option<&Bound<'_, PyAny>>, len: usize) -> PyResult<Vec<TenantId>> {
+        let Some(tenants) = tenants else {
+            return Ok(vec![NO_TENANT; len]);
+        };
+        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        // A batch is mostly one merchant's, one `str` object: its id is looked up once.
+        let mut last: Option<(Bound<'_, PyAny>, TenantId)> = None;
+        read_items("tenants", "a sequence of str", tenants, |at, item| {
+            if let Some((object, id)) = &last {
+                if object.is(item) {
+                    return Ok(*id);
+                }
+            }
+            let name = typed_item::<PyString>("tenants", at, "str", item)?.to_str()?;
+            let id = index.tenants_mut().intern(at, name.as_bytes())?;
+            last = Some((item.clone(), id));
+            Ok(id)
+        })
+    }
 }
 
 #[pymethods]
 impl IdempotencyIndex {
     #[new]
-    #[pyo3(signature = (capacity_max, ttl_seconds = TTL_SECONDS_DEFAULT))]
-    fn new(capacity_max: u64, ttl_seconds: u64) -> PyResult<Self> {
+    #[pyo3(signature = (
+        capacity_max, ttl_seconds = TTL_SECONDS_DEFAULT, tenant_share_percent = TENANT_SHARE_PERCENT_DEFAULT
+    ))]
+    fn new(capacity_max: u64, ttl_seconds: u64, tenant_share_percent: u64) -> PyResult<Self> {
         Ok(Self::from_index(Index::new(
             capacity_max,
             ttl_seconds,
+            tenant_share_percent,
             random_seed()?,
         )?))
     }
 
+    #[pyo3(signature = (keys, fingerprints, now_s, tenants = None, *, enforce_shares = true))]
     fn reserve_batch<'py>(
         &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         fingerprints: &Bound<'py, PyAny>,
         now_s: u64,
+        tenants: Option<&Bound<'py, PyAny>>,
+        enforce_shares: bool,
     ) -> PyResult<Bound<'py, PyList>> {
+        let now_s = checked_now(now_s)?;
         let key_hashes = read_bytes_items("keys", keys, |index, key| {
             check_key(index, key)?;
             Ok(self.key_hasher.hash(key))
         })?;
         let fingerprints = read_bytes_items("fingerprints", fingerprints, read_fingerprint)?;
-        let len = same_lengths("keys and fingerprints", &[key_hashes.len(), fingerprints.len()])?;
+        let tenant_ids = self.tenant_ids(tenants, key_hashes.len())?;
+        let len = same_lengths(
+            "keys, fingerprints and tenants",
+            &[key_hashes.len(), fingerprints.len(), tenant_ids.len()],
+        )?;
+        let shares = if enforce_shares {
+            Shares::Enforced
+        } else {
+            Shares::Ignored
+        };
         let outcomes = detach_when(py, len >= DETACH_ITEMS_MIN, || {
-            self.with_index(|index| index.reserve_batch(&key_hashes, &fingerprints, now_s))
+            self.with_index(|index| {
+                index.reserve_batch(&key_hashes, &fingerprints, &tenant_ids, now_s, shares)
+            })
         })?;
         PyList::new(py, outcomes.into_iter().map(Outcome::code))
+    }
+
+    /// Keys held by tenant `name` (0 for a name never seen).
+    fn tenant_len(&self, name: &str) -> PyResult<usize> {
+        Ok(self.with_index(|index| {
+            let tenants = index.tenants();
+            tenants.id_of(name.as_bytes()).map_or(0, |id| tenants.keys_of(id))
+        })?)
+    }
+
+    #[getter]
+    fn tenant_share_percent(&self) -> PyResult<u64> {
+        Ok(self.with_index(|index| index.tenants().share_percent())?)
+    }
+
+    #[getter]
+    fn tenant_keys_max(&self) -> PyResult<usize> {
+        Ok(self.with_index(|index| index.tenants().keys_max())?)
     }
 
     fn complete_batch(
@@ -183,19 +254,22 @@ impl IdempotencyIndex {
     }
 
     #[staticmethod]
-    fn load(py: Python<'_>, data: &[u8]) -> PyResult<Self> {
-        let index = py.detach(|| snapshot::decode(data))?;
+    #[pyo3(signature = (data, tenant_share_percent = None))]
+    fn load(py: Python<'_>, data: &[u8], tenant_share_percent: Option<u64>) -> PyResult<Self> {
+        let index = py.detach(|| snapshot::decode(data, tenant_share_percent))?;
         Ok(Self::from_index(index))
     }
 
     fn __repr__(&self) -> PyResult<String> {
         Ok(self.with_index(|index| {
             format!(
-                "IdempotencyIndex(len={}, in_flight={}, capacity_max={}, ttl_seconds={})",
+                "IdempotencyIndex(len={}, in_flight={}, capacity_max={}, ttl_seconds={}, \
+                 tenant_share_percent={})",
                 index.len(),
                 index.in_flight(),
                 index.capacity_max(),
-                index.ttl_s()
+                index.ttl_s(),
+                index.tenants().share_percent()
             )
         })?)
     }

@@ -2,6 +2,7 @@
 //! so a stale slot (completed or released, its place since reused) is refused, never applied to
 //! the newer reservation.
 
+use super::tenants::TenantId;
 use super::{Fingerprint, KeyHash};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,7 +17,8 @@ enum State {
 pub struct Reservation {
     pub key: KeyHash,
     pub fingerprint: Fingerprint,
-    pub created_s: u64,
+    pub created_s: u32,
+    pub tenant: TenantId,
     generation: u32,
     state: State,
 }
@@ -40,11 +42,18 @@ impl Pending {
     }
 
     /// Stores a reservation; returns its index (what the hash table refers to).
-    pub fn insert(&mut self, key: KeyHash, fingerprint: Fingerprint, created_s: u64) -> u32 {
+    pub fn insert(
+        &mut self,
+        key: KeyHash,
+        fingerprint: Fingerprint,
+        created_s: u32,
+        tenant: TenantId,
+    ) -> u32 {
         let reservation = |generation| Reservation {
             key,
             fingerprint,
             created_s,
+            tenant,
             generation,
             state: State::Reserved,
         };
@@ -108,6 +117,15 @@ impl Pending {
         (u32::try_from(index).expect("slot indexes are u32"), taken)
     }
 
+    /// The tenants of the reservations (a full scan, for tests).
+    #[cfg(test)]
+    pub fn tenants(&self) -> impl Iterator<Item = super::tenants::TenantId> + '_ {
+        self.entries
+            .iter()
+            .filter(|entry| entry.state != State::Free)
+            .map(|entry| entry.tenant)
+    }
+
     pub fn allocated_bytes(&self) -> usize {
         self.entries.capacity() * size_of::<Reservation>() + self.free.capacity() * size_of::<u32>()
     }
@@ -120,11 +138,11 @@ mod tests {
     #[test]
     fn a_slot_is_refused_once_taken_even_after_its_place_is_reused() {
         let mut pending = Pending::default();
-        let index = pending.insert([1, 1], [1; 16], 0);
+        let index = pending.insert([1, 1], [1; 16], 0, 0);
         let first = pending.slot(index);
         assert!(pending.claim(first));
         pending.take(first);
-        let reused = pending.insert([2, 2], [2; 16], 0);
+        let reused = pending.insert([2, 2], [2; 16], 0, 0);
         assert_eq!(reused, index);
         assert_ne!(pending.slot(reused), first);
         assert!(!pending.claim(first));
@@ -134,7 +152,7 @@ mod tests {
     #[test]
     fn a_slot_cannot_be_claimed_twice() {
         let mut pending = Pending::default();
-        let index = pending.insert([1, 1], [1; 16], 0);
+        let index = pending.insert([1, 1], [1; 16], 0, 0);
         let slot = pending.slot(index);
         assert!(pending.claim(slot));
         assert!(!pending.claim(slot));

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use super::tenants::TenantId;
 use super::{Fingerprint, KeyHash};
 
 /// Entries per chunk: 4096 x 48 B = 192 KiB, so a full index wastes at most two chunks.
@@ -17,8 +18,10 @@ pub struct Finished {
     pub fingerprint: Fingerprint,
     /// Set by `complete`: the engine's handle to the stored response.
     pub reference: u64,
-    /// When the key was reserved (the clock the engine passed to `reserve`).
-    pub created_s: u64,
+    /// When the key was reserved (the clock the engine passed to `reserve`): 32 bits reach
+    /// the year 2106 and leave room for the tenant within the 48 bytes.
+    pub created_s: u32,
+    pub tenant: TenantId,
 }
 
 /// The memory budget of DESIGN.md (64 B per key) rests on this size.
@@ -104,7 +107,8 @@ mod tests {
             key: [n, !n],
             fingerprint: [0; 16],
             reference: n,
-            created_s: n,
+            created_s: u32::try_from(n).expect("small test numbers"),
+            tenant: 0,
         }
     }
 

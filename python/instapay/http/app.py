@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from instapay import _core
+from instapay import _core, lists
 from instapay.ascii_digits import ascii_int
-from instapay.engine import Engine, FsyncMode
+from instapay.engine import Engine, FsyncMode, refund_lsn
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instapay.http.metrics import Metrics
 from instapay.http.openapi import openapi_spec
@@ -338,6 +338,39 @@ async def list_payments(request: web.Request) -> web.Response:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
     payments = engine_of(request).payments_for_order(merchant.id, order_id)
     return signed_json(merchant, {"object": "list", "data": [p.to_json() for p in payments]})
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    """`GET /v1/payments/{id}/refunds?limit=&starting_after=&ending_before=`: the refunds of one
+    of the merchant's payments, declined ones included, newest first (Stripe's list)."""
+    merchant = await signed_reader(request, await request.read())
+    payment_id = request.match_info["payment_id"]
+    engine = engine_of(request)
+    payment = engine.payment(payment_id)
+    if payment is None or payment.merchant_id != merchant.id:
+        raise RequestError("not_found", f"no payment {payment_id}", 404)
+    cursors = {name: refund_cursor(request, name) for name in ("starting_after", "ending_before")}
+    lsns = engine.refund_lsns(payment_id)
+    try:
+        page = lists.newest_first(lsns, page_len(request), **cursors)
+    except ValueError:
+        raise RequestError(
+            "invalid_request",
+            f"starting_after and ending_before: one refund of {payment_id}, not both",
+        ) from None
+    data = [engine.results[lsn].to_json() for lsn in page.items]
+    return signed_json(merchant, {"object": "list", "data": data, "has_more": page.has_more})
+
+
+def refund_cursor(request: web.Request, name: str) -> int | None:
+    """The LSN of the refund id in query parameter `name`, if given."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    lsn = refund_lsn(text)
+    if lsn is None:
+        raise RequestError("invalid_request", f"{name}: not a refund id: {text!r}")
+    return lsn
 
 
 async def signed_submission(request: web.Request) -> PaymentResult | RefundResult:
@@ -748,6 +781,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_post("/v1/payments", create_payment_or_refund)
     app.router.add_post("/v1/payments/batch", create_payments_batch)
     app.router.add_post("/v1/payments/{payment_id}/refunds", create_payment_or_refund)
+    app.router.add_get("/v1/payments/{payment_id}/refunds", list_refunds)
     app.router.add_get("/v1/payments", list_payments)
     app.router.add_get("/v1/payments/{payment_id}", get_payment)
     app.router.add_post("/v1/admin/accounts", admin_open_account)

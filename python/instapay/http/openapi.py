@@ -107,6 +107,15 @@ PAYMENT_PROPERTIES: Final[JSON] = {
     "order_id": ID,
     "payer": ID,
     "amount": AMOUNT,
+    "amount_refunded": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": _core.AMOUNT_MAX,
+        "description": (
+            "What its refunds gave back so far, in minor units (at most `amount`); an event "
+            "shows it as it was then."
+        ),
+    },
     "currency": CURRENCY,
     "status": _schema("Status"),
     "failure_code": {
@@ -231,6 +240,13 @@ SCHEMAS: Final[JSON] = {
             "failure_code": {"oneOf": [_schema("FailureCode"), {"type": "null"}]},
             "created": UNIX_S,
             "reason": {"type": ["string", "null"]},
+        }
+    ),
+    "RefundList": _closed(
+        {
+            "object": _const("list"),
+            "data": {"type": "array", "items": _schema("Refund")},
+            "has_more": {"type": "boolean"},
         }
     ),
     "PaymentsBatch": {
@@ -547,6 +563,20 @@ PARAMETERS: Final[JSON] = {
         "description": "Only events after this one (the last id of the previous page).",
         "schema": EVENT_ID,
     },
+    "StartingAfter": {
+        "name": "starting_after",
+        "in": "query",
+        "required": False,
+        "description": "Only refunds older than this one (the last id of the previous page).",
+        "schema": REFUND_ID,
+    },
+    "EndingBefore": {
+        "name": "ending_before",
+        "in": "query",
+        "required": False,
+        "description": "Only refunds newer than this one (the first id of the previous page).",
+        "schema": REFUND_ID,
+    },
     "Limit": {
         "name": "limit",
         "in": "query",
@@ -583,8 +613,9 @@ RESPONSES: Final[JSON] = {
         "`too_many_requests`: too many requests in flight; retry after `Retry-After`.", _RETRY
     ),
     "Unavailable": _error(
-        "`starting` (recovering the data directory), `overloaded` (queue full) or "
-        "`unavailable` (the engine stopped); retry after `Retry-After`.",
+        "`starting` (recovering the data directory), `overloaded` (queue full, or the "
+        "merchant holds its share of the idempotency index) or `unavailable` (the engine "
+        "stopped); retry after `Retry-After`.",
         _RETRY,
     ),
 }
@@ -779,6 +810,29 @@ PATHS: Final[JSON] = {
             security=_MERCHANT,
             parameters=[_param("PaymentId"), _param("RefundIdempotencyKey")],
             request_body=_body(_schema("RefundCreate"), required=False),
+        ),
+        "get": _operation(
+            "listRefunds",
+            "The refunds of one of the merchant's payments, declined ones included, newest first",
+            "payments",
+            {
+                "200": _ok("A page of refunds.", _schema("RefundList"), _SIGNED_HEADERS),
+                **_400,
+                **_404,
+                **_413,
+            },
+            description=(
+                "Signed like a POST, over an empty body (the query string included). A cursor "
+                "is one of the payment's refunds; `starting_after` and `ending_before` exclude "
+                "each other."
+            ),
+            security=_MERCHANT,
+            parameters=[
+                _param("PaymentId"),
+                _param("Limit"),
+                _param("StartingAfter"),
+                _param("EndingBefore"),
+            ],
         ),
     },
     "/v1/events": {

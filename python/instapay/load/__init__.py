@@ -1,11 +1,14 @@
 """`instapay load`: the load harness. Runs generator processes (`worker`), shows live progress,
 merges their histograms into one summary (`report`), and ends with an audit through the API
-(`audit`). The exit status is 0 only if every worker finished and the audit found nothing."""
+(`audit`). The exit status is 0 only if every worker finished and the audit found nothing.
+
+A server that is down, or dies during the run, gets the same end: the summary of what was
+measured (the requests without an answer counted), an audit that says it could not reach the
+server, exit status 1."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import multiprocessing
 import queue
 import time
@@ -15,8 +18,14 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from instapay.client import ApiError
 from instapay.load import worker
-from instapay.load.audit import audit, balances, touched_accounts, with_settlement_account
+from instapay.load.audit import (
+    UNREACHABLE_ERRORS,
+    audit,
+    before_run,
+    unreachable_reason,
+)
 from instapay.load.plan import Amounts, Plan, PlanError, Target
 from instapay.load.report import Summary, print_summary, write_json, write_plot
 from instapay.load.stats import Counts, Second, merged, new_histogram, percentiles_ms
@@ -183,11 +192,19 @@ def run(
     plot_path: Path | None = None,
 ) -> int:
     """Runs the plan, prints the summary and the audit, writes the report and the plot; the
-    exit status: 0 if every worker finished and the audit passed, 1 otherwise."""
+    exit status: 0 if every worker finished and the audit passed, 1 otherwise, 2 when the admin
+    API refuses the audit's first reads (nothing is sent then)."""
     console = console or Console()
-    plan = dataclasses.replace(plan, target=asyncio.run(with_settlement_account(plan.target)))
-    accounts = touched_accounts(plan)
-    before = asyncio.run(balances(plan.target, accounts))
+    before: dict[str, int] | None = None
+    unreachable_before = None
+    try:
+        plan, before = asyncio.run(before_run(plan))
+    except UNREACHABLE_ERRORS as error:
+        unreachable_before = unreachable_reason(plan.target, error)
+        console.print(f"[red]the server cannot be reached:[/red] {unreachable_before}")
+    except ApiError as error:
+        console.print(f"[red]instapay load: the admin API refused the audit's reads:[/red] {error}")
+        return 2
     collector = _generate(plan, console, show_progress)
     summary = collector.summary()
     acknowledged = [payment for done in collector.done for payment in done.acknowledged]
@@ -195,7 +212,11 @@ def run(
     unanswered = [payment for done in collector.done for payment in done.unanswered]
     replays = (summary.counts.replays_mismatched, mismatches)
     console.print(f"auditing {len(acknowledged):,} acknowledged payments through the API ...")
-    summary.audit = asyncio.run(audit(plan, acknowledged, replays, before, unanswered))
+    summary.audit = asyncio.run(
+        audit(
+            plan, acknowledged, replays, before, unanswered, unreachable_before=unreachable_before
+        )
+    )
     print_summary(summary, console)
     if report_path is not None:
         write_json(summary, report_path)

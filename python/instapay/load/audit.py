@@ -8,6 +8,9 @@ charged twice.
 - With an admin token: each touched payer's balance moved by exactly minus its succeeded
   payments, and the merchant's settlement account by plus all of them. This assumes the load
   harness is the only client while it runs.
+
+A server that cannot be reached (down, or died during the run) fails the audit with that reason,
+never with a traceback: the run's figures are still reported.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from instapay.load.plan import Plan, Target
 from instapay.load.worker import Acknowledged
 
 READS_IN_FLIGHT = 64
+# What a server that is down or gone looks like to a client.
+UNREACHABLE_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # Problems listed in full; beyond, only counted.
 PROBLEMS_SHOWN_MAX = 20
 
@@ -40,10 +45,12 @@ class AuditResult:
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
     skipped: list[str] = field(default_factory=list)
+    # Why the server could not be reached, if it could not: nothing could be checked.
+    unreachable: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.problem_count == 0
+        return self.problem_count == 0 and self.unreachable is None
 
     def problem(self, text: str) -> None:
         self.problem_count += 1
@@ -60,7 +67,30 @@ class AuditResult:
             "problem_count": self.problem_count,
             "problems": self.problems,
             "skipped": self.skipped,
+            "unreachable": self.unreachable,
         }
+
+
+def unreachable_reason(target: Target, error: BaseException) -> str:
+    detail = f": {error}" if str(error) else ""
+    return f"{target.base_url}: {type(error).__name__}{detail}"
+
+
+async def before_run(plan: Plan) -> tuple[Plan, dict[str, int] | None]:
+    """The plan with its merchant's settlement account, and the balances before the run (None
+    without an admin token). Raises UNREACHABLE_ERRORS when the server cannot be reached."""
+    plan = dataclasses.replace(plan, target=await with_settlement_account(plan.target))
+    return plan, await balances(plan.target, touched_accounts(plan))
+
+
+async def _all(coroutines: list[Any]) -> list[Any]:
+    """Runs them all to the end; then raises the first error, if any (an early raise would leave
+    the others running against a closed session)."""
+    results = await asyncio.gather(*coroutines, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def with_settlement_account(target: Target) -> Target:
@@ -95,7 +125,7 @@ async def balances(target: Target, accounts: list[str]) -> dict[str, int] | None
             return account, int(orjson.loads(payload)["balance"])
 
     async with aiohttp.ClientSession(headers=headers) as session:
-        return dict(await asyncio.gather(*(one(session, account) for account in accounts)))
+        return dict(await _all([one(session, account) for account in accounts]))
 
 
 def touched_accounts(plan: Plan) -> list[str]:
@@ -108,25 +138,48 @@ async def audit(
     replays: tuple[int, list[str]],
     before: dict[str, int] | None,
     unanswered: list[tuple[str, str, int]],
+    *,
+    unreachable_before: str | None = None,
 ) -> AuditResult:
     """`replays`: how many replays did not get the stored result, and some examples.
     `unanswered`: new payments whose request got no answer; those the server applied anyway
-    count in the balances (found by order id; more than one for an order is a problem)."""
+    count in the balances (found by order id; more than one for an order is a problem).
+    `unreachable_before`: why the balances could not be read before the run."""
     result = AuditResult()
     mismatched, examples = replays
     for example in examples:
         result.problem(f"replay: {example}")
     result.problem_count += mismatched - len(examples)
+    if unreachable_before is not None:
+        result.skipped.append("balances: the server could not be reached before the run")
+    try:
+        await _check_through_the_api(plan, acknowledged, before, unanswered, result)
+    except UNREACHABLE_ERRORS as error:
+        result.unreachable = unreachable_reason(plan.target, error)
+    except ApiError as error:  # a lookup or a balance refused: the check is incomplete
+        result.problem(f"the server refused a check: {error}")
+    if result.unreachable is None and unreachable_before is not None:
+        result.unreachable = f"before the run, {unreachable_before}"
+    return result
+
+
+async def _check_through_the_api(
+    plan: Plan,
+    acknowledged: list[Acknowledged],
+    before: dict[str, int] | None,
+    unanswered: list[tuple[str, str, int]],
+    result: AuditResult,
+) -> None:
     await _read_back(plan.target, acknowledged, result)
     acknowledged = acknowledged + await _applied_unanswered(plan.target, unanswered, result)
     if before is None:
-        result.skipped.append(
-            "balances: no admin token (--admin-token or INSTAPAY_ADMIN_TOKEN), not checked"
-        )
+        if not result.skipped:  # not for want of a server
+            result.skipped.append(
+                "balances: no admin token (--admin-token or INSTAPAY_ADMIN_TOKEN), not checked"
+            )
     else:
         after = await balances(plan.target, touched_accounts(plan))
         _check_balances(plan, acknowledged, before, after or {}, result)
-    return result
 
 
 async def _read_back(target: Target, acknowledged: list[Acknowledged], result: AuditResult) -> None:
@@ -145,7 +198,7 @@ async def _read_back(target: Target, acknowledged: list[Acknowledged], result: A
             if seen != expected:
                 result.problem(f"{payment.payment_id} was answered {expected}, reads {seen}")
 
-        await asyncio.gather(*(one(payment) for payment in acknowledged))
+        await _all([one(payment) for payment in acknowledged])
     result.payments_checked = len(acknowledged)
 
 
@@ -165,7 +218,7 @@ async def _applied_unanswered(
                 Acknowledged(p["id"], order_id, payer, amount, p["status"]) for p in found
             )
 
-        await asyncio.gather(*(one(*payment) for payment in unanswered))
+        await _all([one(*payment) for payment in unanswered])
     result.unanswered_checked = len(unanswered)
     result.unanswered_applied = len(applied)
     return applied

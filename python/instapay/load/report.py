@@ -177,6 +177,8 @@ def print_summary(summary: Summary, console: Console) -> None:
 
 def _print_audit(audit: AuditResult, console: Console) -> None:
     verdict = "[green]passed[/green]" if audit.passed else "[red]FAILED[/red]"
+    if audit.unreachable is not None:
+        verdict += f", the server could not be reached ({audit.unreachable})"
     console.print(
         f"audit {verdict}: {audit.payments_checked} payments read back, "
         f"{audit.balances_checked} balances checked, {audit.problem_count} problems"
