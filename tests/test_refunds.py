@@ -28,6 +28,7 @@ async def call(
     body: bytes = b"",
     merchant: DemoMerchant = DEMO,
     method: str = "GET",
+    *,
     idempotency_key: str | None = None,
 ) -> tuple[int, Any, dict[str, str]]:
     request = merchant.sign(path, body, method=method, idempotency_key=idempotency_key)
