@@ -25,6 +25,8 @@ import orjson
 from aiohttp import web
 
 from instapay.engine import Engine, FsyncMode
+from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, read_body, request_bodies
+from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instapay.http.metrics import Metrics
 from instapay.http.openapi import openapi_spec
@@ -44,6 +46,9 @@ from instapay.signing import (
     SIGNATURE_HEADER,
     SignatureError,
     SignedRequest,
+    UnknownKeyError,
+    check_timestamp,
+    parse_request_header,
     sign_payload,
     verify_requests,
 )
@@ -91,6 +96,7 @@ class ServerSettings:
     # Beyond this many requests in flight, new ones get 429 at once instead of queueing.
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -198,6 +204,19 @@ def merchant_response(request: web.Request, result: PaymentResult | RefundResult
     return response
 
 
+def check_signature_header(request: web.Request) -> None:
+    """What can refuse a request (401) before its body is read: a missing or malformed
+    signature header, a stale timestamp, an unknown key id. A stranger cannot make the server
+    read a large body."""
+    try:
+        signature = parse_request_header(request.headers.get(SIGNATURE_HEADER))
+        check_timestamp(signature.timestamp_s, int(time.time()))
+    except SignatureError as error:
+        raise RequestError(error.code, str(error), 401) from None
+    if signature.kid not in engine_of(request).merchants.by_kid:
+        raise RequestError(UnknownKeyError.code, f"unknown key id {signature.kid!r}", 401)
+
+
 async def signed_reader(request: web.Request, body: bytes = b"") -> Merchant:
     """The merchant of a request checked outside the pipeline (a read, or a whole batch)."""
     engine = engine_of(request)
@@ -228,7 +247,8 @@ async def create_payments_batch(request: web.Request) -> web.StreamResponse:
     bad line is answered by an error line and changes nothing; the other lines go ahead."""
     if request.content_type != NDJSON_TYPE:
         raise RequestError("unsupported_media_type", f"send {NDJSON_TYPE}", 415)
-    body = await request.clone(client_max_size=BATCH_BODY_BYTES_MAX).read()
+    check_signature_header(request)
+    body = await read_body(request, BATCH_BODY_BYTES_MAX)
     merchant = await signed_reader(request, body)
     lines = body.split(b"\n")
     if lines and not lines[-1]:
@@ -302,7 +322,7 @@ class BatchGroups:
 
 
 async def get_payment(request: web.Request) -> web.Response:
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request, await read_body(request, BODY_BYTES_MAX))
     payment_id = request.match_info["payment_id"]
     result = engine_of(request).payment(payment_id)
     if result is None or result.merchant_id != merchant.id:
@@ -312,7 +332,7 @@ async def get_payment(request: web.Request) -> web.Response:
 
 async def list_payments(request: web.Request) -> web.Response:
     """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request, await read_body(request, BODY_BYTES_MAX))
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
@@ -324,7 +344,10 @@ async def signed_submission(request: web.Request) -> PaymentResult | RefundResul
     if request.content_type != JSON_TYPE and request.can_read_body:
         raise RequestError("unsupported_media_type", f"send {JSON_TYPE}", 415)
     signed = SignedRequest(
-        request.headers.get(SIGNATURE_HEADER), request.method, request.path_qs, await request.read()
+        request.headers.get(SIGNATURE_HEADER),
+        request.method,
+        request.path_qs,
+        await read_body(request, BODY_BYTES_MAX),
     )
     key = request.headers.get(IDEMPOTENCY_HEADER)
     return await engine_of(request).submit(signed, idempotency_key=key)
@@ -350,7 +373,7 @@ async def admin_body(
     """An admin JSON object with these fields (and types), all required but `optional` (which
     may be absent or null)."""
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await read_body(request, BODY_BYTES_MAX))
     except orjson.JSONDecodeError as error:
         raise RequestError("invalid_request", f"invalid JSON body: {error}") from error
     if not isinstance(body, dict):
@@ -541,7 +564,7 @@ def page_len(request: web.Request) -> int:
 
 async def list_events(request: web.Request) -> web.Response:
     """`GET /v1/events?after=<event id>&limit=`: the merchant's events, oldest first."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request, await read_body(request, BODY_BYTES_MAX))
     after = request.query.get("after")
     after_lsn = 0 if after is None else event_lsn(after)
     if after_lsn is None:
@@ -554,7 +577,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     """`GET /v1/events/{id}`: the event and its delivery attempts."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request, await read_body(request, BODY_BYTES_MAX))
     engine = engine_of(request)
     lsn = known_event(engine, request.match_info["event_id"], merchant.id)
     return signed_json(merchant, event_with_delivery(engine, lsn))
@@ -674,9 +697,12 @@ async def webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: ServerSettings) -> web.Application:
     app = web.Application(
-        client_max_size=BODY_BYTES_MAX, middlewares=[request_metrics, errors_and_request_ids]
+        client_max_size=BODY_BYTES_MAX,
+        middlewares=[request_metrics, errors_and_request_ids, request_bodies],
     )
     app[SETTINGS] = settings
+    app[LIMITS] = settings.limits
+    app[BODY_BUDGET] = BodyBudget(settings.limits.body_bytes_in_flight_max)
     runtime = Runtime()
     app[RUNTIME] = runtime
     app[METRICS] = Metrics(lambda: runtime.engine, lambda: runtime.dispatcher)
