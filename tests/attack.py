@@ -1,6 +1,7 @@
 """Raw sockets against a real `instapay serve`: what an attacker sends, byte by byte, and the
 configuration with lowered limits that lets the attacks finish in seconds."""
 
+import contextlib
 import select
 import socket
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from instapay.signing import SIGNATURE_HEADER, sign_request
+from instapay.signing import sign_request
 from servers import Server, start
 
 KID = "shop.k1"
@@ -51,7 +52,11 @@ def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
 
 
 def head(method: str, path: str, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -110,10 +115,8 @@ def wait_until_closed(socks: list[socket.socket], trickle: bytes = b"") -> list[
     while open_socks and time.monotonic() < deadline:
         for sock in open_socks:
             if trickle:
-                try:
+                with contextlib.suppress(OSError):  # closed: the next check sees it
                     sock.send(trickle)
-                except OSError:
-                    pass  # closed: the next check sees it
         time.sleep(0.5)
         open_socks = [sock for sock in open_socks if not closed_by_server(sock)]
     return open_socks

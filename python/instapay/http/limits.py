@@ -44,8 +44,6 @@ class Limits:
             value = getattr(self, limit.name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(f"{limit.name} must be a positive number, not {value!r}")
-        if self.peer_connections_max > self.connections_max:
-            raise ValueError("peer_connections_max must not exceed connections_max")
 
 
 # After a refusal is written, the refused client gets this long to read it before the socket is
