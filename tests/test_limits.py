@@ -195,11 +195,13 @@ def test_aborted_uploads_give_their_memory_back(tmp_path: Path) -> None:
     server = serve_limited(tmp_path, port)
     pid = server.process.pid
 
+    def uploads_cut_short(count: int) -> None:
+        for n in range(count):
+            upload_cut_short(port, reset=n % 2 == 1)
+
     def attack(count: int) -> None:
         workers = [
-            threading.Thread(
-                target=lambda: [upload_cut_short(port, reset=n % 2 == 1) for n in range(count)]
-            )
+            threading.Thread(target=uploads_cut_short, args=(count,))
             for _ in range(UPLOADS_AT_ONCE)
         ]
         for worker in workers:
