@@ -76,15 +76,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+def route_of(request: BaseRequest) -> str:
+    """The route template of a request, or "unmatched" (never the raw path)."""
+    try:
+        resource = request.match_info.route.resource  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        # A request the parser refused was never routed: aiohttp asserts its match_info is set.
+        return "unmatched"
+    return "unmatched" if resource is None else str(resource.canonical)
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     """aiohttp's access log, as one JSON line per request."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time_s: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        resource = match_info.route.resource if match_info is not None else None
         fields = {
             "method": request.method,
-            "route": resource.canonical if resource is not None else "unmatched",
+            "route": route_of(request),
             "status": response.status,
             "latency_ms": round(time_s * 1000, 3),
             "request_id": response.headers.get("X-Request-Id"),

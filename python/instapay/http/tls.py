@@ -21,12 +21,13 @@ class TlsFiles:
     def context(self) -> ssl.SSLContext:
         """The server's context; `TlsError` if a file is missing, unreadable or not a matching
         certificate and key."""
+        for path in (self.cert, self.key):
+            if not path.is_file():
+                raise TlsError(f"{path}: no such file")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             context.load_cert_chain(self.cert, self.key)
-        except FileNotFoundError as error:
-            raise TlsError(f"{error.filename}: no such file") from None
         except OSError as error:  # ssl.SSLError is one: a bad PEM, a key not matching
             reason = getattr(error, "reason", None) or error.strerror or str(error)
             raise TlsError(
