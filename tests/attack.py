@@ -18,9 +18,9 @@ SECRET = b"a shop's key secret, 32 bytes..."
 DEADLINE_S = 60.0
 
 
-def serve_limited(directory: Path, port: int, **limits: float) -> Server:
-    """`instapay serve --config` with one merchant and these `[server]` limits."""
-    server_keys = "".join(f"{name} = {value!r}\n" for name, value in limits.items())
+def serve_limited(directory: Path, port: int, **server: float | str) -> Server:
+    """`instapay serve --config` with one merchant and these `[server]` keys (limits, TLS)."""
+    server_keys = "".join(f"{name} = {value!r}\n" for name, value in server.items())
     path = directory / "instapay.toml"
     path.write_text(
         f"[server]\n{server_keys}\n"

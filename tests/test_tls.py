@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from attack import connect, head, read_response, serve_limited, wait_until_closed
 from instapay.cli import serve_command
 from instapay.client import Client
 from instapay.demo import DemoMerchant
@@ -102,3 +103,29 @@ def test_unusable_tls_files_are_refused_in_one_line(tmp_path: Path) -> None:
         [line] = finished.stderr.splitlines()
         assert message in line
         assert not data.exists(), "nothing is created"
+
+
+def test_tls_connections_that_never_handshake_hold_a_counted_slot_until_the_timeout(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    server = serve_limited(
+        tmp_path,
+        port,
+        idle_timeout_s=2.0,
+        peer_connections_max=5,
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    silent = [connect(port, "127.0.0.2") for _ in range(5)]
+    one_too_many = connect(port, "127.0.0.2")
+    assert not wait_until_closed([one_too_many]), "beyond the cap: closed at once"
+    trusted = ssl.create_default_context(cafile=cert)
+    with trusted.wrap_socket(connect(port, "127.0.0.3"), server_hostname="127.0.0.1") as tls:
+        tls.sendall(head("GET", "/healthz", {"Connection": "close"}))
+        assert read_response(tls)[0] == 200, "another client is served meanwhile"
+    assert not wait_until_closed(silent), "a handshake that never starts is cut off"
+    for sock in [*silent, one_too_many]:
+        sock.close()
+    assert server.stop()[0] == 0

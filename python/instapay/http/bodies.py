@@ -95,20 +95,26 @@ TRANSFER_CODING = "chunked"
 def check_codings(request: web.Request) -> None:
     """501 for a transfer coding and 415 for a content coding we do not implement: the body is
     taken as sent, so what the signature covers is what arrived."""
-    coding = request.headers.get("Transfer-Encoding")
-    if coding is not None and coding.strip().lower() != TRANSFER_CODING:
+    transfer = _codings(request, "Transfer-Encoding")
+    if transfer and transfer != [TRANSFER_CODING]:
         raise RequestError(
             "unsupported_transfer_coding",
-            f"Transfer-Encoding: only {TRANSFER_CODING} is implemented, not {coding!r}",
+            f"Transfer-Encoding: only {TRANSFER_CODING} is implemented, not {transfer}",
             501,
         )
-    content_coding = request.headers.get("Content-Encoding", "identity")
-    if content_coding.strip().lower() != "identity":
+    content = _codings(request, "Content-Encoding")
+    if set(content) - {"identity"}:
         raise RequestError(
             "unsupported_content_coding",
-            f"Content-Encoding: send the body uncompressed, not {content_coding!r}",
+            f"Content-Encoding: send the body uncompressed, not {content}",
             415,
         )
+
+
+def _codings(request: web.Request, header: str) -> list[str]:
+    """The codings a header lists, over all its lines, lower-cased (`gzip, chunked`)."""
+    values = ",".join(request.headers.getall(header, []))
+    return [coding.strip().lower() for coding in values.split(",")] if values else []
 
 
 @web.middleware
