@@ -11,7 +11,6 @@ timeout, no connection cap and no budget for the bodies being read: the caps are
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -75,9 +74,11 @@ class ConnectionGate:
 
     aiohttp has no connection cap, and its protocol factory (`web.Server`) cannot refuse one,
     so each connection gets a small protocol of ours that either hands every event on to
-    aiohttp's, or writes the refusal and closes. TLS is started here too, on the counted TCP
-    connection (`loop.start_tls`), not by the listening server: a connection that never
-    finishes its handshake still holds a slot, and a descriptor, so it must count.
+    aiohttp's, or writes the refusal and closes. Over TLS the event loop's TLS layer sits below
+    it: a connection is counted (and refused over TLS) once its handshake is done; until then it
+    is bounded by the handshake timeout, the idle timeout (`loop.start_tls` on a counted TCP
+    connection was tried: uvloop reads the client's hello before `start_tls` can take the
+    transport over, and the handshake stalls).
     """
 
     def __init__(
@@ -85,12 +86,10 @@ class ConnectionGate:
         factory: Callable[[], asyncio.Protocol],
         limits: Limits,
         request_ids: Callable[[], str],
-        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.factory = factory
         self.limits = limits
         self.request_ids = request_ids
-        self.tls = tls
         self.open = 0
         self.open_by_peer: Counter[str] = Counter()
         self.refused = 0
@@ -117,87 +116,44 @@ class ConnectionGate:
 
 
 class GatedConnection(asyncio.Protocol):
-    """One TCP connection: refused, or admitted (then, over TLS, handshaking) and handed to
-    aiohttp's protocol."""
+    """One connection: aiohttp's protocol once admitted, or a refusal."""
 
     def __init__(self, gate: ConnectionGate) -> None:
         self.gate = gate
         self.peer = ""
-        self.admitted = False
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
-        # Data decrypted before `start_tls` returned, for aiohttp's protocol once it exists.
-        self.early: list[bytes] = []
-        self.handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream server's transport (uvloop's does not subclass asyncio.Transport).
-        tcp = self.transport = cast(asyncio.Transport, transport)
-        peername = tcp.get_extra_info("peername")
+        transport = cast(asyncio.Transport, transport)
+        peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
         reason = self.gate.refusal_reason(self.peer)
         if reason is not None:
-            self.refuse(tcp, reason)
+            self.refuse(transport, reason)
             return
         self.gate.admit(self.peer)
-        self.admitted = True
-        if self.gate.tls is None:
-            self.hand_over(tcp)
-        else:
-            handshake = self.start_tls(tcp, self.gate.tls)
-            self.handshake = asyncio.get_running_loop().create_task(handshake)
-
-    def refuse(self, tcp: asyncio.Transport, reason: str) -> None:
-        """Over TLS, a close (a plain-text answer would be noise to a TLS client)."""
-        self.gate.refused += 1
-        if self.gate.tls is not None:
-            tcp.abort()
-            return
-        tcp.write(refusal(reason, self.gate.request_ids()))
-        if tcp.can_write_eof():
-            tcp.write_eof()
-        asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, tcp.close)
-
-    async def start_tls(self, tcp: asyncio.Transport, context: ssl.SSLContext) -> None:
-        try:
-            secure = await asyncio.get_running_loop().start_tls(
-                tcp,
-                self,
-                context,
-                server_side=True,
-                ssl_handshake_timeout=self.gate.limits.idle_timeout_s,
-            )
-        except (OSError, TimeoutError, ssl.SSLError):
-            secure = None  # a failed, timed out or abandoned handshake
-        if secure is None:
-            tcp.abort()
-            self.release()
-            return
-        self.hand_over(secure)
-
-    def hand_over(self, transport: asyncio.Transport) -> None:
         self.inner = self.gate.factory()
         self.inner.connection_made(transport)
-        for data in self.early:
-            self.inner.data_received(data)
-        self.early.clear()
 
-    def release(self) -> None:
-        if self.admitted:  # once, whichever of the handshake and connection_lost comes first
-            self.admitted = False
-            self.gate.release(self.peer)
+    def refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        self.gate.refused += 1
+        self.transport = transport
+        transport.write(refusal(reason, self.gate.request_ids()))
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
             self.inner.data_received(data)
-        elif self.handshake is not None:
-            self.early.append(data)
 
     def eof_received(self) -> bool | None:
         if self.inner is not None:
             return self.inner.eof_received()
         if self.transport is not None:
-            self.transport.close()  # a refused client that has read its answer, or gone
+            self.transport.close()  # the refused client has read its answer and gone
         return None
 
     def pause_writing(self) -> None:
@@ -209,6 +165,6 @@ class GatedConnection(asyncio.Protocol):
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.release()
         if self.inner is not None:
+            self.gate.release(self.peer)
             self.inner.connection_lost(exc)

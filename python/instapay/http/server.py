@@ -96,14 +96,19 @@ async def listen(
     runner: web.AppRunner, limits: Limits, host: str, port: int, tls: ssl.SSLContext | None
 ) -> asyncio.AbstractServer:
     """What `web.TCPSite` does, with the `ConnectionGate` in front of aiohttp's protocol
-    factory (a site cannot take one); the gate starts TLS on each connection it admits."""
+    factory (a site cannot take one). A TLS handshake must finish within the idle timeout: the
+    caps count a TLS connection from the end of its handshake."""
     if runner.server is None:
         raise RuntimeError("runner.setup() comes first")
-    gate = ConnectionGate(
-        runner.server, fit_descriptor_limit(limits), lambda: next(REQUEST_IDS), tls
-    )
+    gate = ConnectionGate(runner.server, fit_descriptor_limit(limits), lambda: next(REQUEST_IDS))
     return await asyncio.get_running_loop().create_server(
-        gate, host, port, backlog=BACKLOG, reuse_address=True
+        gate,
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=limits.idle_timeout_s if tls is not None else None,
+        backlog=BACKLOG,
+        reuse_address=True,
     )
 
 
