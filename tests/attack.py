@@ -18,8 +18,11 @@ SECRET = b"a shop's key secret, 32 bytes..."
 DEADLINE_S = 60.0
 
 
-def serve_limited(directory: Path, port: int, **server: float | str) -> Server:
-    """`instapay serve --config` with one merchant and these `[server]` keys (limits, TLS)."""
+def serve_limited(
+    directory: Path, port: int, descriptors_max: int | None = None, **server: float | str
+) -> Server:
+    """`instapay serve --config` with one merchant and these `[server]` keys (limits, TLS),
+    under a descriptor limit of `descriptors_max` (soft and hard) if given."""
     server_keys = "".join(f"{name} = {value!r}\n" for name, value in server.items())
     path = directory / "instapay.toml"
     path.write_text(
@@ -27,7 +30,7 @@ def serve_limited(directory: Path, port: int, **server: float | str) -> Server:
         '[[merchants]]\nid = "shop"\nsettlement_account = "shop.settlement"\n'
         f'keys = {{ "{KID}" = {{ secret_hex = "{SECRET.hex()}" }} }}\n'
     )
-    return start(directory / "data", port, "--config", str(path))
+    return start(directory / "data", port, "--config", str(path), descriptors_max=descriptors_max)
 
 
 def signature(path: str, body: bytes = b"", kid: str = KID, age_s: int = 0) -> str:

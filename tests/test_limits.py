@@ -235,3 +235,18 @@ def test_the_server_section_sets_the_limits(tmp_path: Path) -> None:
         path.write_text(f"[server]\n{bad}\n{merchant}")
         with pytest.raises(config.ConfigError, match=problem):
             config.load(path)
+
+
+def test_a_descriptor_limit_below_the_cap_lowers_the_cap_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    # 300 descriptors hold 300 - 256 (the server's own files) = 44 connections, not 1000.
+    server = serve_limited(tmp_path, port, descriptors_max=300)
+    held = [connect(port, f"127.0.0.{2 + n % 4}") for n in range(44)]
+    status, body = request(port, b"", source="127.0.0.9")
+    assert status == 503
+    assert "maximum of 44 connections" in body["error"]["message"]  # type: ignore[index]
+    for sock in held:
+        sock.close()
+    _, logs = server.stop()
+    [warning] = [line for line in logs if line["level"] == "warning"]
+    assert "connections_max lowered from 1000" in str(warning["message"])

@@ -108,7 +108,9 @@ def test_unusable_tls_files_are_refused_in_one_line(tmp_path: Path) -> None:
 def test_over_https_connections_beyond_the_cap_get_the_503_inside_tls(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
-    server = serve_limited(tmp_path, port, peer_connections_max=2, **tls_keys(cert, key))
+    server = serve_limited(
+        tmp_path, port, peer_connections_max=2, tls_cert=str(cert), tls_key=str(key)
+    )
     trusted = ssl.create_default_context(cafile=cert)
     held = [
         trusted.wrap_socket(connect(port, "127.0.0.2"), server_hostname="127.0.0.1")
@@ -124,17 +126,13 @@ def test_over_https_connections_beyond_the_cap_get_the_503_inside_tls(tmp_path: 
 def test_a_handshake_that_never_starts_is_cut_off_at_the_idle_timeout(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
-    server = serve_limited(tmp_path, port, idle_timeout_s=2.0, **tls_keys(cert, key))
+    server = serve_limited(tmp_path, port, idle_timeout_s=2.0, tls_cert=str(cert), tls_key=str(key))
     silent = [connect(port, "127.0.0.2") for _ in range(20)]
     assert https_healthz(port, cert) == 200
     assert not wait_until_closed(silent)
     for sock in silent:
         sock.close()
     assert server.stop()[0] == 0
-
-
-def tls_keys(cert: Path, key: Path) -> dict[str, str]:
-    return {"tls_cert": str(cert), "tls_key": str(key)}
 
 
 def https_healthz(port: int, cert: Path, source: str = "127.0.0.3") -> int:
