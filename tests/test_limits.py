@@ -67,6 +67,23 @@ def test_a_body_trickled_past_the_read_timeout_is_answered_408(tmp_path: Path) -
     assert server.stop()[0] == 0
 
 
+def test_a_body_cut_short_is_refused_and_the_server_goes_on(tmp_path: Path) -> None:
+    port = free_port()
+    server = serve_limited(tmp_path, port)
+    headers = {"Content-Type": "application/json", "Content-Length": "100"}
+    with connect(port) as sock:
+        sock.sendall(head("POST", "/v1/payments", headers) + b'{"amount": ')
+        sock.shutdown(socket.SHUT_WR)  # the sender is done, 89 bytes short
+        assert not wait_until_closed([sock])
+    assert healthz(port) == 200
+    _, logs = server.stop()
+    statuses = {
+        line["route"]: line["status"] for line in logs if line["logger"] == "instapay.access"
+    }
+    assert statuses == {"/v1/payments": 400, "/healthz": 200}, "refused, not a 500"
+    assert not [line for line in logs if line["level"] == "error"]
+
+
 def test_one_client_address_cannot_take_the_slots_of_others(tmp_path: Path) -> None:
     port = free_port()
     server = serve_limited(tmp_path, port, connections_max=50, peer_connections_max=10)
@@ -144,7 +161,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_it_is_sent(tmp_path:
     assert server.stop()[0] == 0
 
 
-def test_bodies_beyond_the_server_budget_wait_for_a_503_retry(tmp_path: Path) -> None:
+def test_bodies_beyond_the_server_budget_are_refused_until_one_is_done(tmp_path: Path) -> None:
     port = free_port()
     server = serve_limited(tmp_path, port, body_bytes_in_flight_max=MIB)
     headers = {
