@@ -10,6 +10,7 @@ A server kept busy by aborted uploads then grows without bound (issue 12: 59 MB 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -61,7 +62,7 @@ async def read_body(request: web.Request, bytes_max: int) -> bytes:
     chunks: list[bytes] = []
     try:
         request.app[BODY_BUDGET].take(request, request.content_length or 0)
-        async with asyncio.timeout(timeout_s):
+        async with _deadline(request, timeout_s):
             await _read_chunks(request, bytes_max, chunks)
         return b"".join(chunks)
     except TimeoutError:
@@ -71,6 +72,16 @@ async def read_body(request: web.Request, bytes_max: int) -> bytes:
         raise RequestError("body_incomplete", "the request body was cut short") from None
     finally:
         chunks.clear()
+
+
+def _deadline(
+    request: web.Request, timeout_s: float
+) -> asyncio.Timeout | contextlib.nullcontext[None]:
+    """No timer for a body already received whole (a small one comes with its head: the
+    common case, kept cheap), else the body read timeout."""
+    if request.content.is_eof():
+        return contextlib.nullcontext()
+    return asyncio.timeout(timeout_s)
 
 
 async def _read_chunks(request: web.Request, bytes_max: int, chunks: list[bytes]) -> None:
