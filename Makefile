@@ -25,8 +25,10 @@ $(VENV)/.installed: requirements-dev.txt
 build: $(VENV)/.installed
 	$(BIN)/maturin develop --release --quiet
 
+# `make run PORT=9000`: the embedded default server on another port.
+PORT ?= 8080
 run: build
-	$(BIN)/instapay serve
+	$(BIN)/instapay serve --port $(PORT)
 
 # The embedded default server (data in var/demo-load, port 8081, so `make run` can stay up), 15 s
 # of open-loop load at DEMO_RATE, the summary, demo-load.png and demo-load.json, a clean stop.

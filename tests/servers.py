@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -67,8 +68,19 @@ class Server:
         return status, [json.loads(line) for line in self.log_lines]
 
 
-def start(directory: Path, port: int, *arguments: str, admin_token: str | None = None) -> Server:
-    """`instapay serve` on `directory` and `port` (and more `arguments`), once it serves."""
+def limit_descriptors(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
+def start(
+    directory: Path,
+    port: int,
+    *arguments: str,
+    admin_token: str | None = None,
+    descriptors_max: int | None = None,
+) -> Server:
+    """`instapay serve` on `directory` and `port` (and more `arguments`), once it serves; with
+    `descriptors_max`, under that descriptor limit (soft and hard)."""
     environment = dict(os.environ)
     if admin_token is not None:
         environment["INSTAPAY_ADMIN_TOKEN"] = admin_token
@@ -78,6 +90,8 @@ def start(directory: Path, port: int, *arguments: str, admin_token: str | None =
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        # A system call between fork and exec, no lock taken: safe beside the reader threads.
+        preexec_fn=None if descriptors_max is None else lambda: limit_descriptors(descriptors_max),  # noqa: PLW1509
     )
     server = Server(process)
     assert process.stdout is not None

@@ -6,6 +6,7 @@ import argparse
 import os
 import secrets
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType, redacted
 from instapay.http import ServerSettings, server
+from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.load import options as load_options
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", type=Path, help="default: var, or the config's")
     serve.add_argument("--host", help="default: 127.0.0.1, or the config's")
     serve.add_argument("--port", type=int, help="default: 8080, or the config's")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: HTTPS")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
     wal_parser = commands.add_parser("wal", help="inspect a data directory's write-ahead log")
     wal_commands = wal_parser.add_subparsers(dest="wal_command", required=True, metavar="ACTION")
     verify = wal_commands.add_parser("verify", help="check snapshots and log, change nothing")
@@ -52,7 +56,8 @@ def serve_configured(arguments: argparse.Namespace) -> int:
     """`serve --config FILE`: the configured merchants; flags override the file."""
     try:
         configured = config.load(arguments.config)
-    except config.ConfigError as error:
+        tls = tls_context(arguments, configured.tls)
+    except (config.ConfigError, TlsError) as error:
         print(f"instapay serve: {error}", file=sys.stderr)
         return 2
     directory = arguments.data_dir or configured.data_dir
@@ -66,16 +71,31 @@ def serve_configured(arguments: argparse.Namespace) -> int:
         fsync=configured.fsync,
         admin_token=configured.admin_token,
         delivery=configured.delivery,
+        limits=configured.limits,
     )
 
     def ready(base_url: str) -> None:
         print(f"instapay serving on {base_url}, data in {directory}", flush=True)
 
-    return run_server(settings, host, port, ready)
+    return run_server(settings, host, port, ready, tls)
 
 
-def serve_demo(directory: Path, host: str, port: int) -> int:
+def tls_context(
+    arguments: argparse.Namespace, configured: TlsFiles | None
+) -> ssl.SSLContext | None:
+    """HTTPS with the flags' files, else the configuration's; None for plain HTTP. `TlsError`
+    for a file that cannot be used, before anything is created."""
+    files = tls_files(arguments.tls_cert, arguments.tls_key) or configured
+    return None if files is None else files.context()
+
+
+def serve_demo(arguments: argparse.Namespace, directory: Path, host: str, port: int) -> int:
     """The embedded default: the demo merchant, its key and funded payers in `directory`."""
+    try:
+        tls = tls_context(arguments, None)
+    except TlsError as error:
+        print(f"instapay serve: {error}", file=sys.stderr)
+        return 2
     if problem := serving_problem(directory, host, port):
         return refuse_to_serve(problem)
     try:
@@ -105,7 +125,7 @@ def serve_demo(directory: Path, host: str, port: int) -> int:
     settings = ServerSettings(
         directory, demo.config(), on_first_start=fund, admin_token=admin_token
     )
-    return run_server(settings, host, port, ready_with_admin)
+    return run_server(settings, host, port, ready_with_admin, tls)
 
 
 def serving_problem(directory: Path, host: str, port: int) -> str | None:
@@ -145,13 +165,17 @@ def refuse_to_serve(problem: str) -> int:
 
 
 def run_server(
-    settings: ServerSettings, host: str, port: int, on_ready: Callable[[str], None]
+    settings: ServerSettings,
+    host: str,
+    port: int,
+    on_ready: Callable[[str], None],
+    tls: ssl.SSLContext | None,
 ) -> int:
     """`server.run`, with the failures an operator can fix as one line and exit status 1: the
     checks before start-up cannot rule out another process taking the port or the directory
     in between."""
     try:
-        return server.run(settings, host, port, on_ready)
+        return server.run(settings, host, port, on_ready, tls)
     except OSError as error:
         return refuse_to_serve(cannot_listen(host, port, error))
     except RuntimeError as error:
@@ -251,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_configured(arguments)
     if arguments.command == "serve":
         directory = arguments.data_dir or Path("var")
-        return serve_demo(directory, arguments.host or "127.0.0.1", arguments.port or 8080)
+        return serve_demo(
+            arguments, directory, arguments.host or "127.0.0.1", arguments.port or 8080
+        )
     if arguments.command == "load":
         return load_options.main(arguments)
     if arguments.wal_command == "verify":

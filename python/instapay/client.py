@@ -15,6 +15,7 @@ bounded and back off exponentially.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -81,17 +82,21 @@ class Client:
         *,
         retries_max: int = RETRIES_MAX_DEFAULT,
         timeout_s: float = TIMEOUT_S_DEFAULT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """`ssl_context` verifies an https server (default: the system's trusted CAs)."""
         self.base_url = base_url.rstrip("/")
         self.merchant_id = merchant_id
         self.kid = kid
         self.secret = secret
         self.retries_max = retries_max
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        self._session = aiohttp.ClientSession(timeout=self.timeout)
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context or True)
+        self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         return self
 
     async def __aexit__(

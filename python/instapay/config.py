@@ -4,6 +4,13 @@
     host = "0.0.0.0"
     port = 8080
     admin_token_env = "INSTAPAY_ADMIN_TOKEN"   # the admin token is read from this variable
+    tls_cert = "/etc/instapay/cert.pem"        # both or neither: HTTPS (instapay.http.tls)
+    tls_key = "/etc/instapay/key.pem"
+    idle_timeout_s = 15.0                      # limits, all optional; the defaults are shown
+    body_read_timeout_s = 30.0                 # (README, "Limits and timeouts")
+    connections_max = 1000
+    peer_connections_max = 100
+    body_bytes_in_flight_max = 67108864
 
     [storage]
     data_dir = "/var/lib/instapay"
@@ -37,11 +44,13 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from instapay.engine import FsyncMode
+from instapay.http.limits import Limits
+from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.model import EngineConfig, Merchant
 from instapay.notify import DeliveryPolicy
 
@@ -61,6 +70,8 @@ class ServeConfig:
     engine: EngineConfig
     admin_token: str | None
     delivery: DeliveryPolicy
+    limits: Limits = field(default_factory=Limits)
+    tls: TlsFiles | None = None
 
 
 def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -190,6 +201,32 @@ def _delivery(data: dict[str, Any]) -> DeliveryPolicy:
         raise ConfigError(f"[webhooks]: {error}") from error
 
 
+def _limits(server: dict[str, Any]) -> Limits:
+    defaults = Limits()
+    values = {}
+    for limit in fields(Limits):
+        kind = type(getattr(defaults, limit.name))
+        value = server.get(limit.name, getattr(defaults, limit.name))
+        if type(value) not in (kind, int):
+            raise ConfigError(f"server.{limit.name} must be a {kind.__name__}")
+        values[limit.name] = value
+    try:
+        return Limits(**values)
+    except ValueError as error:
+        raise ConfigError(f"[server]: {error}") from error
+
+
+def _tls(server: dict[str, Any]) -> TlsFiles | None:
+    paths = {name: server.get(name) for name in ("tls_cert", "tls_key")}
+    for name, value in paths.items():
+        if value is not None and type(value) is not str:
+            raise ConfigError(f"server.{name} must be a str (a file path)")
+    try:
+        return tls_files(*(None if value is None else Path(value) for value in paths.values()))
+    except TlsError as error:
+        raise ConfigError("server.tls_cert and server.tls_key go together") from error
+
+
 def load(path: Path) -> ServeConfig:
     try:
         data = tomllib.loads(path.read_text())
@@ -197,7 +234,10 @@ def load(path: Path) -> ServeConfig:
         raise ConfigError(f"{path}: {error}") from error
     if unknown := set(data) - {"server", "storage", "webhooks", "idempotency", "merchants"}:
         raise ConfigError(f"unknown tables: {sorted(unknown)}")
-    server = _table(data, "server", {"host", "port", "admin_token_env"})
+    limit_names = {limit.name for limit in fields(Limits)}
+    server = _table(
+        data, "server", {"host", "port", "admin_token_env", "tls_cert", "tls_key", *limit_names}
+    )
     storage = _table(data, "storage", {"data_dir", "fsync"})
     fsync = storage.get("fsync", "always")
     if fsync not in ("always", "off"):
@@ -215,4 +255,6 @@ def load(path: Path) -> ServeConfig:
         engine=_merchants(merchants, _idempotency_share_percent(data)),
         admin_token=os.environ.get(token_env) or None,
         delivery=delivery,
+        limits=_limits(server),
+        tls=_tls(server),
     )

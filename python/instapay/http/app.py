@@ -27,6 +27,8 @@ from aiohttp import web
 from instapay import _core, lists
 from instapay.ascii_digits import ascii_int
 from instapay.engine import Engine, FsyncMode, refund_lsn
+from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, read_body, request_bodies
+from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instapay.http.metrics import Metrics
 from instapay.http.openapi import openapi_spec
@@ -48,6 +50,9 @@ from instapay.signing import (
     MalformedSignatureError,
     SignatureError,
     SignedRequest,
+    UnknownKeyError,
+    check_timestamp,
+    parse_request_header,
     sign_payload,
     verify_requests,
 )
@@ -94,6 +99,7 @@ class ServerSettings:
     # Beyond this many requests in flight, new ones get 429 at once instead of queueing.
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -220,8 +226,25 @@ def signed_request(request: web.Request, body: bytes) -> SignedRequest:
     return SignedRequest(header, request.method, request.path_qs, body, idempotency_key(request))
 
 
-async def signed_reader(request: web.Request, body: bytes = b"") -> Merchant:
-    """The merchant of a request checked outside the pipeline (a read, or a whole batch)."""
+def check_signature_header(request: web.Request) -> None:
+    """What can refuse a request (401) before its body is read: a missing, repeated or
+    malformed signature header, a stale timestamp, an unknown key id. A stranger cannot make the
+    server read a large body."""
+    header = single_header(request, SIGNATURE_HEADER, MalformedSignatureError.code, 401)
+    try:
+        signature = parse_request_header(header)
+        check_timestamp(signature.timestamp_s, int(time.time()))
+    except SignatureError as error:
+        raise RequestError(error.code, str(error), 401) from None
+    if signature.kid not in engine_of(request).merchants.by_kid:
+        raise RequestError(UnknownKeyError.code, f"unknown key id {signature.kid!r}", 401)
+
+
+async def signed_reader(request: web.Request, body: bytes | None = None) -> Merchant:
+    """The merchant of a request checked outside the pipeline: a read (its body is read here)
+    or a whole batch (`body`, read by the caller)."""
+    if body is None:
+        body = await read_body(request, BODY_BYTES_MAX)
     engine = engine_of(request)
     signed = signed_request(request, body)
     [verdict] = verify_requests(engine.merchants.ring, [signed], now_s=int(time.time()))
@@ -248,7 +271,8 @@ async def create_payments_batch(request: web.Request) -> web.StreamResponse:
     bad line is answered by an error line and changes nothing; the other lines go ahead."""
     if request.content_type != NDJSON_TYPE:
         raise RequestError("unsupported_media_type", f"send {NDJSON_TYPE}", 415)
-    body = await request.clone(client_max_size=BATCH_BODY_BYTES_MAX).read()
+    check_signature_header(request)
+    body = await read_body(request, BATCH_BODY_BYTES_MAX)
     merchant = await signed_reader(request, body)
     lines = body.split(b"\n")
     if lines and not lines[-1]:
@@ -322,7 +346,7 @@ class BatchGroups:
 
 
 async def get_payment(request: web.Request) -> web.Response:
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request)
     payment_id = request.match_info["payment_id"]
     result = engine_of(request).payment(payment_id)
     if result is None or result.merchant_id != merchant.id:
@@ -332,7 +356,7 @@ async def get_payment(request: web.Request) -> web.Response:
 
 async def list_payments(request: web.Request) -> web.Response:
     """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request)
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
@@ -343,7 +367,7 @@ async def list_payments(request: web.Request) -> web.Response:
 async def list_refunds(request: web.Request) -> web.Response:
     """`GET /v1/payments/{id}/refunds?limit=&starting_after=&ending_before=`: the refunds of one
     of the merchant's payments, declined ones included, newest first (Stripe's list)."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request)
     payment_id = request.match_info["payment_id"]
     engine = engine_of(request)
     payment = engine.payment(payment_id)
@@ -376,7 +400,8 @@ def refund_cursor(request: web.Request, name: str) -> int | None:
 async def signed_submission(request: web.Request) -> PaymentResult | RefundResult:
     if request.content_type != JSON_TYPE and request.can_read_body:
         raise RequestError("unsupported_media_type", f"send {JSON_TYPE}", 415)
-    return await engine_of(request).submit(signed_request(request, await request.read()))
+    body = await read_body(request, BODY_BYTES_MAX)
+    return await engine_of(request).submit(signed_request(request, body))
 
 
 async def create_payment_or_refund(request: web.Request) -> web.Response:
@@ -399,7 +424,7 @@ async def admin_body(
     """An admin JSON object with these fields (and types), all required but `optional` (which
     may be absent or null), read by the strict parser of signed bodies: a duplicate key, NaN or
     a fraction where an integer is due is refused, never resolved."""
-    body = _core.parse_json_object(await request.read())
+    body = _core.parse_json_object(await read_body(request, BODY_BYTES_MAX))
     if isinstance(body, str):
         raise RequestError("invalid_request", body)
     for name, kind in fields.items():
@@ -637,7 +662,7 @@ def page_len(request: web.Request) -> int:
 
 async def list_events(request: web.Request) -> web.Response:
     """`GET /v1/events?after=<event id>&limit=`: the merchant's events, oldest first."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request)
     after = request.query.get("after")
     after_lsn = 0 if after is None else event_lsn(after)
     if after_lsn is None:
@@ -650,7 +675,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     """`GET /v1/events/{id}`: the event and its delivery attempts."""
-    merchant = await signed_reader(request, await request.read())
+    merchant = await signed_reader(request)
     engine = engine_of(request)
     lsn = known_event(engine, request.match_info["event_id"], merchant.id)
     return signed_json(merchant, event_with_delivery(engine, lsn))
@@ -770,9 +795,12 @@ async def webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: ServerSettings) -> web.Application:
     app = web.Application(
-        client_max_size=BODY_BYTES_MAX, middlewares=[request_metrics, errors_and_request_ids]
+        client_max_size=BODY_BYTES_MAX,
+        middlewares=[request_metrics, errors_and_request_ids, request_bodies],
     )
     app[SETTINGS] = settings
+    app[LIMITS] = settings.limits
+    app[BODY_BUDGET] = BodyBudget(settings.limits.body_bytes_in_flight_max)
     runtime = Runtime()
     app[RUNTIME] = runtime
     app[METRICS] = Metrics(lambda: runtime.engine, lambda: runtime.dispatcher)

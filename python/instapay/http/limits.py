@@ -1,0 +1,170 @@
+"""What one client may hold of the server: connections, time and body bytes (README, "Limits and
+timeouts"). Each limit is defined here once; `[server]` in the TOML configuration sets them.
+
+aiohttp closes a connection that waits longer than its `keepalive_timeout` for a complete request
+head, counted from the connection's start or its previous response, and it sees no body read
+timeout, no connection cap and no budget for the bodies being read: the caps are the
+`ConnectionGate` in front of aiohttp's protocol factory, the body limits live in
+`instapay.http.bodies`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import cast
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Limits:
+    # A connection must deliver a complete request head within this long of opening or of its
+    # previous response, or it is closed: the idle keep-alive limit and the header read timeout
+    # in one (a slow-loris head trickling in is cut off at the same deadline as an idle one).
+    idle_timeout_s: float = 15.0
+    # A request body must have arrived completely this long after its handler began reading it,
+    # or the request is answered 408 (a body trickled byte by byte cannot hold a slot longer).
+    body_read_timeout_s: float = 30.0
+    # Open connections beyond this many are answered 503 and closed at once; kept well under the
+    # process's descriptor limit, so /healthz and the log files always get a descriptor.
+    connections_max: int = 1000
+    # Open connections from one peer address beyond this many are refused the same way: one
+    # client cannot take the slots of the others. Behind a reverse proxy every connection has
+    # the proxy's address: raise it to connections_max there (and cap per client at the proxy).
+    peer_connections_max: int = 100
+    # Bytes of request bodies being read or handled at once, server-wide; a body that would go
+    # beyond is refused 503 with Retry-After before it is read (4 batches of the largest size).
+    body_bytes_in_flight_max: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for limit in fields(self):
+            value = getattr(self, limit.name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"{limit.name} must be a positive number, not {value!r}")
+
+
+# After a refusal is written, the refused client gets this long to read it before the socket is
+# closed (closing with its request still unread would reset the connection and lose the answer).
+REFUSAL_LINGER_S = 1.0
+REFUSAL_RETRY_AFTER_S = 1
+
+
+def refusal(message: str, request_id: str) -> bytes:
+    """A complete HTTP/1.1 503 in the API's error format, written before any request is read."""
+    body = orjson.dumps(
+        {"error": {"code": "too_many_connections", "message": message, "request_id": request_id}}
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"Retry-After: {REFUSAL_RETRY_AFTER_S}\r\n"
+        f"X-Request-Id: {request_id}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class ConnectionGate:
+    """The protocol factory given to the event loop in front of aiohttp's: counts the open
+    connections, in all and per peer address, and answers those beyond a cap with a 503.
+
+    aiohttp has no connection cap, and its protocol factory (`web.Server`) cannot refuse one,
+    so each connection gets a small protocol of ours that either hands every event on to
+    aiohttp's, or writes the refusal and closes. Over TLS the event loop's TLS layer sits below
+    it: a connection is counted (and refused over TLS) once its handshake is done; until then it
+    is bounded by the handshake timeout, the idle timeout (`loop.start_tls` on a counted TCP
+    connection was tried: uvloop reads the client's hello before `start_tls` can take the
+    transport over, and the handshake stalls).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.Protocol],
+        limits: Limits,
+        request_ids: Callable[[], str],
+    ) -> None:
+        self.factory = factory
+        self.limits = limits
+        self.request_ids = request_ids
+        self.open = 0
+        self.open_by_peer: Counter[str] = Counter()
+        self.refused = 0
+
+    def __call__(self) -> GatedConnection:
+        return GatedConnection(self)
+
+    def refusal_reason(self, peer: str) -> str | None:
+        if self.open >= self.limits.connections_max:
+            return f"the server holds its maximum of {self.limits.connections_max} connections"
+        if self.open_by_peer[peer] >= self.limits.peer_connections_max:
+            return f"at most {self.limits.peer_connections_max} connections per client address"
+        return None
+
+    def admit(self, peer: str) -> None:
+        self.open += 1
+        self.open_by_peer[peer] += 1
+
+    def release(self, peer: str) -> None:
+        self.open -= 1
+        self.open_by_peer[peer] -= 1
+        if not self.open_by_peer[peer]:
+            del self.open_by_peer[peer]  # the counter holds only the peers connected now
+
+
+class GatedConnection(asyncio.Protocol):
+    """One connection: aiohttp's protocol once admitted, or a refusal."""
+
+    def __init__(self, gate: ConnectionGate) -> None:
+        self.gate = gate
+        self.peer = ""
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream server's transport (uvloop's does not subclass asyncio.Transport).
+        transport = cast(asyncio.Transport, transport)
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        reason = self.gate.refusal_reason(self.peer)
+        if reason is not None:
+            self.refuse(transport, reason)
+            return
+        self.gate.admit(self.peer)
+        self.inner = self.gate.factory()
+        self.inner.connection_made(transport)
+
+    def refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        self.gate.refused += 1
+        self.transport = transport
+        transport.write(refusal(reason, self.gate.request_ids()))
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.inner is not None:
+            return self.inner.eof_received()
+        if self.transport is not None:
+            self.transport.close()  # the refused client has read its answer and gone
+        return None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inner is not None:
+            self.gate.release(self.peer)
+            self.inner.connection_lost(exc)
