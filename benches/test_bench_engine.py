@@ -20,6 +20,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benches.baselines.naive_engine import NaiveEngine
 from benches.conftest import pedantic, scaled
+from instapay import _core
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.http.server import freeze_survivors_of_full_collections
@@ -38,6 +39,17 @@ RECOVERY_RECORDS = scaled(1_000_000, 50_000)
 DEMO = DemoMerchant()
 
 
+def lone_merchant_capacity(keys: int) -> int:
+    """An idempotency capacity in which one merchant alone can hold `keys` keys: it borrows all
+    but one share of the index (`idempotency_share_percent`, at least the floor of a share)."""
+    share_percent = EngineConfig().idempotency_share_percent
+    return -(-keys * 100 // (100 - share_percent)) + _core.IDEMPOTENCY_TENANT_KEYS_MIN
+
+
+# Every engine here has room for the recovery log's payments, the most any of them writes.
+IDEMPOTENCY_CAPACITY = lone_merchant_capacity(RECOVERY_RECORDS)
+
+
 def payments(prefix: str, length: int, first_payer: int = 0) -> list[SignedRequest]:
     return [
         DEMO.payment(f"{prefix}-{n}", DEMO.payer((first_payer + n) % ACCOUNTS), 100)
@@ -53,7 +65,12 @@ class RunningEngine:
         self.loop = asyncio.new_event_loop()
         self.stack = contextlib.AsyncExitStack()
         config = config or DEMO.config()
-        opened = Engine.open(directory, config=config, fsync=fsync)  # type: ignore[arg-type]
+        opened = Engine.open(
+            directory,
+            config=config,
+            fsync=fsync,  # type: ignore[arg-type]
+            idempotency_capacity=IDEMPOTENCY_CAPACITY,
+        )
         self.engine = self.loop.run_until_complete(self.stack.enter_async_context(opened))
         self.loop.run_until_complete(DEMO.set_up(self.engine, ACCOUNTS, 10**12))
 
@@ -141,7 +158,13 @@ def write_log_without_snapshot(directory: Path, records: int) -> None:
     no snapshot, so reopening must replay every record."""
 
     async def build() -> None:
-        opened = Engine.open(directory, config=DEMO.config(), fsync="off", snapshot_on_close=False)
+        opened = Engine.open(
+            directory,
+            config=DEMO.config(),
+            fsync="off",
+            snapshot_on_close=False,
+            idempotency_capacity=IDEMPOTENCY_CAPACITY,
+        )
         async with opened as engine:
             await DEMO.set_up(engine, ACCOUNTS, 10**12)
             for first in range(0, records, 10 * BATCH_LEN):
@@ -160,7 +183,12 @@ def test_recovery(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
 
     def reopen() -> int:
         async def opened() -> int:
-            opened = Engine.open(tmp_path, config=DEMO.config(), snapshot_on_close=False)
+            opened = Engine.open(
+                tmp_path,
+                config=DEMO.config(),
+                snapshot_on_close=False,
+                idempotency_capacity=IDEMPOTENCY_CAPACITY,
+            )
             async with opened as engine:
                 return engine.lsn_next - 1
 

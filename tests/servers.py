@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from instapay.cli import serve_command
 from instapay.client import Client
 from instapay.demo import DemoMerchant
-from instapay.engine import Engine
+from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import (
     HEADER_LIMITS,
@@ -185,11 +185,14 @@ async def serving(
     *,
     balance: int = 1_000_000,
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT,
 ) -> AsyncIterator[Running]:
     """The real application on a loopback port; on a new directory, three demo payers funded
     with `balance` each."""
     if not (directory / "wal").exists():
-        async with Engine.open(directory, config=config) as engine:
+        async with Engine.open(
+            directory, config=config, idempotency_capacity=idempotency_capacity
+        ) as engine:
             await DEMO.set_up(engine, payers=3, balance=balance)
     settings = ServerSettings(
         directory,
@@ -197,6 +200,7 @@ async def serving(
         admin_token=ADMIN_TOKEN,
         requests_in_flight_max=requests_in_flight_max,
         delivery=delivery or DeliveryPolicy(),
+        idempotency_capacity=idempotency_capacity,
     )
     app = create_app(settings)
     server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)

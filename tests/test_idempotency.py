@@ -265,18 +265,38 @@ def fill_share(index: IdempotencyIndex, tenant: str, count: int) -> None:
     index.complete_batch([slot for _, slot in answers], list(range(count)))
 
 
-def test_a_tenant_at_its_share_is_refused_and_the_others_still_reserve() -> None:
+def test_a_tenant_borrows_beyond_its_share_until_one_share_is_left_for_the_others() -> None:
     index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
     share = index.tenant_keys_max
     assert share == SHARED_CAPACITY // 4
-    fill_share(index, "greedy", share)
+    fill_share(index, "greedy", SHARED_CAPACITY - share)
     answers = index.reserve_batch(
         [b"greedy-more", b"greedy-7", b"honest-1"], [FP_A] * 3, 0, ["greedy", "greedy", "honest"]
     )
     assert answers[0] == (RESERVE_TENANT_FULL, share)
     assert answers[1] == (RESERVE_REPLAY, 7), "its own keys are still answered"
     assert answers[2][0] == RESERVE_NEW
-    assert (index.tenant_len("greedy"), index.tenant_len("honest")) == (share, 1)
+    assert (index.tenant_len("greedy"), index.tenant_len("honest")) == (3 * share, 1)
+
+
+def test_a_tenant_borrows_only_what_leaves_a_share_free_beside_the_others_keys() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
+    share = index.tenant_keys_max
+    fill_share(index, "honest", share // 2)
+    fill_share(index, "greedy", share)
+    keys = [b"more-%d" % n for n in range(SHARED_CAPACITY)]
+    answers = index.reserve_batch(keys, [FP_A] * len(keys), 0, ["greedy"] * len(keys))
+    borrowed = [status for status, _ in answers].count(RESERVE_NEW)
+    assert borrowed == SHARED_CAPACITY - share - share // 2 - share
+    assert {status for status, _ in answers[borrowed:]} == {RESERVE_TENANT_FULL}
+    assert len(index) == SHARED_CAPACITY - share
+
+
+def test_a_tenant_whose_share_is_the_whole_index_has_nothing_to_borrow() -> None:
+    index = IdempotencyIndex(10, TTL_S, tenant_share_percent=25)
+    assert index.tenant_keys_max == 10, "the floor, capped by the capacity"
+    fill_share(index, "shop", 10)
+    assert index.reserve_batch([b"more"], [FP_A], 0, ["shop"]) == [(RESERVE_TENANT_FULL, 10)]
 
 
 def test_a_share_has_a_floor_and_never_exceeds_the_capacity() -> None:
@@ -317,7 +337,7 @@ def test_tenant_counts_follow_release_expiry_and_a_dump() -> None:
 
 def test_replayed_keys_are_kept_over_a_share() -> None:
     index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
-    fill_share(index, "shop", index.tenant_keys_max)
+    fill_share(index, "shop", SHARED_CAPACITY - index.tenant_keys_max)
     [answer] = index.reserve_batch([b"logged"], [FP_A], 0, ["shop"], enforce_shares=False)
     assert answer[0] == RESERVE_NEW
 

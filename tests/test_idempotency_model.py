@@ -1,7 +1,9 @@
 """IdempotencyIndex against a plain Python model: any sequence of reserve, complete, release,
 expire and dump/load must give the same answers, and the same keys per tenant, as the dict-based
-model below. Tenant "bulk" starts near the capacity, so that both a tenant's share and the
-capacity are reached within a few steps."""
+model below. The index starts nearly full: tenant "bulk" just short of its share, and a crowd of
+keys without a tenant, old enough for the first expiry to remove (bulk's keys stay). So within a
+few steps bulk reaches its share, is refused borrowing while the crowd is there (the index keeps
+a share free), borrows once the crowd has gone, and the index fills up."""
 
 from dataclasses import dataclass, field
 
@@ -20,11 +22,13 @@ from instapay._core import (
     IdempotencyIndex,
 )
 
-# Shares of 1 % are the floor, IDEMPOTENCY_TENANT_KEYS_MIN keys; the index has room for a few
-# more, and "bulk" starts 3 keys short of its share.
+# Shares of 1 % are the floor, IDEMPOTENCY_TENANT_KEYS_MIN keys. "bulk" starts 2 keys short of
+# its share; with the crowd the index has room for 4 more keys, without it bulk at its share may
+# borrow while the index holds at most SHARE_MAX + 2 keys.
 SHARE_MAX = IDEMPOTENCY_TENANT_KEYS_MIN
-CAPACITY_MAX = SHARE_MAX + 5
-BULK_KEYS = SHARE_MAX - 3
+BULK_KEYS = SHARE_MAX - 2
+CROWD_KEYS = SHARE_MAX + 1
+CAPACITY_MAX = BULK_KEYS + CROWD_KEYS + 4
 TTL_S = 50
 KEYS = [b"a", b"b", b"c", b"order-42", b"\x00", b"x" * 255, b"y" * 254 + b"\xff"]
 # A key always comes from one tenant (the engine scopes keys by merchant).
@@ -52,13 +56,19 @@ class IndexModel:
     def tenant_len(self, tenant: str) -> int:
         return sum(entry.tenant == tenant for entry in self.entries.values())
 
+    def admits(self, tenant: str) -> bool:
+        """Within its share always; at or over it only if a whole share stays free after."""
+        if self.tenant_len(tenant) < SHARE_MAX:
+            return True
+        return len(self.entries) + 1 + SHARE_MAX <= CAPACITY_MAX
+
     def expected(
         self, key: bytes, fingerprint: bytes, *, enforce_shares: bool
     ) -> tuple[int, int | None]:
         """The answer to one request; None stands for the slot a NEW reservation will get."""
         entry = self.entries.get(key)
         if entry is None:
-            if enforce_shares and self.tenant_len(TENANT_OF[key]) >= SHARE_MAX:
+            if enforce_shares and not self.admits(TENANT_OF[key]):
                 return RESERVE_TENANT_FULL, SHARE_MAX
             return (RESERVE_FULL, 0) if len(self.entries) >= CAPACITY_MAX else (RESERVE_NEW, None)
         if entry.fingerprint != fingerprint:
@@ -87,12 +97,17 @@ class IndexMachine(RuleBasedStateMachine):
         self.model = IndexModel()
         self.now_s = 1_000
         self.retired_slots: set[int] = set()
-        bulk = [b"bulk-%d" % n for n in range(BULK_KEYS)]
-        fingerprints = [FINGERPRINTS[0]] * BULK_KEYS
-        answers = self.index.reserve_batch(bulk, fingerprints, self.now_s, ["bulk"] * BULK_KEYS)
-        self.index.complete_batch([slot for _, slot in answers], [0] * BULK_KEYS)
-        for key in bulk:
-            self.model.entries[key] = Entry(FINGERPRINTS[0], self.now_s, -1, "bulk", ref=0)
+        self.finish_keys(b"crowd", CROWD_KEYS, None, self.now_s - 2 * TTL_S)
+        self.finish_keys(b"bulk", BULK_KEYS, "bulk", self.now_s)
+
+    def finish_keys(self, prefix: bytes, count: int, tenant: str | None, now_s: int) -> None:
+        """Keys `prefix-0`, `prefix-1`, ... of `tenant` (None: no tenant) finished at `now_s`."""
+        keys = [b"%s-%d" % (prefix, n) for n in range(count)]
+        tenants = None if tenant is None else [tenant] * count
+        answers = self.index.reserve_batch(keys, [FINGERPRINTS[0]] * count, now_s, tenants)
+        self.index.complete_batch([slot for _, slot in answers], [0] * count)
+        for key in keys:
+            self.model.entries[key] = Entry(FINGERPRINTS[0], now_s, -1, tenant or "", ref=0)
             self.model.finished.append(key)
 
     def in_flight_slots(self) -> list[int]:

@@ -110,9 +110,10 @@ RESERVE_IN_FLIGHT: Final[int]
 RESERVE_FULL: Final[int]
 """4: a new key, but the index holds ``capacity_max`` keys; the value is 0."""
 RESERVE_TENANT_FULL: Final[int]
-"""5: a new key, but its tenant holds its share of the index; the value is the share in keys."""
+"""5: a new key, but its tenant holds its share of the index and may borrow no more (one share
+stays free for the others); the value is the share in keys."""
 IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT: Final[int]
-"""25: a tenant may hold a quarter of the index."""
+"""25: a tenant's share is a quarter of the index (a lone tenant may borrow up to three)."""
 IDEMPOTENCY_TENANT_KEYS_MIN: Final[int]
 """1000: the floor of a tenant's share, in keys (never more than the capacity)."""
 IDEMPOTENCY_KEY_LEN_MAX: Final[int]
@@ -284,10 +285,13 @@ class IdempotencyIndex:
     bytes of the request fingerprint, never as raw keys. Thread-safe: frozen, with the index behind
     a mutex; batches of 64 items or more run without the GIL.
 
-    Tenants (the engine's merchants) share the index fairly: a tenant holds at most
+    Tenants (the engine's merchants) share the index fairly: each has a share of
     ``tenant_keys_max`` keys, finished and in flight: ``tenant_share_percent`` of the capacity,
-    at least IDEMPOTENCY_TENANT_KEYS_MIN and at most the capacity. Keys reserved without a tenant
-    are bounded by the capacity alone.
+    at least IDEMPOTENCY_TENANT_KEYS_MIN and at most the capacity. A tenant within its share gets
+    a key whenever the index has room; one at or over it may borrow unused room as long as a
+    whole share stays free afterwards (``len + 1 + tenant_keys_max <= capacity_max``), so a lone
+    tenant can hold ``capacity_max - tenant_keys_max`` keys, and nothing when its share is the
+    whole capacity. Keys reserved without a tenant are bounded by the capacity alone.
 
     ValueError for a capacity outside 1..IDEMPOTENCY_CAPACITY_MAX, a TTL outside
     1..IDEMPOTENCY_TTL_SECONDS_MAX or a share outside 1..100; OverflowError for a negative one.
@@ -304,7 +308,7 @@ class IdempotencyIndex:
     def tenant_share_percent(self) -> int: ...
     @property
     def tenant_keys_max(self) -> int:
-        """The most keys one tenant may hold."""
+        """A tenant's share in keys: what it may hold without borrowing."""
 
     def reserve_batch(
         self,
@@ -319,9 +323,10 @@ class IdempotencyIndex:
 
         A key twice in one batch: the first is NEW, the second IN_FLIGHT (MISMATCH if its
         fingerprint differs). Known keys are answered even when the index or its tenant is full;
-        a new key of a tenant at its share is TENANT_FULL (before FULL). ``tenants[i]`` (1 to 255
-        bytes) names the tenant of key i; None: no tenant. ``enforce_shares=False`` is for keys
-        that were accepted before (replayed from a log): they are never refused for a share.
+        a new key of a tenant at its share that may not borrow is TENANT_FULL (before FULL).
+        ``tenants[i]`` (1 to 255 bytes) names the tenant of key i; None: no tenant.
+        ``enforce_shares=False`` is for keys that were accepted before (replayed from a log):
+        they are never refused for a share.
         ValueError naming the index for a key outside 1..1024 bytes, a fingerprint that is not 32
         bytes or a tenant name outside 1..255 bytes; ValueError for ``now_s`` past 2**32 - 1.
         """

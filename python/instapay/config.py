@@ -25,7 +25,7 @@
     in_flight_per_merchant_max = 8
 
     [idempotency]                              # optional; the default is shown
-    merchant_share_percent = 25                # the most of the index one merchant may hold
+    merchant_share_percent = 25                # a merchant's share; more only while one stays free
 
     [[merchants]]
     id = "shop"

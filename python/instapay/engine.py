@@ -914,9 +914,10 @@ class Engine:
             index = self.index
             job.answer(
                 Overloaded(
-                    f"this merchant holds {value} idempotency keys, its share of the index "
-                    f"({index.tenant_share_percent} % of {index.capacity_max} keys); "
-                    f"keys are kept {index.ttl_seconds} s"
+                    f"this merchant holds its share of the idempotency index ({value} keys, "
+                    f"{index.tenant_share_percent} % of {index.capacity_max}) and the index "
+                    f"keeps one share free for other merchants; keys are kept "
+                    f"{index.ttl_seconds} s"
                 )
             )
         else:

@@ -164,6 +164,7 @@ class Merchant:
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     merchants: tuple[Merchant, ...] = ()
-    # The most of the idempotency index one merchant may hold, in percent of its capacity (with
-    # a floor of IDEMPOTENCY_TENANT_KEYS_MIN keys): one merchant cannot deny service to others.
+    # A merchant's share of the idempotency index, in percent of its capacity (with a floor of
+    # IDEMPOTENCY_TENANT_KEYS_MIN keys). Beyond it a merchant borrows only while one share stays
+    # free: one merchant cannot deny service to others, and a lone one uses all but a share.
     idempotency_share_percent: int = _core.IDEMPOTENCY_TENANT_SHARE_PERCENT_DEFAULT

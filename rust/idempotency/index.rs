@@ -32,7 +32,8 @@ pub enum Outcome {
     InFlight(u64),
     /// A new key, but the index holds `capacity_max` keys already.
     Full,
-    /// A new key, but its tenant holds its share already: this many keys.
+    /// A new key, but its tenant holds its share (this many keys) already, and the index would
+    /// keep less than one share free for the others if it borrowed one more.
     TenantFull(u64),
 }
 
@@ -266,8 +267,8 @@ impl Index {
         outcomes
     }
 
-    /// The answer for one request whose key hashes to `key`. A tenant over its share is
-    /// answered before a full index: it is that tenant's keys that fill it.
+    /// The answer for one request whose key hashes to `key`. A tenant that may not borrow beyond
+    /// its share is answered before a full index: it is that tenant's keys that fill it.
     pub fn reserve(
         &mut self,
         key: KeyHash,
@@ -278,7 +279,7 @@ impl Index {
     ) -> Outcome {
         match self.probe(&key) {
             Probe::Found(bucket) => self.entries.answer(self.table.handle(bucket), fingerprint),
-            Probe::Vacant(_) if shares == Shares::Enforced && !self.tenants.admits(tenant) => {
+            Probe::Vacant(_) if shares == Shares::Enforced && !self.tenants.admits(tenant, self.len()) => {
                 Outcome::TenantFull(self.tenants.keys_max() as u64)
             }
             Probe::Vacant(_) if self.len() >= self.capacity_max => Outcome::Full,
@@ -455,25 +456,54 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_at_its_share_is_refused_while_others_still_reserve() {
+    fn a_tenant_borrows_beyond_its_share_until_one_share_is_left_for_the_others() {
         let mut index = Index::new(4 * TENANT_KEYS_MIN as u64, TTL_S, 25, [7; 16]).expect("valid");
         let shop = index.tenants_mut().intern(0, b"shop").expect("valid name");
         let cafe = index.tenants_mut().intern(0, b"cafe").expect("valid name");
-        finish_keys(&mut index, shop, "shop", TENANT_KEYS_MIN);
-        let quota = TENANT_KEYS_MIN as u64;
+        let bar = index.tenants_mut().intern(0, b"bar").expect("valid name");
+        let quota = TENANT_KEYS_MIN;
+        finish_keys(&mut index, shop, "shop", 3 * quota);
+        assert_eq!(index.tenants().keys_of(shop), 3 * quota, "two shares borrowed");
         assert_eq!(
             reserve_for(&mut index, shop, b"one more", Shares::Enforced),
-            Outcome::TenantFull(quota)
+            Outcome::TenantFull(quota as u64)
         );
         assert_eq!(
             reserve_for(&mut index, shop, b"shop-7", Shares::Enforced),
             Outcome::Replay(7),
             "its known keys are still answered"
         );
-        new_slot(reserve_for(&mut index, cafe, b"cafe-0", Shares::Enforced));
         new_slot(reserve_for(&mut index, shop, b"replayed", Shares::Ignored));
-        assert_eq!(index.tenants().keys_of(shop), TENANT_KEYS_MIN + 1);
-        assert_eq!(index.recount(shop), TENANT_KEYS_MIN + 1);
+        finish_keys(&mut index, cafe, "cafe", quota - 1);
+        assert_eq!(
+            index.len(),
+            4 * quota,
+            "the free share went to a tenant within its share"
+        );
+        assert_eq!(
+            reserve_for(&mut index, bar, b"bar-0", Shares::Enforced),
+            Outcome::Full
+        );
+        assert_eq!(index.tenants().keys_of(shop), 3 * quota + 1);
+        assert_eq!(index.recount(shop), 3 * quota + 1);
+    }
+
+    #[test]
+    fn what_a_tenant_may_borrow_shrinks_with_the_keys_others_hold() {
+        let mut index = Index::new(4 * TENANT_KEYS_MIN as u64, TTL_S, 25, [7; 16]).expect("valid");
+        let shop = index.tenants_mut().intern(0, b"shop").expect("valid name");
+        let cafe = index.tenants_mut().intern(0, b"cafe").expect("valid name");
+        let quota = TENANT_KEYS_MIN;
+        let cafe_slots: Vec<u64> = (0..quota / 2)
+            .map(|n| new_slot(reserve_for(&mut index, cafe, &n.to_le_bytes(), Shares::Enforced)))
+            .collect();
+        finish_keys(&mut index, shop, "shop", 3 * quota - quota / 2);
+        assert_eq!(
+            reserve_for(&mut index, shop, b"one more", Shares::Enforced),
+            Outcome::TenantFull(quota as u64)
+        );
+        index.release_batch(&cafe_slots).expect("in flight");
+        new_slot(reserve_for(&mut index, shop, b"one more", Shares::Enforced));
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Per-tenant shares of the index, so that one merchant cannot deny service to another.
 //!
 //! Without shares the first merchant to fill the index (its declined payments are kept 24 h like
-//! any result) gets every other merchant `Overloaded`. With them a tenant holds at most
+//! any result) gets every other merchant `Overloaded`. With them each tenant has a share of
 //! `keys_max` keys, finished and in flight: `share_percent` of the capacity, but never fewer than
 //! `TENANT_KEYS_MIN` (nor more than the capacity), so a small index still leaves a merchant room
-//! to work. One tenant therefore always leaves the others `capacity - keys_max` keys; several
+//! to work. Shares are work-conserving: a tenant within its share is admitted whenever the index
+//! has room, and one at or over it may borrow what the others leave unused as long as a whole
+//! share stays free afterwards. A lone merchant (a demo, a load test) can thus use
+//! `capacity - keys_max` keys, and one tenant always leaves the others `keys_max` keys; several
 //! tenants together can still fill the index, which only a share below 1/n of n tenants prevents.
+//! When `keys_max` is the whole capacity there is nothing to borrow.
 //!
 //! Tenants are named by the caller (the engine passes merchant ids) and numbered here, in the
 //! order they are first seen; the numbers are what an entry stores (4 bytes) and what a dump
@@ -33,6 +37,7 @@ pub struct Tenants {
     keys: Vec<usize>,
     share_percent: u64,
     keys_max: usize,
+    capacity_max: usize,
 }
 
 /// `share_percent` of `capacity_max`, within `TENANT_KEYS_MIN..=capacity_max`.
@@ -61,6 +66,7 @@ impl Tenants {
             keys: vec![0],
             share_percent,
             keys_max: keys_max(capacity_max, share_percent),
+            capacity_max,
         })
     }
 
@@ -111,9 +117,14 @@ impl Tenants {
         self.keys[tenant as usize]
     }
 
-    /// Whether `tenant` may take one more key.
-    pub fn admits(&self, tenant: TenantId) -> bool {
-        tenant == NO_TENANT || self.keys_of(tenant) < self.keys_max
+    /// Whether `tenant`'s share lets it take one more key while the index holds `len` keys (the
+    /// capacity itself is checked apart: a full index is `Full`, not a tenant's share): within
+    /// its share always, at or over it only if `keys_max` keys stay free afterwards, the room a
+    /// tenant within its share may still need.
+    pub fn admits(&self, tenant: TenantId, len: usize) -> bool {
+        tenant == NO_TENANT
+            || self.keys_of(tenant) < self.keys_max
+            || len + 1 + self.keys_max <= self.capacity_max
     }
 
     pub fn add(&mut self, tenant: TenantId) {
@@ -168,20 +179,43 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_at_its_share_is_not_admitted_and_no_tenant_always_is() {
+    fn a_tenant_at_its_share_is_not_admitted_when_its_share_is_the_capacity() {
         let mut tenants = Tenants::new(4, 50).expect("valid share");
         assert_eq!(tenants.keys_max(), 4, "the floor, capped by the capacity");
         let shop = tenants.intern(0, b"shop").expect("valid name");
-        for _ in 0..4 {
-            assert!(tenants.admits(shop));
+        for len in 0..4 {
+            assert!(tenants.admits(shop, len));
             tenants.add(shop);
-            tenants.add(NO_TENANT);
         }
-        assert!(!tenants.admits(shop));
-        assert!(tenants.admits(NO_TENANT));
+        assert!(!tenants.admits(shop, 4), "nothing to borrow");
+        assert!(
+            tenants.admits(NO_TENANT, 4),
+            "no tenant: the capacity alone bounds it"
+        );
         tenants.remove(shop);
-        assert!(tenants.admits(shop));
-        assert_eq!(tenants.total(), 7);
+        assert!(tenants.admits(shop, 3));
+        assert_eq!(tenants.total(), 3);
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_borrows_while_a_whole_share_stays_free() {
+        let capacity = 4 * TENANT_KEYS_MIN;
+        let mut tenants = Tenants::new(capacity, 25).expect("valid share");
+        let shop = tenants.intern(0, b"shop").expect("valid name");
+        for _ in 0..TENANT_KEYS_MIN {
+            tenants.add(shop);
+        }
+        let borrowed_max = capacity - TENANT_KEYS_MIN;
+        assert!(
+            tenants.admits(shop, borrowed_max - 1),
+            "the last key it may borrow"
+        );
+        assert!(
+            !tenants.admits(shop, borrowed_max),
+            "one more would leave less than a share free"
+        );
+        let cafe = tenants.intern(1, b"cafe").expect("valid name");
+        assert!(tenants.admits(cafe, borrowed_max), "within its share");
     }
 
     #[test]

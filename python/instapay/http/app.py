@@ -26,7 +26,7 @@ from aiohttp import web
 
 from instapay import _core, lists
 from instapay.ascii_digits import ascii_int
-from instapay.engine import Engine, FsyncMode, refund_lsn
+from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine, FsyncMode, refund_lsn
 from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, read_body, request_bodies
 from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -100,6 +100,8 @@ class ServerSettings:
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     limits: Limits = field(default_factory=Limits)
+    # Keys the idempotency index holds (a test sizes it down to fill it over HTTP).
+    idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
 
 
 @dataclass
@@ -748,7 +750,12 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
 
     async def open_engine() -> None:
         try:
-            opened = Engine.open(settings.data_dir, config=settings.config, fsync=settings.fsync)
+            opened = Engine.open(
+                settings.data_dir,
+                config=settings.config,
+                fsync=settings.fsync,
+                idempotency_capacity=settings.idempotency_capacity,
+            )
             engine = await engines.enter_async_context(opened)
             if settings.on_first_start is not None and not engine.ledger.accounts:
                 await settings.on_first_start(engine)
