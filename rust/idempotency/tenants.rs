@@ -7,9 +7,10 @@
 //! to work. Shares are work-conserving: a tenant within its share is admitted whenever the index
 //! has room, and one at or over it may borrow what the others leave unused as long as a whole
 //! share stays free afterwards. A lone merchant (a demo, a load test) can thus use
-//! `capacity - keys_max` keys, and one tenant always leaves the others `keys_max` keys; several
-//! tenants together can still fill the index, which only a share below 1/n of n tenants prevents.
-//! When `keys_max` is the whole capacity there is nothing to borrow.
+//! `capacity - keys_max` keys, and one tenant always leaves the others `keys_max` keys. Two
+//! tenants together can fill the index, though: one borrowing all but a share, the other taking
+//! that share within its own (strict shares took `1 / share` tenants). When `keys_max` is the
+//! whole capacity there is nothing to borrow.
 //!
 //! Tenants are named by the caller (the engine passes merchant ids) and numbered here, in the
 //! order they are first seen; the numbers are what an entry stores (4 bytes) and what a dump
