@@ -37,9 +37,7 @@ def test_a_revoked_mandate_stays_revoked_after_a_snapshot_over_an_expired_one(
     write_log(tmp_path, records)
 
     async def pay_after_a_snapshot() -> None:
-        async with Engine.open(
-            tmp_path, config=DEMO.config(), snapshot_on_close=False
-        ) as engine:
+        async with Engine.open(tmp_path, config=DEMO.config(), snapshot_on_close=False) as engine:
             engine.snapshot()
             declined = await engine.submit(DEMO.payment("o-1", "payer-0", 1))
             assert declined.failure_code == Failure.MANDATE_MISSING
