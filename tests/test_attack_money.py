@@ -6,12 +6,27 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
+from instapay.client import ApiError
+from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
 from instapay.mandates import MandateGrant, MandateRevocation, mandate_id
-from instapay.model import Failure
-from servers import DEMO
-from test_consent import opened_and_funded, write_log
+from instapay.model import EngineConfig, Failure, Merchant
+from servers import DEMO, AdminApi, Running, serving
+from test_consent import balance, opened_and_funded, write_log
+
+SHOP = {"id": "shop", "settlement_account": "shop.settlement"}
+
+
+async def create_merchant(api: AdminApi | Running, merchant: dict[str, str]) -> DemoMerchant:
+    """A merchant created through the admin API, on a new settlement account: its key."""
+    account = {"id": merchant["settlement_account"], "currency": "EUR"}
+    assert (await api.admin("POST", "/v1/admin/accounts", account))[0] == 200
+    status, created = await api.admin("POST", "/v1/admin/merchants", merchant)
+    assert status == 201, created
+    key = created["key"]
+    return DemoMerchant(merchant["id"], key["kid"], bytes.fromhex(key["secret"]))
 
 
 def test_a_revoked_mandate_stays_revoked_after_a_snapshot_over_an_expired_one(
@@ -53,3 +68,42 @@ def test_a_revoked_mandate_stays_revoked_after_a_snapshot_over_an_expired_one(
 
     asyncio.run(pay_after_a_snapshot())
     asyncio.run(restart_from_the_snapshot())
+
+
+def test_a_merchant_refunds_no_payment_of_another_merchant_even_on_a_shared_settlement_account(
+    tmp_path: Path,
+) -> None:
+    """The operator adds a merchant to the configuration file whose settlement account an
+    admin-created merchant already settles into (the file cannot know it). Refunds used to be
+    authorised by the settlement account alone, so the new merchant could refund the other's
+    sales from it: a refund is its payment's merchant's only."""
+    evil = DemoMerchant(merchant_id="evil", kid="evil.k1")
+    shared = EngineConfig(
+        DEMO.config().merchants
+        + (Merchant("evil", SHOP["settlement_account"], {evil.kid: evil.secret}),)
+    )
+
+    async def sell() -> tuple[str, DemoMerchant]:
+        async with serving(tmp_path, DEMO.config()) as api:
+            shop = await create_merchant(api, SHOP)
+            await grant_mandates(api.engine, [DEMO.payer(0)], SHOP["id"])
+            async with api.client(shop) as client:
+                sale = await client.create_payment(
+                    order_id="sale-1", payer=DEMO.payer(0), amount=4000, currency="EUR"
+                )
+            assert sale["status"] == "succeeded"
+            return sale["id"], shop
+
+    async def refund_as_evil(sale_id: str, shop: DemoMerchant) -> None:
+        async with serving(tmp_path, shared) as api:
+            async with api.client(evil) as thief:
+                with pytest.raises(ApiError) as refused:
+                    await thief.refund(sale_id, 4000)
+                assert (refused.value.status, refused.value.code) == (404, "not_found")
+            assert await balance(api, SHOP["settlement_account"]) == 4000
+            async with api.client(shop) as client:
+                refunded = await client.refund(sale_id, 1000)
+            assert refunded["status"] == "succeeded", "its own merchant still refunds it"
+
+    sale_id, shop = asyncio.run(sell())
+    asyncio.run(refund_as_evil(sale_id, shop))

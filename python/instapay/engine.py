@@ -884,14 +884,26 @@ class Engine:
                 message = "a refund needs an Idempotency-Key, covered by a v2 signature"
                 job.answer(RequestError("idempotency_key_required", message))
                 continue
-            entry = self.ledger.payments.get(paid)
-            if entry is None or entry.settlement != merchant.settlement_account:
+            if not self._refundable_by(paid, merchant):
                 job.answer(RequestError("not_found", f"no refundable payment {paid}", 404))
                 continue
             amount, reason, fingerprint = item
             key = _idempotency_key(merchant.id, f"r:{paid}:{client_key}")
             parsed.append((id(job), _RefundOp(merchant, paid, amount, reason, key, fingerprint)))
         return parsed
+
+    def _refundable_by(self, paid: str, merchant: Merchant) -> bool:
+        """Whether `merchant` may refund the payment: a durable payment it made, into its
+        settlement account. The account alone does not say whose a payment is: a merchant added
+        to the configuration file may settle into an account an admin-created merchant uses."""
+        entry = self.ledger.payments.get(paid)
+        made = self.results.get(payment_lsn(paid) or 0)
+        return (
+            entry is not None
+            and made is not None
+            and made.merchant_id == merchant.id
+            and entry.settlement == merchant.settlement_account
+        )
 
     def _answer_known(self, job: _Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
