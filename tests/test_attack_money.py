@@ -78,10 +78,8 @@ def test_a_merchant_refunds_no_payment_of_another_merchant_even_on_a_shared_sett
     authorised by the settlement account alone, so the new merchant could refund the other's
     sales from it: a refund is its payment's merchant's only."""
     evil = DemoMerchant(merchant_id="evil", kid="evil.k1")
-    shared = EngineConfig(
-        DEMO.config().merchants
-        + (Merchant("evil", SHOP["settlement_account"], {evil.kid: evil.secret}),)
-    )
+    on_shops_account = Merchant("evil", SHOP["settlement_account"], {evil.kid: evil.secret})
+    shared = EngineConfig((*DEMO.config().merchants, on_shops_account))
 
     async def sell() -> tuple[str, DemoMerchant]:
         async with serving(tmp_path, DEMO.config()) as api:
