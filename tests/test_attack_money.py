@@ -11,7 +11,8 @@ import pytest
 from instapay.client import ApiError
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
-from instapay.mandates import MandateGrant, MandateRevocation, mandate_id
+from instapay.ledger import Ledger, Owner
+from instapay.mandates import Mandate, MandateGrant, MandateRevocation, mandate_id
 from instapay.model import EngineConfig, Failure, Merchant
 from servers import DEMO, AdminApi, Running, serving
 from test_consent import balance, opened_and_funded, write_log
@@ -105,3 +106,35 @@ def test_a_merchant_refunds_no_payment_of_another_merchant_even_on_a_shared_sett
 
     sale_id, shop = asyncio.run(sell())
     asyncio.run(refund_as_evil(sale_id, shop))
+
+
+# ---- invariants against ledgers broken by hand ---------------------------------------------------
+
+
+def shop_ledger() -> Ledger:
+    """alice with 1000 and a mandate for the merchant "shop" (account "shop"), and one payment
+    logged before consent (no mandate), then two under alice's mandate."""
+    ledger = Ledger()
+    ledger.open_account("alice", "EUR", False)
+    ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
+    ledger.deposit("alice", 1000, "EUR")
+    assert ledger.pay_as_before_consent("pay_4", "alice", "shop", 100, "EUR") is None
+    ledger.grant_mandate(Mandate(mandate_id(5), MandateGrant("alice", "shop", 500, None, None, 1)))
+    for payment in ("pay_6", "pay_7"):
+        assert (
+            ledger.pay(payment, "alice", "shop", 100, "EUR", merchant_id="shop", created_s=2)
+            is None
+        )
+    ledger.check_invariants()
+    return ledger
+
+
+def test_check_invariants_catches_a_payment_without_mandate_after_consented_ones() -> None:
+    """Payments without a mandate are those logged before consent, which all come before the
+    first payment under the consent rules: one after it debited its payer without consent."""
+    ledger = shop_ledger()
+    ledger.payments["pay_7"].mandate = None
+    with pytest.raises(AssertionError, match="pay_7 debited alice without consent"):
+        ledger.check_invariants()
+    with pytest.raises(AssertionError, match="without consent"):
+        Ledger.from_snapshot(ledger.to_snapshot())
