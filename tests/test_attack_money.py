@@ -3,6 +3,7 @@ come out the same after any recovery, and invariants that must catch a ledger br
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -11,9 +12,9 @@ import pytest
 from instapay.client import ApiError
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
-from instapay.ledger import Ledger, Owner
+from instapay.ledger import Ledger, Owner, PaymentEntry
 from instapay.mandates import Mandate, MandateGrant, MandateRevocation, mandate_id
-from instapay.model import EngineConfig, Failure, Merchant
+from instapay.model import EngineConfig, Failure, Merchant, Status
 from servers import DEMO, AdminApi, Running, serving
 from test_consent import balance, opened_and_funded, write_log
 
@@ -138,3 +139,53 @@ def test_check_invariants_catches_a_payment_without_mandate_after_consented_ones
         ledger.check_invariants()
     with pytest.raises(AssertionError, match="without consent"):
         Ledger.from_snapshot(ledger.to_snapshot())
+
+
+THIEF = DemoMerchant(merchant_id="thief", kid="thief.k1")
+BOTH = EngineConfig((*DEMO.config().merchants, *THIEF.config().merchants))
+
+
+async def broken_by_hand(directory: Path, break_it: Callable[[Engine, PaymentEntry], None]) -> None:
+    """thief paid by payer-0 under payer-0's mandate for thief; `break_it` changes the payment
+    or the mandates in memory, and a snapshot keeps that state."""
+    async with Engine.open(directory, config=BOTH, snapshot_on_close=False) as engine:
+        await DEMO.set_up(engine, payers=1, balance=1000)
+        await engine.open_account(THIEF.settlement_account, "EUR")
+        await grant_mandates(engine, [DEMO.payer(0)], THIEF.merchant_id)
+        paid = await engine.submit(THIEF.payment("t-1", DEMO.payer(0), 100))
+        assert paid.status == Status.SUCCEEDED
+        break_it(engine, engine.ledger.payments[paid.id])
+        engine.snapshot()
+
+
+def under_demos_mandate(engine: Engine, payment: PaymentEntry) -> None:
+    """The thief's payment names payer-0's mandate for demo, not for thief."""
+    [for_demo] = [
+        mandate
+        for mandate in engine.mandates_of(DEMO.payer(0)) or []
+        if mandate.terms.merchant_id == DEMO.merchant_id
+    ]
+    payment.mandate = for_demo.id
+
+
+def after_expiry(engine: Engine, payment: PaymentEntry) -> None:
+    """The thief's mandate expired before its payment."""
+    assert payment.mandate is not None
+    mandate = engine.ledger.mandates.by_id[payment.mandate]
+    mandate.terms = mandate.terms._replace(expires_at_s=mandate.terms.created_s)
+
+
+@pytest.mark.parametrize("break_it", [under_demos_mandate, after_expiry])
+def test_recovery_refuses_a_payment_its_mandate_did_not_allow(
+    tmp_path: Path, break_it: Callable[[Engine, PaymentEntry], None]
+) -> None:
+    """The ledger alone cannot tell whose payment it is nor when it was made; the engine's
+    results can, and recovery checks them against each payment's mandate."""
+    asyncio.run(broken_by_hand(tmp_path, break_it))
+
+    async def recover() -> None:
+        async with Engine.open(tmp_path, config=BOTH):
+            pass
+
+    with pytest.raises(AssertionError, match="debited payer-0 without consent"):
+        asyncio.run(recover())

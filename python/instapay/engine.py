@@ -1278,7 +1278,7 @@ class Engine:
         for records in wal.replay(self.directory, lsn_after, lsn_reached):
             self._replay_records(records)
             replayed += len(records)
-        self.ledger.check_invariants()
+        self.check_invariants()
         self.index.expire(int(time.time()))
         self._log = wal.WalWriter(
             self.directory,
@@ -1292,6 +1292,25 @@ class Engine:
             lsn_after,
             replayed,
         )
+
+    def check_invariants(self) -> None:
+        """The ledger's invariants, and what only the payments' results tell (the ledger knows
+        neither whose a payment is nor when it was made): each payment under a mandate was made
+        by the mandate's merchant, before the mandate's expiry. Raises AssertionError."""
+        self.ledger.check_invariants()
+        mandates = self.ledger.mandates.by_id
+        for paid, entry in self.ledger.payments.items():
+            if entry.mandate is None:
+                continue  # logged before consent (the ledger checks no consented one is so)
+            made = self.results.get(payment_lsn(paid) or 0)
+            if made is None:
+                continue  # not durable yet (a check while the engine runs)
+            terms = mandates[entry.mandate].terms
+            expires_at_s = terms.expires_at_s
+            if made.merchant_id != terms.merchant_id or (
+                expires_at_s is not None and made.created_s >= expires_at_s
+            ):
+                raise AssertionError(f"payment {paid} debited {entry.payer} without consent")
 
     def _replay_records(self, records: list[wal.Record]) -> None:
         keys: list[tuple[bytes, bytes, int, int]] = []
