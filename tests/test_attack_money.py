@@ -9,16 +9,18 @@ from pathlib import Path
 import orjson
 import pytest
 
+from instapay import wal
 from instapay.client import ApiError
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
 from instapay.ledger import Ledger, Owner, PaymentEntry
 from instapay.mandates import Mandate, MandateGrant, MandateRevocation, mandate_id
 from instapay.model import EngineConfig, Failure, Merchant, Status
-from servers import DEMO, AdminApi, Running, serving
+from servers import DEMO, AdminApi, Running, free_port, refused, serving
 from test_consent import balance, opened_and_funded, write_log
 
 SHOP = {"id": "shop", "settlement_account": "shop.settlement"}
+NEW_DEMO_ACCOUNT = {"id": "demo.new", "currency": "EUR"}
 
 
 async def create_merchant(api: AdminApi | Running, merchant: dict[str, str]) -> DemoMerchant:
@@ -72,41 +74,41 @@ def test_a_revoked_mandate_stays_revoked_after_a_snapshot_over_an_expired_one(
     asyncio.run(restart_from_the_snapshot())
 
 
-def test_a_merchant_refunds_no_payment_of_another_merchant_even_on_a_shared_settlement_account(
+def test_a_merchant_refunds_no_payment_made_into_its_account_by_another_merchant(
     tmp_path: Path,
 ) -> None:
-    """The operator adds a merchant to the configuration file whose settlement account an
-    admin-created merchant already settles into (the file cannot know it). Refunds used to be
-    authorised by the settlement account alone, so the new merchant could refund the other's
-    sales from it: a refund is its payment's merchant's only."""
+    """The configuration file moves demo to a new settlement account and gives demo's old one
+    to a new merchant, evil (one merchant per account at any time). Refunds used to be
+    authorised by the settlement account alone, so evil could refund demo's past sales from it:
+    a refund is its payment's merchant's only."""
     evil = DemoMerchant(merchant_id="evil", kid="evil.k1")
-    on_shops_account = Merchant("evil", SHOP["settlement_account"], {evil.kid: evil.secret})
-    shared = EngineConfig((*DEMO.config().merchants, on_shops_account))
+    moved = EngineConfig(
+        (
+            Merchant(DEMO.merchant_id, "demo.new", {DEMO.kid: DEMO.secret}),
+            Merchant(evil.merchant_id, DEMO.settlement_account, {evil.kid: evil.secret}),
+        )
+    )
 
-    async def sell() -> tuple[str, DemoMerchant]:
+    async def sell() -> str:
         async with serving(tmp_path, DEMO.config()) as api:
-            shop = await create_merchant(api, SHOP)
-            await grant_mandates(api.engine, [DEMO.payer(0)], SHOP["id"])
-            async with api.client(shop) as client:
-                sale = await client.create_payment(
+            async with api.client() as demo:
+                sale = await demo.create_payment(
                     order_id="sale-1", payer=DEMO.payer(0), amount=4000, currency="EUR"
                 )
             assert sale["status"] == "succeeded"
-            return sale["id"], shop
+            assert (await api.admin("POST", "/v1/admin/accounts", NEW_DEMO_ACCOUNT))[0] == 200
+            sale_id: str = sale["id"]
+            return sale_id
 
-    async def refund_as_evil(sale_id: str, shop: DemoMerchant) -> None:
-        async with serving(tmp_path, shared) as api:
+    async def refund_as_evil(sale_id: str) -> None:
+        async with serving(tmp_path, moved) as api:
             async with api.client(evil) as thief:
                 with pytest.raises(ApiError) as refused:
                     await thief.refund(sale_id, 4000)
                 assert (refused.value.status, refused.value.code) == (404, "not_found")
-            assert await balance(api, SHOP["settlement_account"]) == 4000
-            async with api.client(shop) as client:
-                refunded = await client.refund(sale_id, 1000)
-            assert refunded["status"] == "succeeded", "its own merchant still refunds it"
+            assert await balance(api, DEMO.settlement_account) == 4000
 
-    sale_id, shop = asyncio.run(sell())
-    asyncio.run(refund_as_evil(sale_id, shop))
+    asyncio.run(refund_as_evil(asyncio.run(sell())))
 
 
 # ---- invariants against ledgers broken by hand ---------------------------------------------------
@@ -189,3 +191,32 @@ def test_recovery_refuses_a_payment_its_mandate_did_not_allow(
 
     with pytest.raises(AssertionError, match="debited payer-0 without consent"):
         asyncio.run(recover())
+
+
+def test_a_configured_merchant_on_an_admin_merchants_settlement_account_refuses_start_up(
+    tmp_path: Path,
+) -> None:
+    """The admin API created shop on shop.settlement; the operator then adds evil to the
+    configuration file on the same account (the file cannot know it). Both used to run on one
+    account, evil's sales and refunds mixed into shop's money. `instapay serve` now refuses,
+    in one line naming both merchants and the account, and changes nothing."""
+
+    async def create_shop() -> None:
+        async with serving(tmp_path, DEMO.config()) as api:
+            await create_merchant(api, SHOP)
+
+    asyncio.run(create_shop())
+    lsn_before = wal.newest_snapshot_lsn(tmp_path)
+    settings = tmp_path / "instapay.toml"
+    settings.write_text(
+        '[[merchants]]\nid = "evil"\nsettlement_account = "shop.settlement"\n'
+        f'[merchants.keys]\n"evil.k1" = {{ secret_hex = "{"ab" * 32}" }}\n'
+    )
+    status, errors = refused(tmp_path, free_port(), "--config", str(settings))
+    assert status == 1
+    assert errors[-1] == (
+        "instapay serve: the engine could not start: merchant shop (created by an admin call) "
+        "settles into shop.settlement, which the configuration file gives to merchant evil: "
+        "give one of them another settlement account"
+    )
+    assert wal.newest_snapshot_lsn(tmp_path) == lsn_before
