@@ -1299,18 +1299,21 @@ class Engine:
         by the mandate's merchant, before the mandate's expiry. Raises AssertionError."""
         self.ledger.check_invariants()
         mandates = self.ledger.mandates.by_id
-        for paid, entry in self.ledger.payments.items():
+        payments = self.ledger.payments
+        # From the durable results (payments not yet durable have none): the ledger holds every
+        # payment that succeeded. Inline: it runs per payment at every recovery.
+        for made in self.results.values():
+            if made.failure_code is not None or made.__class__ is not PaymentResult:
+                continue
+            entry = payments[made.id]
             if entry.mandate is None:
                 continue  # logged before consent (the ledger checks no consented one is so)
-            made = self.results.get(payment_lsn(paid) or 0)
-            if made is None:
-                continue  # not durable yet (a check while the engine runs)
             terms = mandates[entry.mandate].terms
             expires_at_s = terms.expires_at_s
             if made.merchant_id != terms.merchant_id or (
                 expires_at_s is not None and made.created_s >= expires_at_s
             ):
-                raise AssertionError(f"payment {paid} debited {entry.payer} without consent")
+                raise AssertionError(f"payment {made.id} debited {entry.payer} without consent")
 
     def _replay_records(self, records: list[wal.Record]) -> None:
         keys: list[tuple[bytes, bytes, int, int]] = []
