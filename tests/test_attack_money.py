@@ -16,7 +16,7 @@ from instapay.engine import Engine, RecordType
 from instapay.ledger import Ledger, Owner, PaymentEntry
 from instapay.mandates import Mandate, MandateGrant, MandateRevocation, mandate_id
 from instapay.model import EngineConfig, Failure, Merchant, Status
-from servers import DEMO, AdminApi, Running, free_port, refused, serving
+from servers import DEMO, AdminApi, Running, free_port, pay, refused, serving, start
 from test_consent import balance, opened_and_funded, write_log
 
 SHOP = {"id": "shop", "settlement_account": "shop.settlement"}
@@ -220,3 +220,34 @@ def test_a_configured_merchant_on_an_admin_merchants_settlement_account_refuses_
         "give one of them another settlement account"
     )
     assert wal.newest_snapshot_lsn(tmp_path) == lsn_before
+
+
+def test_a_log_that_no_longer_replays_to_its_outcomes_refuses_start_up_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """payer-0 paid demo; the server was killed (no snapshot); the operator then gives payer-0
+    to a new configured merchant as its settlement account. Owners come from the configuration
+    and it is not logged, so the replay declines the logged payment (`payer_not_authorized`):
+    start-up must refuse in one line naming the record, not with a traceback."""
+    port = free_port()
+    server = start(tmp_path, port)
+    demo = DemoMerchant.load_or_create(tmp_path)
+    assert pay(port, demo, "sale-1")[0]["status"] == "succeeded"
+    server.process.kill()
+    server.stop()
+    settings = tmp_path / "instapay.toml"
+    settings.write_text(
+        "".join(
+            f'[[merchants]]\nid = "{merchant_id}"\nsettlement_account = "{account}"\n'
+            f'[merchants.keys]\n"{kid}" = {{ secret_hex = "{secret.hex()}" }}\n'
+            for merchant_id, account, kid, secret in [
+                (demo.merchant_id, demo.settlement_account, demo.kid, demo.secret),
+                ("newshop", demo.payer(0), "newshop.k1", bytes(32)),
+            ]
+        )
+    )
+    status, errors = refused(tmp_path, free_port(), "--config", str(settings))
+    assert status == 1
+    assert errors[-1].startswith("instapay serve: the engine could not start: ")
+    assert "gave payer_not_authorized, the log says it succeeded" in errors[-1]
+    assert not any(line.startswith("Traceback") for line in errors)

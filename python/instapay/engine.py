@@ -88,6 +88,17 @@ SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 FsyncMode = Literal["always", "off"]
 
 
+class ReplayMismatchError(ValueError):
+    """A logged record does not replay to its logged outcome: a bug, or the configuration
+    changed what the record depends on (a configured merchant's settlement account)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"{detail}; was a configured merchant given an account that existed before, or "
+            "removed? Restore the configuration the log was written under"
+        )
+
+
 class RecordType(IntEnum):
     OPEN_ACCOUNT = 1
     DEPOSIT = 2
@@ -1336,13 +1347,16 @@ class Engine:
             elif kind == RecordType.REFUND:
                 result = self._replay_refund(record.lsn, fields)
                 if result.amount != fields[7]:
-                    raise AssertionError(f"replay of LSN {record.lsn} refunded a different amount")
+                    raise ReplayMismatchError(
+                        f"replay of LSN {record.lsn} refunded {result.amount}, "
+                        f"the log says {fields[7]}"
+                    )
             else:
                 result = self._replay_admin(kind, fields)
             if _failure(fields[-1]) != result.failure_code:
-                raise AssertionError(
-                    f"replay of LSN {record.lsn} gave {result.failure_code}, "
-                    f"the log says {fields[-1]}"
+                raise ReplayMismatchError(
+                    f"replay of LSN {record.lsn} gave {result.failure_code or 'success'}, "
+                    f"the log says {'it succeeded' if fields[-1] is None else fields[-1]}"
                 )
             key = _logged_key(kind, fields)
             if isinstance(result, PaymentResult | RefundResult):
