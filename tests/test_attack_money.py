@@ -1,5 +1,7 @@
-"""The issue-12 fixes attacked again for money safety and replay: consent decisions that must
-come out the same after any recovery, and invariants that must catch a ledger broken by hand."""
+"""The issue-12 fixes attacked again for money safety and replay: consent decisions that come
+out the same after any recovery, refunds only by the payment's merchant, one merchant per
+settlement account whatever the configuration file says, start-up refusals in one line, and
+invariants that catch a ledger broken by hand."""
 
 import asyncio
 import time
