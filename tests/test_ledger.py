@@ -295,7 +295,8 @@ amounts = st.integers(min_value=1, max_value=2000)
 
 class LedgerMachine(RuleBasedStateMachine):
     """Deposits, withdrawals, mandates granted, revoked and expiring, payments by either merchant
-    from any account (settlement accounts too) at a clock that moves across UTC days, refunds.
+    from any account (settlement accounts too) at a clock that moves across UTC days, refunds,
+    and restarts from a snapshot.
 
     A small model predicts every consent decision; the ledger must agree, money must be conserved,
     balances must equal the model's, and no account may lose money but by a withdrawal, a refund
@@ -449,6 +450,11 @@ class LedgerMachine(RuleBasedStateMachine):
         if failure is None:
             self.balances[entry.settlement] -= refunded
             self.balances[entry.payer] += refunded
+
+    @rule()
+    def restart_from_a_snapshot(self) -> None:
+        """Recovery from a snapshot must leave every later consent decision as it was."""
+        self.ledger = Ledger.from_snapshot(self.ledger.to_snapshot())
 
     @invariant()
     def invariants_hold(self) -> None:

@@ -88,6 +88,17 @@ SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 FsyncMode = Literal["always", "off"]
 
 
+class ReplayMismatchError(ValueError):
+    """A logged record does not replay to its logged outcome: a bug, or the configuration
+    changed what the record depends on (a configured merchant's settlement account)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"{detail}; was a configured merchant given an account that existed before, or "
+            "removed? Restore the configuration the log was written under"
+        )
+
+
 class RecordType(IntEnum):
     OPEN_ACCOUNT = 1
     DEPOSIT = 2
@@ -884,14 +895,26 @@ class Engine:
                 message = "a refund needs an Idempotency-Key, covered by a v2 signature"
                 job.answer(RequestError("idempotency_key_required", message))
                 continue
-            entry = self.ledger.payments.get(paid)
-            if entry is None or entry.settlement != merchant.settlement_account:
+            if not self._refundable_by(paid, merchant):
                 job.answer(RequestError("not_found", f"no refundable payment {paid}", 404))
                 continue
             amount, reason, fingerprint = item
             key = _idempotency_key(merchant.id, f"r:{paid}:{client_key}")
             parsed.append((id(job), _RefundOp(merchant, paid, amount, reason, key, fingerprint)))
         return parsed
+
+    def _refundable_by(self, paid: str, merchant: Merchant) -> bool:
+        """Whether `merchant` may refund the payment: a durable payment it made, into its
+        settlement account. The account alone does not say whose a payment is: a merchant added
+        to the configuration file may settle into an account an admin-created merchant uses."""
+        entry = self.ledger.payments.get(paid)
+        made = self.results.get(payment_lsn(paid) or 0)
+        return (
+            entry is not None
+            and made is not None
+            and made.merchant_id == merchant.id
+            and entry.settlement == merchant.settlement_account
+        )
 
     def _answer_known(self, job: _Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
@@ -1267,7 +1290,7 @@ class Engine:
         for records in wal.replay(self.directory, lsn_after, lsn_reached):
             self._replay_records(records)
             replayed += len(records)
-        self.ledger.check_invariants()
+        self.check_invariants()
         self.index.expire(int(time.time()))
         self._log = wal.WalWriter(
             self.directory,
@@ -1281,6 +1304,28 @@ class Engine:
             lsn_after,
             replayed,
         )
+
+    def check_invariants(self) -> None:
+        """The ledger's invariants, and what only the payments' results tell (the ledger knows
+        neither whose a payment is nor when it was made): each payment under a mandate was made
+        by the mandate's merchant, before the mandate's expiry. Raises AssertionError."""
+        self.ledger.check_invariants()
+        mandates = self.ledger.mandates.by_id
+        payments = self.ledger.payments
+        # From the durable results (payments not yet durable have none): the ledger holds every
+        # payment that succeeded. Inline: it runs per payment at every recovery.
+        for made in self.results.values():
+            if made.failure_code is not None or made.__class__ is not PaymentResult:
+                continue
+            entry = payments[made.id]
+            if entry.mandate is None:
+                continue  # logged before consent (the ledger checks no consented one is so)
+            terms = mandates[entry.mandate].terms
+            expires_at_s = terms.expires_at_s
+            if made.merchant_id != terms.merchant_id or (
+                expires_at_s is not None and made.created_s >= expires_at_s
+            ):
+                raise AssertionError(f"payment {made.id} debited {entry.payer} without consent")
 
     def _replay_records(self, records: list[wal.Record]) -> None:
         keys: list[tuple[bytes, bytes, int, int]] = []
@@ -1303,13 +1348,16 @@ class Engine:
             elif kind == RecordType.REFUND:
                 result = self._replay_refund(record.lsn, fields)
                 if result.amount != fields[7]:
-                    raise AssertionError(f"replay of LSN {record.lsn} refunded a different amount")
+                    raise ReplayMismatchError(
+                        f"replay of LSN {record.lsn} refunded {result.amount}, "
+                        f"the log says {fields[7]}"
+                    )
             else:
                 result = self._replay_admin(kind, fields)
             if _failure(fields[-1]) != result.failure_code:
-                raise AssertionError(
-                    f"replay of LSN {record.lsn} gave {result.failure_code}, "
-                    f"the log says {fields[-1]}"
+                raise ReplayMismatchError(
+                    f"replay of LSN {record.lsn} gave {result.failure_code or 'success'}, "
+                    f"the log says {'it succeeded' if fields[-1] is None else fields[-1]}"
                 )
             key = _logged_key(kind, fields)
             if isinstance(result, PaymentResult | RefundResult):

@@ -215,14 +215,16 @@ class Ledger:
         if sums != self.net_inflow:
             raise AssertionError(f"balances {sums} differ from net inflows {self.net_inflow}")
         mandates = self.mandates.by_id
+        consented = False  # whether a payment under the consent rules came before (log order)
         for payment_id, payment in self.payments.items():
             if not 0 <= payment.refunded <= payment.amount:
                 raise AssertionError(f"payment {payment_id} refunded {payment.refunded}")
             # Consent: a mandate of the payer allowed the payment, within its per-payment limit
             # (the daily one is checked on the mandate's spend). Inline: it runs per payment.
-            if payment.mandate is None:
-                continue  # logged before consent was checked
-            mandate = mandates.get(payment.mandate)
+            if payment.mandate is None and not consented:
+                continue  # logged before consent was checked: such payments all come first
+            consented = True
+            mandate = None if payment.mandate is None else mandates.get(payment.mandate)
             if (
                 mandate is None
                 or mandate.terms.account_id != payment.payer

@@ -161,11 +161,17 @@ class Mandates:
         return self._current.get(payer, _NONE).get(merchant_id)
 
     def add(self, mandate: Mandate) -> None:
+        """Files a mandate newer than every one held (grants, and snapshot rows in grant order):
+        it becomes the pair's current one, or, revoked, leaves the pair none, as its revocation
+        did (an older, expired mandate must not come back from a snapshot)."""
         account_id, merchant_id = mandate.terms.account_id, mandate.terms.merchant_id
         self.by_id[mandate.id] = mandate
         self.by_account.setdefault(account_id, []).append(mandate)
+        merchants = self._current.setdefault(account_id, {})
         if mandate.revoked_s is None:
-            self._current.setdefault(account_id, {})[merchant_id] = mandate
+            merchants[merchant_id] = mandate
+        else:
+            merchants.pop(merchant_id, None)
 
     def revoke(self, mandate_id_: str, revoked_s: int) -> Mandate:
         mandate = self.by_id[mandate_id_]

@@ -138,7 +138,22 @@ class Merchants:
                 "configuration file: remove it from the file"
             )
         self.check_create(merchant)
+        self._check_account_is_its_own(merchant)
         self._put(merchant)
+
+    def _check_account_is_its_own(self, merchant: Merchant) -> None:
+        """A merchant created by an admin call (replayed, or restored from a snapshot) settles
+        into no account of a configured merchant: refunds are authorised by the settlement
+        account, so it must be one merchant's. The admin call checked that against the file of
+        its day; a merchant added to the file since may name the account."""
+        for other_id in self.configured:
+            other = self.by_id[other_id]
+            if other.settlement_account == merchant.settlement_account:
+                raise ValueError(
+                    f"merchant {merchant.id} (created by an admin call) settles into "
+                    f"{merchant.settlement_account}, which the configuration file gives to "
+                    f"merchant {other.id}: give one of them another settlement account"
+                )
 
     def add_key(self, merchant_id: str, kid: str, secret: bytes) -> Merchant:
         self.check_add_key(merchant_id, kid)
