@@ -99,10 +99,6 @@ def test_pipelined_requests_are_all_answered_in_order(tmp_path: Path) -> None:
         sock.sendall(head("GET", paths[-1], {"Connection": "close"}))
         while chunk := sock.recv(65536):
             answers += chunk
-    assert re.findall(rb"^HTTP/1.1 (\d+) ", answers, re.MULTILINE) == [
-        b"200",
-        b"404",
-        b"200",
-        b"200",
-    ]
+    statuses = re.findall(rb"HTTP/1\.1 (\d+) ", answers)
+    assert statuses == [b"200", b"404", b"200", b"200"]
     assert server.stop()[0] == 0
