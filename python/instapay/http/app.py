@@ -293,20 +293,36 @@ async def create_payments_batch(request: web.Request) -> web.StreamResponse:
             except EngineFailedError:
                 # The stream has started: say so in-band and stop; no signature line ends it.
                 error = {"code": "unavailable", "message": "the engine has stopped"}
-                await response.write(orjson.dumps({"object": "error", "error": error}) + b"\n")
+                error_line = orjson.dumps({"object": "error", "error": error}) + b"\n"
+                await answer_part(request, response.write(error_line))
                 return response
             chunk = b"".join(
                 batch_line(number * BATCH_GROUP_LEN + offset, answer) + b"\n"
                 for offset, answer in enumerate(answers)
             )
             signed += chunk
-            await response.write(chunk)
+            await answer_part(request, response.write(chunk))
     finally:
         await groups.abandon()
     signature = sign_payload(list(merchant.keys.values()), bytes(signed), int(time.time()))
-    await response.write(orjson.dumps({"object": "signature", "signature": signature}) + b"\n")
-    await response.write_eof()
+    signature_line = orjson.dumps({"object": "signature", "signature": signature}) + b"\n"
+    await answer_part(request, response.write(signature_line))
+    await answer_part(request, response.write_eof())
     return response
+
+
+async def answer_part(request: web.Request, writing: Awaitable[None]) -> None:
+    """Writes part of a streamed answer (`response.write(...)`). A client that has not taken it
+    within the answer write timeout is cut off: the handler stops, and gives back the body's
+    share and its lines."""
+    timeout_s = request.app[LIMITS].answer_write_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writing
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError(f"the client took no answer for {timeout_s} s") from None
 
 
 class BatchGroups:

@@ -39,6 +39,10 @@ class Limits:
     # Bytes of request bodies being read or handled at once, server-wide; a body that would go
     # beyond is refused 503 with Retry-After before it is read (4 batches of the largest size).
     body_bytes_in_flight_max: int = 64 * 1024 * 1024
+    # A streamed answer (a batch's) the client has not taken this long after a part of it was
+    # written is abandoned and the connection closed: a client that never reads cannot keep its
+    # batch's share of the body budget, and the lines it holds, for ever.
+    answer_write_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for limit in fields(self):
