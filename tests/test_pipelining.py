@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from attack import connect, head, healthz, serve_limited
+from attack import connect, head, healthz, rss_bytes, serve_limited
 from servers import free_port
 
 MIB = 1024 * 1024
@@ -23,13 +23,6 @@ SETTLE_S = 1.0
 # What 100 such connections may add to the server's RSS: 46 to 47 MiB with one request read
 # ahead (a body, what aiohttp reads with it, the allocator's slack), 177 to 373 MiB with 32.
 RSS_GROWTH_BYTES_MAX = 96 * MIB
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def settled_rss_bytes(pid: int) -> int:
