@@ -33,6 +33,14 @@ def serve_limited(
     return start(directory / "data", port, "--config", str(path), descriptors_max=descriptors_max)
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 def signature(path: str, body: bytes = b"", kid: str = KID, age_s: int = 0) -> str:
     """A well-formed header for a known key (its MAC covers `body`)."""
     return sign_request(

@@ -18,6 +18,7 @@ from attack import (
     healthz,
     read_response,
     request,
+    rss_bytes,
     serve_limited,
     signature,
     wait_until_closed,
@@ -178,13 +179,6 @@ def test_bodies_beyond_the_server_budget_are_refused_until_one_is_done(tmp_path:
     status, body = request(port, head("POST", BATCH, headers) + b"x" * 900 * 1024)
     assert (status, body["error"]["code"]) == (401, "signature_mismatch")  # type: ignore[index]
     assert server.stop()[0] == 0
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 def upload_cut_short(port: int, reset: bool) -> None:

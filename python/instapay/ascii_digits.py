@@ -6,6 +6,8 @@ raises (a 500), and `int("٢٠٠٢")` reads 2002, so `pay_٢٠٠٢` would name `
 
 from __future__ import annotations
 
+import argparse
+
 # An LSN (a u64) has at most 20 digits.
 DIGITS_MAX_DEFAULT = 20
 
@@ -23,3 +25,12 @@ def number_in_id(text: str, prefix: str) -> int | None:
     digits = text.removeprefix(prefix)
     number = None if digits == text else ascii_int(digits)
     return number if number is not None and digits == str(number) else None
+
+
+def argument_int(text: str) -> int:
+    """An argparse type: a count or a number in ASCII digits (`--port ٨٠٨٠` is refused, not
+    read as 8080)."""
+    number = ascii_int(text)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in ASCII digits")
+    return number

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from instapay import __version__, config, datadir, wal
+from instapay.ascii_digits import argument_int
 from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType, redacted
@@ -29,6 +30,16 @@ STARTUP_FAILURES = (DataDirectoryInUseError, wal.WalCorruptError, OSError, Value
 EXIT_BROKEN_PIPE = 1
 
 
+def port_argument(text: str) -> int:
+    """`--port`: a TCP port in ASCII digits."""
+    port = argument_int(text)
+    if port not in config.PORTS:
+        raise argparse.ArgumentTypeError(
+            f"{port} is not a port from {config.PORTS.start} to {config.PORTS.stop - 1}"
+        )
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instapay", description="instapay payment engine")
     parser.add_argument("--version", action="version", version=f"instapay {__version__}")
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file (see instapay.config)")
     serve.add_argument("--data-dir", type=Path, help="default: var, or the config's")
     serve.add_argument("--host", help="default: 127.0.0.1, or the config's")
-    serve.add_argument("--port", type=int, help="default: 8080, or the config's")
+    serve.add_argument("--port", type=port_argument, help="default: 8080, or the config's")
     serve.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate: HTTPS")
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
     wal_parser = commands.add_parser("wal", help="inspect a data directory's write-ahead log")

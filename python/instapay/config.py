@@ -55,6 +55,9 @@ from instapay.model import EngineConfig, Merchant
 from instapay.notify import DeliveryPolicy
 
 SECRET_BYTES_MIN = 16
+# The TCP ports a server may listen on (0 would be any free one, which no client could find;
+# above 65535 the port would be taken modulo 65536 and differ from the one announced).
+PORTS = range(1, 65536)
 
 
 class ConfigError(ValueError):
@@ -88,6 +91,12 @@ def _typed(where: str, table: dict[str, Any], key: str, kind: type, default: Any
     if value is None or type(value) is not kind:
         raise ConfigError(f"{where}.{key} must be a {kind.__name__}")
     return value
+
+
+def _port(port: int) -> int:
+    if port not in PORTS:
+        raise ConfigError(f"server.port must be from {PORTS.start} to {PORTS.stop - 1}")
+    return port
 
 
 def _secret(where: str, spec: Any) -> bytes:
@@ -249,7 +258,7 @@ def load(path: Path) -> ServeConfig:
     token_env = _typed("server", server, "admin_token_env", str, "INSTAPAY_ADMIN_TOKEN")
     return ServeConfig(
         host=_typed("server", server, "host", str, "127.0.0.1"),
-        port=_typed("server", server, "port", int, 8080),
+        port=_port(_typed("server", server, "port", int, 8080)),
         data_dir=Path(_typed("storage", storage, "data_dir", str, "var")),
         fsync=fsync,
         engine=_merchants(merchants, _idempotency_share_percent(data)),

@@ -608,15 +608,33 @@ RESPONSES: Final[JSON] = {
     "AdminDisabled": _error("`admin_disabled`: the server runs without an admin token."),
     "NotFound": _error("`not_found`."),
     "TooLarge": _error("`body_too_large` (64 KiB for a single request)."),
-    "UnsupportedMediaType": _error("`unsupported_media_type`."),
+    "UnsupportedMediaType": _error(
+        "`unsupported_media_type` (not the content type the operation takes), or "
+        "`unsupported_content_coding` (a Content-Encoding other than identity, on any "
+        "operation: bodies are never inflated; the connection is closed after it)."
+    ),
     "TooManyRequests": _error(
         "`too_many_requests`: too many requests in flight; retry after `Retry-After`.", _RETRY
     ),
     "Unavailable": _error(
         "`starting` (recovering the data directory), `overloaded` (queue full, or the "
-        "merchant holds its share of the idempotency index) or `unavailable` (the engine "
-        "stopped); retry after `Retry-After`.",
+        "merchant holds its share of the idempotency index), `unavailable` (the engine "
+        "stopped), `server_busy` (too many request bodies being received at once) or "
+        "`too_many_connections` (the server's or this client address's connection cap, "
+        "answered before the request is read); retry after `Retry-After`.",
         _RETRY,
+    ),
+    "TooManyConnections": _error(
+        "`too_many_connections`: the server's or this client address's connection cap, "
+        "answered before the request is read; retry after `Retry-After`.",
+        _RETRY,
+    ),
+    "BodyTimeout": _error(
+        "`body_timeout`: the body did not arrive within the body read timeout (30 s)."
+    ),
+    "UnsupportedTransferCoding": _error(
+        "`unsupported_transfer_coding`: a Transfer-Encoding other than plain chunked; the "
+        "connection is closed after it."
     ),
 }
 
@@ -648,8 +666,10 @@ def _operation(
     request_body: JSON | None = None,
     engine: bool = True,
 ) -> JSON:
-    """An operation; every one may answer 429, every one that needs the engine 503, and every one
-    with a path parameter 404 (a value that leaves no route, like an empty one, meets 404)."""
+    """An operation; every one may answer 429, 503 (`too_many_connections`, and more if it needs
+    the engine), 415 and 501 for codings we do not implement, every one with a path parameter
+    404 (a value that leaves no route, like an empty one, meets 404), and every one that reads a
+    body (a signed one, or one with a request body) 408."""
     operation: JSON = {"operationId": operation_id, "summary": summary, "tags": [tag]}
     if description is not None:
         operation["description"] = description
@@ -659,9 +679,14 @@ def _operation(
         operation["parameters"] = parameters
     if request_body is not None:
         operation["requestBody"] = request_body
-    errors = {"429": _ref("responses", "TooManyRequests")}
-    if engine:
-        errors["503"] = _ref("responses", "Unavailable")
+    errors = {
+        "415": _ref("responses", "UnsupportedMediaType"),
+        "429": _ref("responses", "TooManyRequests"),
+        "501": _ref("responses", "UnsupportedTransferCoding"),
+        "503": _ref("responses", "Unavailable" if engine else "TooManyConnections"),
+    }
+    if security == _MERCHANT or request_body is not None:
+        errors["408"] = _ref("responses", "BodyTimeout")
     if any(
         parameter["$ref"].rpartition("/")[2] in _PATH_PARAMETERS for parameter in parameters or []
     ):

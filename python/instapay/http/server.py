@@ -18,7 +18,7 @@ from aiohttp import web
 
 from instapay.http import logs
 from instapay.http.app import HEADER_LIMITS, REQUEST_IDS, RUNTIME, ServerSettings, create_app
-from instapay.http.limits import ConnectionGate, Limits
+from instapay.http.limits import ConnectionGate, Limits, bound_pipelining
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ async def serve(
     URL once requests are taken."""
     logs.configure()
     freeze_survivors_of_full_collections()
+    bound_pipelining()
     app = create_app(settings)
     runner = web.AppRunner(
         app,

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from instapay.cli import serve_command
+from instapay.cli import port_argument, serve_command
 from instapay.demo import DEMO_PAYERS, DemoMerchant
 from instapay.load import Plan, Target, run
 from instapay.load.options import duration_s, rate_per_s
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m instapay.load.demo")
     parser.add_argument("--rate", type=rate_per_s, default=2000.0)
     parser.add_argument("--duration", type=duration_s, default=15.0)
-    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--port", type=port_argument, default=8081)
     parser.add_argument("--data-dir", type=Path, default=Path("var/demo-load"))
     parser.add_argument("--plot", type=Path, default=Path("demo-load.png"))
     parser.add_argument("--report", type=Path, default=Path("demo-load.json"))

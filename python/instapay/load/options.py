@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+from instapay.ascii_digits import argument_int
 from instapay.demo import DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.load import run
 from instapay.load.plan import Amounts, Plan, PlanError, Target
@@ -54,11 +55,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     traffic = load.add_mutually_exclusive_group()
     traffic.add_argument("--rate", type=rate_per_s, help="open loop: requests per second")
-    traffic.add_argument("--concurrency", type=int, help="closed loop: in flight (default 64)")
+    traffic.add_argument(
+        "--concurrency", type=argument_int, help="closed loop: in flight (default 64)"
+    )
     load.add_argument("--duration", type=duration_s, default=10.0, help="default 10s")
-    load.add_argument("--requests", type=int, help="stop after this many instead")
+    load.add_argument("--requests", type=argument_int, help="stop after this many instead")
     load.add_argument("--warmup", type=duration_s, default=0.0, help="not measured; default 0s")
-    load.add_argument("--payers", type=int, default=DEMO_PAYERS)
+    load.add_argument("--payers", type=argument_int, default=DEMO_PAYERS)
     load.add_argument(
         "--amounts",
         type=Amounts.parse,
@@ -71,15 +74,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.0,
         help="share of requests resent with their idempotency key",
     )
-    load.add_argument("--batch", type=int, default=1, help="payments per request (NDJSON batch)")
-    load.add_argument("--workers", type=int, default=1, help="generator processes")
+    load.add_argument(
+        "--batch", type=argument_int, default=1, help="payments per request (NDJSON batch)"
+    )
+    load.add_argument("--workers", type=argument_int, default=1, help="generator processes")
     load.add_argument(
         "--in-flight-max",
-        type=int,
+        type=argument_int,
         default=20_000,
         help="open loop: requests in flight at most (a late one counts its wait)",
     )
-    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--seed", type=argument_int, default=0)
     load.add_argument("--report", type=Path, help="write every figure and the histogram as JSON")
     load.add_argument("--plot", type=Path, help="write latency and throughput over time (PNG)")
     load.add_argument("--no-progress", action="store_true", help="no live progress bar")
