@@ -41,6 +41,21 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+# The RSS is read once it has not changed for this long: the server has read what it will (a
+# wait, not a measurement).
+RSS_SETTLE_S = 1.0
+
+
+def settled_rss_bytes(pid: int) -> int:
+    """The RSS of process `pid` once it has stopped changing for RSS_SETTLE_S."""
+    rss = rss_bytes(pid)
+    while True:
+        time.sleep(RSS_SETTLE_S)
+        rss, previous = rss_bytes(pid), rss
+        if rss == previous:
+            return rss
+
+
 def signature(path: str, body: bytes = b"", kid: str = KID, age_s: int = 0) -> str:
     """A well-formed header for a known key (its MAC covers `body`)."""
     return sign_request(

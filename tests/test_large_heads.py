@@ -4,29 +4,17 @@ holding a 1 MiB head that never ends, grow the server by 198 MiB (2 GiB over the
 connections of the cap). The server takes 32 headers."""
 
 import socket
-import time
 from pathlib import Path
 
-from attack import healthz, rss_bytes, serve_limited
+from attack import healthz, rss_bytes, serve_limited, settled_rss_bytes
 from instapay.http.app import HEADER_LIMITS
 from servers import free_port
 
 MIB = 1024 * 1024
 CONNECTIONS = 100  # one client address's cap
 HEADER_VALUE = b"a" * 8000
-# The RSS is read once it has not changed for this long (a wait, not a measurement).
-SETTLE_S = 1.0
 # 48 MiB with 32 headers (heads of 31 headers of 8000 bytes), 198 MiB with 128.
 RSS_GROWTH_BYTES_MAX = 96 * MIB
-
-
-def settled_rss_bytes(pid: int) -> int:
-    rss = rss_bytes(pid)
-    while True:
-        time.sleep(SETTLE_S)
-        rss, previous = rss_bytes(pid), rss
-        if rss == previous:
-            return rss
 
 
 def test_heads_that_never_end_stay_within_a_bound_while_others_are_served(

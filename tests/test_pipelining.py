@@ -10,29 +10,19 @@ import socket
 import time
 from pathlib import Path
 
-from attack import connect, head, healthz, rss_bytes, serve_limited
+from attack import connect, head, healthz, rss_bytes, serve_limited, settled_rss_bytes
 from servers import free_port
 
 MIB = 1024 * 1024
 CONNECTIONS = 100  # one client address's cap
 BODY_BYTES = 120_000  # over a payment's 64 KiB (a 413 that leaves the body unread)
 PIPELINED = 40
-# Sending stops, and the RSS is read, once nothing has changed for this long (a wait for the
-# server to take what it will, not a measurement).
+# Sending stops once the server has taken nothing for this long (a wait for the server to take
+# what it will, not a measurement).
 SETTLE_S = 1.0
 # What 100 such connections may add to the server's RSS: 46 to 47 MiB with one request read
 # ahead (a body, what aiohttp reads with it, the allocator's slack), 177 to 373 MiB with 32.
 RSS_GROWTH_BYTES_MAX = 96 * MIB
-
-
-def settled_rss_bytes(pid: int) -> int:
-    """The RSS once it has stopped changing for SETTLE_S (the server has read what it will)."""
-    rss = rss_bytes(pid)
-    while True:
-        time.sleep(SETTLE_S)
-        rss, previous = rss_bytes(pid), rss
-        if rss == previous:
-            return rss
 
 
 def client(port: int) -> socket.socket:
