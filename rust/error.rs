@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
 
 use crate::body::ID_LEN_MAX;
@@ -81,9 +81,24 @@ pub enum CoreError {
         slot: u64,
     },
     CorruptDump(String),
+    /// Ledger snapshot bytes (or the JSON of an older snapshot) that are not a ledger.
+    CorruptLedger(String),
+    /// The ledger's state breaks one of its invariants (money conserved, consent, limits).
+    InvariantBroken(String),
+    /// A ledger change that its caller should have refused (the engine checks before it logs).
+    InvalidState(String),
+    UnknownAccount(String),
+    /// No mandate was granted at this LSN.
+    UnknownMandate(u64),
+    NegativeAmount(i64),
+    InvalidOwner(String),
+    /// More names or mandates than a u32 index counts.
+    StateFull {
+        what: &'static str,
+    },
     /// The operating system gave no randomness for a hash seed.
     NoEntropy(String),
-    /// A panic left the index's lock poisoned; its state can no longer be trusted.
+    /// A panic left a lock (of the index or the ledger) poisoned; its state can no longer be trusted.
     Poisoned,
 }
 
@@ -138,8 +153,17 @@ impl fmt::Display for CoreError {
                  or released, or twice in the batch); nothing in the batch was applied"
             ),
             Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
+            Self::CorruptLedger(reason) => write!(f, "not a valid ledger snapshot: {reason}"),
+            Self::InvariantBroken(breach) | Self::InvalidState(breach) => f.write_str(breach),
+            Self::UnknownAccount(id) => write!(f, "no account {id}"),
+            Self::UnknownMandate(lsn) => write!(f, "no mandate mdt_{lsn}"),
+            Self::NegativeAmount(amount) => write!(f, "amounts are at least 0, not {amount}"),
+            Self::InvalidOwner(name) => {
+                write!(f, "an owner is \"customer\" or \"merchant\", not {name:?}")
+            }
+            Self::StateFull { what } => write!(f, "the ledger holds the most {what} it can"),
             Self::NoEntropy(reason) => write!(f, "no randomness for the hash seed: {reason}"),
-            Self::Poisoned => write!(f, "the index is unusable after a panic in an earlier call"),
+            Self::Poisoned => write!(f, "the native state is unusable after a panic in an earlier call"),
         }
     }
 }
@@ -151,7 +175,10 @@ impl From<CoreError> for PyErr {
         let message = error.to_string();
         match error {
             CoreError::WrongType { .. } => PyTypeError::new_err(message),
-            CoreError::UnknownKid { .. } => PyKeyError::new_err(message),
+            CoreError::UnknownKid { .. } | CoreError::UnknownAccount(_) | CoreError::UnknownMandate(_) => {
+                PyKeyError::new_err(message)
+            }
+            CoreError::InvariantBroken(_) => PyAssertionError::new_err(message),
             CoreError::LengthMismatch { .. }
             | CoreError::BatchTooLarge { .. }
             | CoreError::InvalidKid { .. }
@@ -165,7 +192,12 @@ impl From<CoreError> for PyErr {
             | CoreError::FingerprintLength { .. }
             | CoreError::TenantName { .. }
             | CoreError::UnknownSlot { .. }
-            | CoreError::CorruptDump(_) => PyValueError::new_err(message),
+            | CoreError::CorruptDump(_)
+            | CoreError::CorruptLedger(_)
+            | CoreError::InvalidState(_)
+            | CoreError::NegativeAmount(_)
+            | CoreError::InvalidOwner(_)
+            | CoreError::StateFull { .. } => PyValueError::new_err(message),
             CoreError::NoEntropy(_) => PyOSError::new_err(message),
             CoreError::Poisoned => PyRuntimeError::new_err(message),
         }

@@ -10,8 +10,10 @@ pub mod digest;
 mod error;
 mod idempotency;
 mod keyring;
+mod ledger_py;
 pub mod parallel;
 mod signature;
+pub mod state;
 mod wal;
 
 use pyo3::prelude::*;
@@ -88,6 +90,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;
     module.add_class::<KeyRing>()?;
     module.add_class::<IdempotencyIndex>()?;
+    module.add_class::<ledger_py::LedgerPy>()?;
+    module.add("BALANCE_MAX", state::accounts::BALANCE_MAX)?;
     module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;

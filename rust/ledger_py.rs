@@ -1,0 +1,370 @@
+//! `_core.Ledger`: the Python binding of the native ledger state (`state/`). Thin: it converts
+//! arguments and answers and holds the state behind a mutex; every rule is in `state/`.
+//! Declines come back as their `Failure` code strings, None when the operation applied.
+
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
+use pyo3::types::PyBytes;
+
+use crate::convert::BATCH_LEN_MAX;
+use crate::error::{CoreError, CoreResult};
+use crate::state::accounts::Owner;
+use crate::state::ledger::{Grant, PaymentRequest};
+use crate::state::mandates::MandateIndex;
+use crate::state::{legacy, snapshot, Decline, Ledger as State, Outcome};
+
+/// An account: id, currency, overdraft, balance, owner.
+type AccountRow = (String, String, bool, i64, &'static str);
+/// A payment entry: payer, settlement account, amount, currency, refunded, mandate LSN.
+type PaymentRow = (String, String, i64, String, i64, Option<u64>);
+/// A mandate: LSN, account id, merchant id, per payment, per day, expires at, created, revoked
+/// at, spent day, spent.
+type MandateRow = (
+    u64,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+fn code(outcome: Outcome) -> Option<&'static str> {
+    outcome.err().map(Decline::code)
+}
+
+fn account_row(state: &State, index: u32) -> AccountRow {
+    let accounts = state.accounts();
+    let account = accounts.get(index);
+    (
+        accounts.id_of(index).to_owned(),
+        accounts.currency_of(index).to_owned(),
+        account.overdraft,
+        account.balance,
+        account.owner.name(),
+    )
+}
+
+fn mandate_row(state: &State, index: MandateIndex) -> MandateRow {
+    let mandate = state.mandates().get(index);
+    let terms = &mandate.terms;
+    (
+        mandate.lsn,
+        state.accounts().id_of(terms.payer).to_owned(),
+        state.mandates().merchant_name(terms.merchant).to_owned(),
+        terms.amount_max_per_payment,
+        terms.amount_max_per_day,
+        terms.expires_at_s,
+        terms.created_s,
+        mandate.revoked_s,
+        mandate.spent_day,
+        mandate.spent,
+    )
+}
+
+/// The length all parallel lists of one batch call share.
+fn batch_len(names: &'static str, lengths: &[usize]) -> CoreResult<usize> {
+    let len = lengths[0];
+    if lengths.iter().any(|&other| other != len) {
+        return Err(CoreError::LengthMismatch {
+            names,
+            lengths: lengths.to_vec(),
+        });
+    }
+    if len > BATCH_LEN_MAX {
+        return Err(CoreError::BatchTooLarge {
+            len,
+            max: BATCH_LEN_MAX,
+        });
+    }
+    Ok(len)
+}
+
+/// The native ledger. Thread-safe: frozen, with the state behind a mutex (a snapshot is
+/// encoded in the engine's log thread); no call releases the GIL while holding it.
+#[pyclass(frozen, module = "instapay._core", name = "Ledger")]
+pub struct LedgerPy {
+    state: Mutex<State>,
+}
+
+impl LedgerPy {
+    fn state(&self) -> CoreResult<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| CoreError::Poisoned)
+    }
+
+    fn from_state(state: State) -> Self {
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+}
+
+#[pymethods]
+impl LedgerPy {
+    #[new]
+    fn new() -> Self {
+        Self::from_state(State::default())
+    }
+
+    fn open_account(
+        &self,
+        account_id: &str,
+        currency: &str,
+        overdraft: bool,
+        owner: &str,
+    ) -> PyResult<Option<&'static str>> {
+        let owner = Owner::from_name(owner)?;
+        Ok(code(
+            self.state()?
+                .open_account(account_id, currency, overdraft, owner)?,
+        ))
+    }
+
+    fn settles_merchant(&self, account_id: &str) -> PyResult<()> {
+        self.state()?.settles_merchant(account_id);
+        Ok(())
+    }
+
+    fn deposit(&self, account_id: &str, amount: i64, currency: &str) -> PyResult<Option<&'static str>> {
+        Ok(code(self.state()?.deposit(account_id, amount, currency)?))
+    }
+
+    fn withdraw(&self, account_id: &str, amount: i64, currency: &str) -> PyResult<Option<&'static str>> {
+        Ok(code(self.state()?.withdraw(account_id, amount, currency)?))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the payment record"
+    )]
+    fn pay(
+        &self,
+        lsn: u64,
+        payer: &str,
+        settlement: &str,
+        amount: i64,
+        currency: &str,
+        merchant_id: &str,
+        created_s: i64,
+    ) -> PyResult<Option<&'static str>> {
+        let request = PaymentRequest {
+            lsn,
+            payer,
+            settlement,
+            amount,
+            currency,
+        };
+        Ok(code(self.state()?.pay(&request, merchant_id, created_s)?))
+    }
+
+    /// `pay` for each payment of a batch (parallel lists), in order, in one call.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 extracts lists into owned vectors"
+    )]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one list per field of the payment record"
+    )]
+    fn pay_batch(
+        &self,
+        lsns: Vec<u64>,
+        payers: Vec<PyBackedStr>,
+        settlements: Vec<PyBackedStr>,
+        amounts: Vec<i64>,
+        currencies: Vec<PyBackedStr>,
+        merchant_ids: Vec<PyBackedStr>,
+        created_s: Vec<i64>,
+    ) -> PyResult<Vec<Option<&'static str>>> {
+        let names = "lsns, payers, settlements, amounts, currencies, merchant_ids and created_s";
+        let lengths = [lsns.len(), payers.len(), settlements.len(), amounts.len()];
+        let len = batch_len(
+            names,
+            &[
+                &lengths[..],
+                &[currencies.len(), merchant_ids.len(), created_s.len()],
+            ]
+            .concat(),
+        )?;
+        let batch: Vec<_> = (0..len)
+            .map(|at| {
+                let request = PaymentRequest {
+                    lsn: lsns[at],
+                    payer: &payers[at],
+                    settlement: &settlements[at],
+                    amount: amounts[at],
+                    currency: &currencies[at],
+                };
+                (request, &*merchant_ids[at], created_s[at])
+            })
+            .collect();
+        let outcomes = self.state()?.pay_batch(&batch)?;
+        Ok(outcomes.into_iter().map(code).collect())
+    }
+
+    fn pay_as_before_consent(
+        &self,
+        lsn: u64,
+        payer: &str,
+        settlement: &str,
+        amount: i64,
+        currency: &str,
+    ) -> PyResult<Option<&'static str>> {
+        let request = PaymentRequest {
+            lsn,
+            payer,
+            settlement,
+            amount,
+            currency,
+        };
+        Ok(code(self.state()?.pay_as_before_consent(&request)?))
+    }
+
+    #[pyo3(signature = (lsn, amount))]
+    fn refund(&self, lsn: u64, amount: Option<i64>) -> PyResult<(i64, Option<&'static str>)> {
+        let (amount, outcome) = self.state()?.refund(lsn, amount)?;
+        Ok((amount, code(outcome)))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per field of the grant record"
+    )]
+    #[pyo3(signature = (lsn, account_id, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, created_s))]
+    fn grant_mandate(
+        &self,
+        lsn: u64,
+        account_id: &str,
+        merchant_id: &str,
+        amount_max_per_payment: i64,
+        amount_max_per_day: Option<i64>,
+        expires_at_s: Option<i64>,
+        created_s: i64,
+    ) -> PyResult<MandateRow> {
+        let grant = Grant {
+            account_id,
+            merchant_id,
+            amount_max_per_payment,
+            amount_max_per_day,
+            expires_at_s,
+            created_s,
+        };
+        let mut state = self.state()?;
+        let index = state.grant_mandate(lsn, &grant)?;
+        Ok(mandate_row(&state, index))
+    }
+
+    fn revoke_mandate(&self, lsn: u64, revoked_s: i64) -> PyResult<MandateRow> {
+        let mut state = self.state()?;
+        let index = state.revoke_mandate(lsn, revoked_s)?;
+        Ok(mandate_row(&state, index))
+    }
+
+    fn account(&self, account_id: &str) -> PyResult<Option<AccountRow>> {
+        let state = self.state()?;
+        Ok(state
+            .accounts()
+            .find(account_id)
+            .map(|index| account_row(&state, index)))
+    }
+
+    /// Every account, in the order they were opened.
+    fn accounts(&self) -> PyResult<Vec<AccountRow>> {
+        let state = self.state()?;
+        let len = u32::try_from(state.accounts().len()).expect("u32 indexes");
+        Ok((0..len).map(|index| account_row(&state, index)).collect())
+    }
+
+    /// The number of accounts.
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.state()?.accounts().len())
+    }
+
+    fn payment(&self, lsn: u64) -> PyResult<Option<PaymentRow>> {
+        let state = self.state()?;
+        let accounts = state.accounts();
+        Ok(state.find_payment(lsn).map(|index| {
+            let payment = state.payment(index);
+            (
+                accounts.id_of(payment.payer).to_owned(),
+                accounts.id_of(payment.settlement).to_owned(),
+                payment.amount,
+                accounts.currency_of(payment.payer).to_owned(),
+                payment.refunded,
+                payment.mandate.map(|mandate| state.mandates().get(mandate).lsn),
+            )
+        }))
+    }
+
+    fn mandate(&self, lsn: u64) -> PyResult<Option<MandateRow>> {
+        let state = self.state()?;
+        Ok(state.mandates().find(lsn).map(|index| mandate_row(&state, index)))
+    }
+
+    /// An account's mandates, oldest first (none for an unknown account).
+    fn mandates_of(&self, account_id: &str) -> PyResult<Vec<MandateRow>> {
+        let state = self.state()?;
+        let Some(payer) = state.accounts().find(account_id) else {
+            return Ok(Vec::new());
+        };
+        let mandates = state.mandates().of_account(payer);
+        Ok(mandates.iter().map(|&index| mandate_row(&state, index)).collect())
+    }
+
+    fn current_mandate(&self, account_id: &str, merchant_id: &str) -> PyResult<Option<MandateRow>> {
+        let state = self.state()?;
+        let payer = state.accounts().find(account_id);
+        let current = payer.and_then(|payer| state.mandates().current(payer, merchant_id));
+        Ok(current.map(|index| mandate_row(&state, index)))
+    }
+
+    /// Raises `AssertionError` naming the first breach of the ledger's invariants.
+    fn check_invariants(&self) -> PyResult<()> {
+        Ok(self.state()?.check_invariants()?)
+    }
+
+    /// Raises `AssertionError` unless each succeeded payment (parallel lists: LSN, merchant id,
+    /// created time), if made under a mandate, was made by its merchant before its expiry.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 extracts lists into owned vectors"
+    )]
+    fn check_payments_made(
+        &self,
+        lsns: Vec<u64>,
+        merchant_ids: Vec<PyBackedStr>,
+        created_s: Vec<i64>,
+    ) -> PyResult<()> {
+        let names = "lsns, merchant_ids and created_s";
+        let len = batch_len(names, &[lsns.len(), merchant_ids.len(), created_s.len()])?;
+        let state = self.state()?;
+        for at in 0..len {
+            state.check_made(lsns[at], &merchant_ids[at], created_s[at])?;
+        }
+        Ok(())
+    }
+
+    /// The whole state in the native snapshot format (`state/snapshot.rs`).
+    fn to_snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let encoded = snapshot::encode(&*self.state()?);
+        Ok(PyBytes::new(py, &encoded))
+    }
+
+    /// A ledger from `to_snapshot`'s bytes; raises `ValueError` for damaged bytes and
+    /// `AssertionError` for a state that breaks the invariants.
+    #[staticmethod]
+    fn from_snapshot(data: &[u8]) -> PyResult<Self> {
+        Ok(Self::from_state(snapshot::decode(data)?))
+    }
+
+    /// A ledger from the JSON of the ledger of a snapshot written before the ledger was native.
+    #[staticmethod]
+    fn from_legacy_json(data: &[u8]) -> PyResult<Self> {
+        Ok(Self::from_state(legacy::decode(data)?))
+    }
+}
