@@ -88,8 +88,8 @@ pub enum CoreError {
     /// A ledger change that its caller should have refused (the engine checks before it logs).
     InvalidState(String),
     UnknownAccount(String),
-    /// No mandate was granted at this LSN.
-    UnknownMandate(u64),
+    /// An id (or the `mdt_<lsn>` of an LSN) that names no mandate.
+    UnknownMandate(String),
     NegativeAmount(i64),
     InvalidOwner(String),
     /// More names or mandates than a u32 index counts.
@@ -156,7 +156,7 @@ impl fmt::Display for CoreError {
             Self::CorruptLedger(reason) => write!(f, "not a valid ledger snapshot: {reason}"),
             Self::InvariantBroken(breach) | Self::InvalidState(breach) => f.write_str(breach),
             Self::UnknownAccount(id) => write!(f, "no account {id}"),
-            Self::UnknownMandate(lsn) => write!(f, "no mandate mdt_{lsn}"),
+            Self::UnknownMandate(id) => write!(f, "no mandate {id}"),
             Self::NegativeAmount(amount) => write!(f, "amounts are at least 0, not {amount}"),
             Self::InvalidOwner(name) => {
                 write!(f, "an owner is \"customer\" or \"merchant\", not {name:?}")

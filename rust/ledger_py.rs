@@ -13,7 +13,9 @@ use crate::error::{CoreError, CoreResult};
 use crate::state::accounts::Owner;
 use crate::state::ledger::{Grant, PaymentRequest};
 use crate::state::mandates::MandateIndex;
-use crate::state::{legacy, snapshot, Decline, Ledger as State, Outcome};
+use crate::state::{
+    legacy, lsn_in_id, snapshot, Decline, Ledger as State, Outcome, MANDATE_ID_PREFIX, PAYMENT_ID_PREFIX,
+};
 
 /// An account: id, currency, overdraft, balance, owner.
 type AccountRow = (String, String, bool, i64, &'static str);
@@ -225,8 +227,10 @@ impl LedgerPy {
         Ok(code(self.state()?.pay_as_before_consent(&request)?))
     }
 
-    #[pyo3(signature = (lsn, amount))]
-    fn refund(&self, lsn: u64, amount: Option<i64>) -> PyResult<(i64, Option<&'static str>)> {
+    /// Refunds `amount` (None: all not yet refunded) of the payment `payment_id` names.
+    #[pyo3(signature = (payment_id, amount))]
+    fn refund(&self, payment_id: &str, amount: Option<i64>) -> PyResult<(i64, Option<&'static str>)> {
+        let lsn = lsn_in_id(payment_id, PAYMENT_ID_PREFIX);
         let (amount, outcome) = self.state()?.refund(lsn, amount)?;
         Ok((amount, code(outcome)))
     }
@@ -259,7 +263,10 @@ impl LedgerPy {
         Ok(mandate_row(&state, index))
     }
 
-    fn revoke_mandate(&self, lsn: u64, revoked_s: i64) -> PyResult<MandateRow> {
+    /// Raises `KeyError` for an id that names no mandate.
+    fn revoke_mandate(&self, mandate_id: &str, revoked_s: i64) -> PyResult<MandateRow> {
+        let lsn = lsn_in_id(mandate_id, MANDATE_ID_PREFIX);
+        let lsn = lsn.ok_or_else(|| CoreError::UnknownMandate(mandate_id.to_owned()))?;
         let mut state = self.state()?;
         let index = state.revoke_mandate(lsn, revoked_s)?;
         Ok(mandate_row(&state, index))
@@ -285,10 +292,12 @@ impl LedgerPy {
         Ok(self.state()?.accounts().len())
     }
 
-    fn payment(&self, lsn: u64) -> PyResult<Option<PaymentRow>> {
+    /// The succeeded payment `payment_id` names, kept for refunds.
+    fn payment(&self, payment_id: &str) -> PyResult<Option<PaymentRow>> {
         let state = self.state()?;
         let accounts = state.accounts();
-        Ok(state.find_payment(lsn).map(|index| {
+        let lsn = lsn_in_id(payment_id, PAYMENT_ID_PREFIX);
+        Ok(lsn.and_then(|lsn| state.find_payment(lsn)).map(|index| {
             let payment = state.payment(index);
             (
                 accounts.id_of(payment.payer).to_owned(),
@@ -301,9 +310,11 @@ impl LedgerPy {
         }))
     }
 
-    fn mandate(&self, lsn: u64) -> PyResult<Option<MandateRow>> {
+    fn mandate(&self, mandate_id: &str) -> PyResult<Option<MandateRow>> {
         let state = self.state()?;
-        Ok(state.mandates().find(lsn).map(|index| mandate_row(&state, index)))
+        let lsn = lsn_in_id(mandate_id, MANDATE_ID_PREFIX);
+        let index = lsn.and_then(|lsn| state.mandates().find(lsn));
+        Ok(index.map(|index| mandate_row(&state, index)))
     }
 
     /// An account's mandates, oldest first (none for an unknown account).

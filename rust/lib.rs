@@ -92,6 +92,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<IdempotencyIndex>()?;
     module.add_class::<ledger_py::LedgerPy>()?;
     module.add("BALANCE_MAX", state::accounts::BALANCE_MAX)?;
+    module.add("SECONDS_PER_DAY", state::mandates::SECONDS_PER_DAY)?;
     module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;

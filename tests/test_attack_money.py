@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -15,9 +16,10 @@ from instapay import wal
 from instapay.client import ApiError
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
-from instapay.ledger import Ledger, Owner, PaymentEntry
-from instapay.mandates import Mandate, MandateGrant, MandateRevocation, mandate_id
+from instapay.ledger import Ledger, Owner
+from instapay.mandates import MandateGrant, MandateRevocation, mandate_id
 from instapay.model import EngineConfig, Failure, Merchant, Status
+from legacy_ledger import legacy_state, rewrite_snapshot_as_legacy
 from servers import DEMO, AdminApi, Running, free_port, pay, refused, serving, start
 from test_consent import balance, opened_and_funded, write_log
 
@@ -114,6 +116,8 @@ def test_a_merchant_refunds_no_payment_made_into_its_account_by_another_merchant
 
 
 # ---- invariants against ledgers broken by hand ---------------------------------------------------
+# The native state cannot be changed from Python: a ledger is broken in a snapshot of the JSON form
+# written before the ledger was native, which still loads (rust/state has the in-memory cases).
 
 
 def shop_ledger() -> Ledger:
@@ -123,13 +127,10 @@ def shop_ledger() -> Ledger:
     ledger.open_account("alice", "EUR", False)
     ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
     ledger.deposit("alice", 1000, "EUR")
-    assert ledger.pay_as_before_consent("pay_4", "alice", "shop", 100, "EUR") is None
-    ledger.grant_mandate(Mandate(mandate_id(5), MandateGrant("alice", "shop", 500, None, None, 1)))
-    for payment in ("pay_6", "pay_7"):
-        assert (
-            ledger.pay(payment, "alice", "shop", 100, "EUR", merchant_id="shop", created_s=2)
-            is None
-        )
+    assert ledger.pay_as_before_consent(4, "alice", "shop", 100, "EUR") is None
+    ledger.grant_mandate(5, MandateGrant("alice", "shop", 500, None, None, 1))
+    for lsn in (6, 7):
+        assert ledger.pay(lsn, "alice", "shop", 100, "EUR", merchant_id="shop", created_s=2) is None
     ledger.check_invariants()
     return ledger
 
@@ -137,51 +138,65 @@ def shop_ledger() -> Ledger:
 def test_check_invariants_catches_a_payment_without_mandate_after_consented_ones() -> None:
     """Payments without a mandate are those logged before consent, which all come before the
     first payment under the consent rules: one after it debited its payer without consent."""
-    ledger = shop_ledger()
-    ledger.payments["pay_7"].mandate = None
+    state = legacy_state(shop_ledger(), ["pay_4", "pay_6", "pay_7"])
+    Ledger.from_snapshot(state).check_invariants()
+    state["payments"][2][6] = None
     with pytest.raises(AssertionError, match="pay_7 debited alice without consent"):
-        ledger.check_invariants()
-    with pytest.raises(AssertionError, match="without consent"):
-        Ledger.from_snapshot(ledger.to_snapshot())
+        Ledger.from_snapshot(state)
 
 
 THIEF = DemoMerchant(merchant_id="thief", kid="thief.k1")
 BOTH = EngineConfig((*DEMO.config().merchants, *THIEF.config().merchants))
+# A payment row of the JSON ledger: its id, payer, ..., and the id of its mandate seventh.
+MANDATE_AT = 6
 
 
-async def broken_by_hand(directory: Path, break_it: Callable[[Engine, PaymentEntry], None]) -> None:
+async def broken_by_hand(directory: Path, break_it: Callable[[dict[str, Any], str], None]) -> None:
     """thief paid by payer-0 under payer-0's mandate for thief; `break_it` changes the payment
-    or the mandates in memory, and a snapshot keeps that state."""
+    or the mandates of the ledger (given its JSON rows and the payment's id) in the snapshot."""
     async with Engine.open(directory, config=BOTH, snapshot_on_close=False) as engine:
         await DEMO.set_up(engine, payers=1, balance=1000)
         await engine.open_account(THIEF.settlement_account, "EUR")
         await grant_mandates(engine, [DEMO.payer(0)], THIEF.merchant_id)
         paid = await engine.submit(THIEF.payment("t-1", DEMO.payer(0), 100))
         assert paid.status == Status.SUCCEEDED
-        break_it(engine, engine.ledger.payments[paid.id])
         engine.snapshot()
+    rewrite_snapshot_as_legacy(directory, lambda ledger: break_it(ledger, paid.id))
 
 
-def under_demos_mandate(engine: Engine, payment: PaymentEntry) -> None:
+def payment_row(ledger: dict[str, Any], payment_id: str) -> list[Any]:
+    [row] = [row for row in ledger["payments"] if row[0] == payment_id]
+    return row  # type: ignore[no-any-return]
+
+
+def mandate_row(ledger: dict[str, Any], mandate_id_: str) -> dict[str, Any]:
+    """The mandate row as a dict of its fields; changes to it go back into the row."""
+    fields = ledger["mandates"]["fields"]
+    [row] = [row for row in ledger["mandates"]["rows"] if row[0] == mandate_id_]
+    return dict(zip(fields, row, strict=True))
+
+
+def set_mandate_row(ledger: dict[str, Any], changed: dict[str, Any]) -> None:
+    rows = ledger["mandates"]["rows"]
+    rows[:] = [[*changed.values()] if row[0] == changed["id"] else row for row in rows]
+
+
+def under_demos_mandate(ledger: dict[str, Any], payment_id: str) -> None:
     """The thief's payment names payer-0's mandate for demo, not for thief."""
-    [for_demo] = [
-        mandate
-        for mandate in engine.mandates_of(DEMO.payer(0)) or []
-        if mandate.terms.merchant_id == DEMO.merchant_id
-    ]
-    payment.mandate = for_demo.id
+    mandates = [mandate_row(ledger, row[0]) for row in ledger["mandates"]["rows"]]
+    [for_demo] = [mandate["id"] for mandate in mandates if mandate["merchant_id"] == "demo"]
+    payment_row(ledger, payment_id)[MANDATE_AT] = for_demo
 
 
-def after_expiry(engine: Engine, payment: PaymentEntry) -> None:
+def after_expiry(ledger: dict[str, Any], payment_id: str) -> None:
     """The thief's mandate expired before its payment."""
-    assert payment.mandate is not None
-    mandate = engine.ledger.mandates.by_id[payment.mandate]
-    mandate.terms = mandate.terms._replace(expires_at_s=mandate.terms.created_s)
+    mandate = mandate_row(ledger, payment_row(ledger, payment_id)[MANDATE_AT])
+    set_mandate_row(ledger, {**mandate, "expires_at_s": mandate["created_s"]})
 
 
 @pytest.mark.parametrize("break_it", [under_demos_mandate, after_expiry])
 def test_recovery_refuses_a_payment_its_mandate_did_not_allow(
-    tmp_path: Path, break_it: Callable[[Engine, PaymentEntry], None]
+    tmp_path: Path, break_it: Callable[[dict[str, Any], str], None]
 ) -> None:
     """The ledger alone cannot tell whose payment it is nor when it was made; the engine's
     results can, and recovery checks them against each payment's mandate."""

@@ -17,9 +17,10 @@ import pytest
 from instapay import _core, wal
 from instapay.client import Client
 from instapay.demo import DemoMerchant, grant_mandates
-from instapay.engine import SNAPSHOT_STATE_LEN, Engine, RecordType
+from instapay.engine import Engine, RecordType
 from instapay.mandates import MANDATES_PER_ACCOUNT_MAX, SECONDS_PER_DAY, MandateGrant
 from instapay.model import EngineConfig, Failure, PaymentResult, RequestError, Status
+from legacy_ledger import rewrite_snapshot_as_legacy
 from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, start
 
 THIEF = {"id": "thief", "settlement_account": "thief.settlement"}
@@ -377,7 +378,7 @@ def test_mandates_and_their_spend_survive_restarts_from_the_log_and_from_a_snaps
         paid = await engine.submit(DEMO.payment("o-1", "payer-0", 600))
         assert paid.status == Status.SUCCEEDED
 
-    async def state(directory: Path, snapshot: bool, scenario: Any = None) -> dict[str, Any]:
+    async def state(directory: Path, snapshot: bool, scenario: Any = None) -> bytes:
         async with Engine.open(
             directory, config=DEMO.config(), snapshot_on_close=snapshot
         ) as engine:
@@ -505,18 +506,12 @@ def test_a_snapshot_written_before_consent_loads_with_settlement_accounts_marked
             assert stolen.failure_code == Failure.PAYER_NOT_AUTHORIZED
             assert engine.balance(DEMO.settlement_account) == ("EUR", 1000)
 
+    def before_consent(ledger: dict[str, Any]) -> None:
+        ledger["accounts"] = [row[:4] for row in ledger["accounts"]]
+        del ledger["mandates"]
+
     run(set_up())
-    [(lsn, path)] = wal.snapshot_paths(tmp_path)
-    payload = wal.read_snapshot(path, lsn)
-    (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
-    start_at = SNAPSHOT_STATE_LEN.size
-    state = orjson.loads(payload[start_at : start_at + length])
-    state["ledger"]["accounts"] = [row[:4] for row in state["ledger"]["accounts"]]
-    del state["ledger"]["mandates"]
-    encoded = orjson.dumps(state)
-    index = payload[start_at + length :]
-    path.unlink()
-    wal.write_snapshot(tmp_path, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index)
+    rewrite_snapshot_as_legacy(tmp_path, before_consent)
     run(attack())
 
 

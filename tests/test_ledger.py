@@ -4,12 +4,15 @@ of operations."""
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from instapay.ledger import BALANCE_MAX, Ledger, Owner
+from instapay.engine import payment_lsn
+from instapay.ledger import BALANCE_MAX, Account, Ledger, Owner, PaymentEntry
 from instapay.mandates import SECONDS_PER_DAY, Mandate, MandateGrant, mandate_id
 from instapay.model import Failure
+from legacy_ledger import legacy_state
 
 ACCOUNTS = ["alice", "bob", "shop", "shop-usd", "overdrawn"]
 # 2026-12-01T00:00:00Z
@@ -25,20 +28,45 @@ def mandate(
     amount_max_per_payment: int = 10**15,
     amount_max_per_day: int | None = None,
     expires_at_s: int | None = None,
-) -> Mandate:
+) -> tuple[int, MandateGrant]:
+    """A mandate's grant LSN (its id is `mdt_<number>`) and terms, for `Ledger.grant_mandate`."""
     terms = MandateGrant(
         payer, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, NOW_S
     )
-    return Mandate(mandate_id(number), terms)
+    return number, terms
 
 
-def carol_with(carols: Mandate, balance: int = 10_000) -> Ledger:
+def account(ledger: Ledger, account_id: str) -> Account:
+    found = ledger.account(account_id)
+    assert found is not None, account_id
+    return found
+
+
+def entry(ledger: Ledger, payment_id: str) -> PaymentEntry:
+    found = ledger.payment(payment_id)
+    assert found is not None, payment_id
+    return found
+
+
+def mandate_of(ledger: Ledger, mandate_id_: str) -> Mandate:
+    found = ledger.mandate(mandate_id_)
+    assert found is not None, mandate_id_
+    return found
+
+
+def lsn_of(payment_id: str) -> int:
+    lsn = payment_lsn(payment_id)
+    assert lsn is not None, payment_id
+    return lsn
+
+
+def carol_with(carols: tuple[int, MandateGrant], balance: int = 10_000) -> Ledger:
     """The merchant "shop" and the customer carol, holding `balance` and this one mandate."""
     ledger = Ledger()
     ledger.open_account("carol", "EUR", False)
     ledger.open_account("shop", "EUR", False, Owner.MERCHANT)
     ledger.deposit("carol", balance, "EUR")
-    ledger.grant_mandate(carols)
+    ledger.grant_mandate(*carols)
     return ledger
 
 
@@ -55,7 +83,7 @@ def ledger_with_accounts() -> Ledger:
     ]:
         assert ledger.open_account(account_id, currency, overdraft, owner) is None
     for number, payer in enumerate(["alice", "bob", "overdrawn"], start=1):
-        ledger.grant_mandate(mandate(number, payer))
+        ledger.grant_mandate(*mandate(number, payer))
     return ledger
 
 
@@ -71,7 +99,13 @@ def pay(
     at_s: int = NOW_S,
 ) -> Failure | None:
     return ledger.pay(
-        payment_id, payer, settlement, amount, currency, merchant_id=merchant_id, created_s=at_s
+        lsn_of(payment_id),
+        payer,
+        settlement,
+        amount,
+        currency,
+        merchant_id=merchant_id,
+        created_s=at_s,
     )
 
 
@@ -79,8 +113,8 @@ def test_a_payment_moves_money_from_payer_to_merchant() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
     assert pay(ledger, "pay_1", "alice", 400) is None
-    assert (ledger.accounts["alice"].balance, ledger.accounts["shop"].balance) == (600, 400)
-    assert ledger.payments["pay_1"].mandate == mandate_id(1)
+    assert (account(ledger, "alice").balance, account(ledger, "shop").balance) == (600, 400)
+    assert entry(ledger, "pay_1").mandate == mandate_id(1)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +134,9 @@ def test_a_declined_payment_changes_nothing(
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
     assert pay(ledger, "pay_1", payer, amount, settlement=settlement, currency=currency) == failure
-    assert ledger.accounts["alice"].balance == 1000
-    assert "pay_1" not in ledger.payments
-    assert ledger.mandates.by_id[mandate_id(1)].spent == 0
+    assert account(ledger, "alice").balance == 1000
+    assert ledger.payment("pay_1") is None
+    assert mandate_of(ledger, mandate_id(1)).spent == 0
 
 
 @pytest.mark.parametrize(
@@ -122,14 +156,14 @@ def test_a_merchant_debits_no_account_that_did_not_consent_to_it(
     ledger.deposit(payer, 4000, "EUR")
     paid = pay(ledger, "pay_1", payer, 4000, settlement="other.settlement", merchant_id="other")
     assert paid == failure
-    assert ledger.accounts[payer].balance == 4000
+    assert account(ledger, payer).balance == 4000
 
 
 def test_a_mandate_caps_each_payment() -> None:
     ledger = carol_with(mandate(1, "carol", amount_max_per_payment=300), 1000)
     assert pay(ledger, "pay_1", "carol", 301) == Failure.MANDATE_AMOUNT_EXCEEDED
     assert pay(ledger, "pay_2", "carol", 300) is None
-    assert ledger.accounts["carol"].balance == 700
+    assert account(ledger, "carol").balance == 700
 
 
 def test_a_daily_limit_counts_the_utc_day_of_each_payment() -> None:
@@ -142,7 +176,7 @@ def test_a_daily_limit_counts_the_utc_day_of_each_payment() -> None:
     assert pay(ledger, "pay_3", "carol", 200, at_s=last_second) is None
     # The next UTC day starts afresh.
     assert pay(ledger, "pay_4", "carol", 400, at_s=last_second + 1) is None
-    assert ledger.mandates.by_id[mandate_id(1)].spent == 400
+    assert mandate_of(ledger, mandate_id(1)).spent == 400
 
 
 def test_a_payment_stamped_before_the_latest_debits_day_gets_no_fresh_allowance() -> None:
@@ -157,12 +191,12 @@ def test_a_mandate_ends_at_its_expiry_and_when_revoked() -> None:
     ledger.deposit("alice", 1000, "EUR")
     ledger.open_account("carol", "EUR", False)
     ledger.deposit("carol", 1000, "EUR")
-    ledger.grant_mandate(mandate(9, "carol", expires_at_s=NOW_S + 10))
+    ledger.grant_mandate(*mandate(9, "carol", expires_at_s=NOW_S + 10))
     assert pay(ledger, "pay_1", "carol", 1, at_s=NOW_S + 9) is None
     assert pay(ledger, "pay_2", "carol", 1, at_s=NOW_S + 10) == Failure.MANDATE_EXPIRED
     ledger.revoke_mandate(mandate_id(1), NOW_S)
     assert pay(ledger, "pay_3", "alice", 1) == Failure.MANDATE_MISSING
-    assert ledger.accounts["alice"].balance == 1000
+    assert account(ledger, "alice").balance == 1000
 
 
 def test_payments_logged_before_consent_replay_by_their_rules() -> None:
@@ -170,15 +204,15 @@ def test_payments_logged_before_consent_replay_by_their_rules() -> None:
     ledger = ledger_with_accounts()
     ledger.open_account("carol", "EUR", False)
     ledger.deposit("carol", 1000, "EUR")
-    assert ledger.pay_as_before_consent("pay_1", "carol", "shop", 400, "EUR") is None
-    assert ledger.payments["pay_1"].mandate is None
+    assert ledger.pay_as_before_consent(1, "carol", "shop", 400, "EUR") is None
+    assert entry(ledger, "pay_1").mandate is None
     ledger.check_invariants()
 
 
 def test_an_overdraft_account_may_go_below_zero() -> None:
     ledger = ledger_with_accounts()
     assert pay(ledger, "pay_1", "overdrawn", 50) is None
-    assert ledger.accounts["overdrawn"].balance == -50
+    assert account(ledger, "overdrawn").balance == -50
     ledger.check_invariants()
 
 
@@ -191,17 +225,17 @@ def test_refunds_never_exceed_the_payment() -> None:
     assert ledger.refund("pay_1", None) == (250, None)
     assert ledger.refund("pay_1", None) == (0, Failure.REFUND_EXCEEDS_PAYMENT)
     assert ledger.refund("pay_2", 1) == (1, Failure.PAYMENT_NOT_REFUNDABLE)
-    assert ledger.accounts["alice"].balance == 1000
+    assert account(ledger, "alice").balance == 1000
 
 
 def test_a_refund_gives_money_back_but_not_daily_spend() -> None:
     ledger = ledger_with_accounts()
     ledger.open_account("carol", "EUR", False)
     ledger.deposit("carol", 1000, "EUR")
-    ledger.grant_mandate(mandate(9, "carol", amount_max_per_day=500))
+    ledger.grant_mandate(*mandate(9, "carol", amount_max_per_day=500))
     assert pay(ledger, "pay_1", "carol", 500) is None
     assert ledger.refund("pay_1", None) == (500, None)
-    assert ledger.accounts["carol"].balance == 1000
+    assert account(ledger, "carol").balance == 1000
     assert pay(ledger, "pay_2", "carol", 1) == Failure.MANDATE_DAILY_LIMIT_EXCEEDED
 
 
@@ -211,7 +245,7 @@ def test_a_refund_the_merchant_cannot_cover_is_declined() -> None:
     pay(ledger, "pay_1", "alice", 400)
     ledger.withdraw("shop", 400, "EUR")
     assert ledger.refund("pay_1", 100) == (100, Failure.INSUFFICIENT_FUNDS)
-    assert ledger.payments["pay_1"].refunded == 0
+    assert entry(ledger, "pay_1").refunded == 0
 
 
 def test_balances_are_bounded() -> None:
@@ -226,17 +260,19 @@ def test_a_snapshot_restores_the_same_ledger() -> None:
     other = mandate(
         7, "bob", "other", amount_max_per_payment=50, amount_max_per_day=60, expires_at_s=NOW_S + 99
     )
-    ledger.grant_mandate(other)
+    ledger.grant_mandate(*other)
     pay(ledger, "pay_1", "alice", 400)
     ledger.refund("pay_1", 100)
     ledger.revoke_mandate(mandate_id(2), NOW_S)
     restored = Ledger.from_snapshot(ledger.to_snapshot())
-    assert restored.accounts == ledger.accounts
-    assert restored.payments == ledger.payments
-    assert restored.net_inflow == ledger.net_inflow
-    assert restored.mandates.by_id == ledger.mandates.by_id
-    assert restored.mandates.current("bob", "shop") is None
-    assert restored.mandates.current("bob", "other") == ledger.mandates.by_id[mandate_id(7)]
+    assert restored.accounts() == ledger.accounts()
+    assert restored.payment("pay_1") == entry(ledger, "pay_1")
+    for payer in ("alice", "bob"):
+        assert restored.mandates_of(payer) == ledger.mandates_of(payer)
+    # The whole state, net inflows included: a snapshot of the restored ledger is the same.
+    assert restored.to_snapshot() == ledger.to_snapshot()
+    assert restored.current_mandate("bob", "shop") is None
+    assert restored.current_mandate("bob", "other") == mandate_of(ledger, mandate_id(7))
 
 
 def test_a_snapshot_from_before_consent_still_loads() -> None:
@@ -247,18 +283,118 @@ def test_a_snapshot_from_before_consent_still_loads() -> None:
         "net_inflow": {"EUR": 1000},
     }
     ledger = Ledger.from_snapshot(state)
-    assert ledger.accounts["shop"].owner is Owner.CUSTOMER  # the engine marks settlement ones
-    assert ledger.payments["pay_1"].mandate is None
-    assert ledger.mandates.by_id == {}
+    assert account(ledger, "shop").owner is Owner.CUSTOMER  # the engine marks settlement ones
+    assert entry(ledger, "pay_1").mandate is None
+    assert ledger.mandates_of("alice") == ledger.mandates_of("shop") == []
 
 
 def test_check_invariants_catches_a_debit_without_consent() -> None:
     ledger = ledger_with_accounts()
     ledger.deposit("alice", 1000, "EUR")
     pay(ledger, "pay_1", "alice", 400)
-    ledger.payments["pay_1"].mandate = mandate_id(2)  # bob's mandate: not alice's consent
+    # The native state cannot be changed by hand: a snapshot in the older JSON form is forged.
+    state = legacy_state(ledger, ["pay_1"])
+    Ledger.from_snapshot(state).check_invariants()
+    state["payments"][0][6] = mandate_id(2)  # bob's mandate: not alice's consent
     with pytest.raises(AssertionError, match="without consent"):
-        ledger.check_invariants()
+        Ledger.from_snapshot(state)
+
+
+def test_a_snapshot_in_the_older_json_form_loads_as_the_same_ledger() -> None:
+    """Snapshots written before the ledger was native hold it as JSON rows: they load to the
+    state the native snapshot holds, byte for byte."""
+    ledger = ledger_with_accounts()
+    ledger.deposit("alice", 1000, "EUR")
+    ledger.open_account("usd", "USD", True)
+    ledger.withdraw("usd", 5, "USD")
+    ledger.grant_mandate(*mandate(7, "bob", "other", amount_max_per_day=60, expires_at_s=NOW_S))
+    assert ledger.pay_as_before_consent(8, "alice", "shop", 10, "EUR") is None
+    pay(ledger, "pay_9", "alice", 400)
+    ledger.refund("pay_9", 100)
+    ledger.revoke_mandate(mandate_id(2), NOW_S)
+    state = legacy_state(ledger, ["pay_8", "pay_9"])
+    assert Ledger.from_snapshot(state).to_snapshot() == ledger.to_snapshot()
+
+
+def test_a_damaged_snapshot_is_refused() -> None:
+    ledger = ledger_with_accounts()
+    ledger.deposit("alice", 1000, "EUR")
+    pay(ledger, "pay_1", "alice", 400)
+    encoded = ledger.to_snapshot()
+    for at in (0, len(encoded) // 2, len(encoded) - 1):
+        damaged = bytearray(encoded)
+        damaged[at] ^= 1
+        with pytest.raises(ValueError, match="not a valid ledger snapshot"):
+            Ledger.from_snapshot(bytes(damaged))
+    with pytest.raises(ValueError, match="not a valid ledger snapshot"):
+        Ledger.from_snapshot(encoded[:-1])
+    with pytest.raises(ValueError, match="not a payment id"):
+        Ledger.from_snapshot({**legacy_state(ledger, ["pay_1"]), "payments": [["pay_01"] * 6]})
+
+
+def test_errors_leave_the_ledger_unchanged() -> None:
+    """What the engine refuses before it logs never reaches the ledger; if it did, it is an
+    error, not a result: a negative amount, a payment out of log order, an unknown mandate."""
+    ledger = ledger_with_accounts()
+    ledger.deposit("alice", 1000, "EUR")
+    pay(ledger, "pay_5", "alice", 1)
+    before = ledger.to_snapshot()
+    with pytest.raises(ValueError, match="amounts are at least 0"):
+        ledger.deposit("alice", -1, "EUR")
+    with pytest.raises(ValueError, match="pay_5 is not newer than pay_5"):
+        pay(ledger, "pay_5", "alice", 1)
+    with pytest.raises(KeyError, match="mdt_99"):
+        ledger.revoke_mandate(mandate_id(99), NOW_S)
+    with pytest.raises(KeyError, match="no account nobody"):
+        ledger.grant_mandate(*mandate(99, "nobody"))
+    assert ledger.to_snapshot() == before
+
+
+payments = st.lists(
+    st.tuples(
+        st.sampled_from(["alice", "bob", "overdrawn", "shop", "nobody"]),
+        st.sampled_from(["shop", "shop-usd", "nowhere"]),
+        st.integers(0, 1500),
+        st.sampled_from(["EUR", "EUR", "USD"]),
+        st.sampled_from(["shop", "other"]),
+        st.integers(0, 2 * SECONDS_PER_DAY),
+    ),
+    max_size=30,
+)
+
+
+@given(payments)
+def test_a_batch_of_payments_has_the_outcomes_of_one_payment_at_a_time(
+    batch: list[tuple[str, str, int, str, str, int]],
+) -> None:
+    one_by_one = ledger_with_accounts()
+    batched = ledger_with_accounts()
+    for ledger in (one_by_one, batched):
+        ledger.deposit("alice", 1000, "EUR")
+        ledger.grant_mandate(*mandate(4, "bob", amount_max_per_payment=700, amount_max_per_day=900))
+    expected = [
+        one_by_one.pay(
+            lsn,
+            payer,
+            settlement,
+            amount,
+            currency,
+            merchant_id=merchant_id,
+            created_s=NOW_S + at_s,
+        )
+        for lsn, (payer, settlement, amount, currency, merchant_id, at_s) in enumerate(batch, 10)
+    ]
+    outcomes = batched.pay_batch(
+        range(10, 10 + len(batch)),
+        [payment[0] for payment in batch],
+        [payment[1] for payment in batch],
+        [payment[2] for payment in batch],
+        [payment[3] for payment in batch],
+        [payment[4] for payment in batch],
+        [NOW_S + payment[5] for payment in batch],
+    )
+    assert outcomes == expected
+    assert batched.to_snapshot() == one_by_one.to_snapshot()
 
 
 # ---- any sequence of operations, against a model --------------------------------------------
@@ -361,10 +497,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expires_at_s = None if lasts_s is None else self.now_s + lasts_s
         number = self._lsn()
         self.ledger.grant_mandate(
-            Mandate(
-                mandate_id(number),
-                MandateGrant(payer, merchant_id, per_payment, per_day, expires_at_s, self.now_s),
-            )
+            number, MandateGrant(payer, merchant_id, per_payment, per_day, expires_at_s, self.now_s)
         )
         self.mandates[mandate_id(number)] = ModelMandate(
             payer, merchant_id, per_payment, per_day, expires_at_s
@@ -439,17 +572,17 @@ class LedgerMachine(RuleBasedStateMachine):
             self.balances[payer] -= amount
             self.balances[settlement] += amount
             self.paid.append(payment_id)
-            assert self.ledger.payments[payment_id].mandate == expected
+            assert entry(self.ledger, payment_id).mandate == expected
 
     @precondition(lambda self: bool(self.paid))
     @rule(data=st.data(), amount=st.none() | amounts)
     def refund(self, data: st.DataObject, amount: int | None) -> None:
         payment_id = data.draw(st.sampled_from(self.paid))
-        entry = self.ledger.payments[payment_id]
+        paid = entry(self.ledger, payment_id)
         refunded, failure = self.ledger.refund(payment_id, amount)
         if failure is None:
-            self.balances[entry.settlement] -= refunded
-            self.balances[entry.payer] += refunded
+            self.balances[paid.settlement] -= refunded
+            self.balances[paid.payer] += refunded
 
     @rule()
     def restart_from_a_snapshot(self) -> None:
@@ -462,7 +595,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def balances_are_the_models(self) -> None:
-        actual = {account.id: account.balance for account in self.ledger.accounts.values()}
+        actual = {account.id: account.balance for account in self.ledger.accounts()}
         assert actual == self.balances
 
     @invariant()

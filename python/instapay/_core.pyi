@@ -1,5 +1,5 @@
 """Native core of instapay (Rust, PyO3): SHA-256, HMAC-SHA256, batch signing and verification,
-and the idempotency index.
+the idempotency index and the ledger state.
 
 Batches whose hashing work is large enough release the GIL, and larger ones are spread over a
 thread pool (see ``set_parallelism``). Nothing here ever prints or returns key material.
@@ -10,6 +10,7 @@ from typing import Final, TypeAlias, final
 
 __all__ = [
     "AMOUNT_MAX",
+    "BALANCE_MAX",
     "BATCH_LEN_MAX",
     "FINGERPRINT_LEN",
     "IDEMPOTENCY_CAPACITY_MAX",
@@ -50,6 +51,7 @@ __all__ = [
     "SCAN_BAD_LSN",
     "SCAN_END",
     "SCAN_TORN",
+    "SECONDS_PER_DAY",
     "SECRET_LEN_MAX",
     "SIGNATURE_HEADER_LEN_MAX",
     "VERIFY_MISMATCH",
@@ -61,6 +63,7 @@ __all__ = [
     "WAL_RECORD_LEN_MAX",
     "IdempotencyIndex",
     "KeyRing",
+    "Ledger",
     "__version__",
     "crc32c",
     "hmac_sha256",
@@ -81,6 +84,10 @@ _Buffer: TypeAlias = bytes | bytearray
 """Batch items: ``bytes`` are read in place, a ``bytearray`` is copied first."""
 
 __version__: Final[str]
+# No balance may exceed this, nor go below minus this on overdraft.
+BALANCE_MAX: Final[int]
+# The length of the UTC day a mandate's daily limit counts in.
+SECONDS_PER_DAY: Final[int]
 
 BATCH_LEN_MAX: Final[int]
 """The most items one batch call accepts (ValueError above it)."""
@@ -369,3 +376,88 @@ class IdempotencyIndex:
         """The index of a dump, with the dump's share unless another is given; version 1 dumps
         (before tenants) load their keys as keys of no tenant. ValueError for a truncated or
         corrupted one."""
+
+# An account: id, currency, overdraft, balance, owner ("customer" or "merchant").
+_AccountRow: TypeAlias = tuple[str, str, bool, int, str]
+# A payment entry: payer, settlement account, amount, currency, refunded, its mandate's LSN.
+_PaymentRow: TypeAlias = tuple[str, str, int, str, int, int | None]
+# A mandate: LSN, account id, merchant id, amount_max_per_payment, amount_max_per_day,
+# expires_at_s, created_s, revoked_s, spent_day, spent.
+_MandateRow: TypeAlias = tuple[
+    int, str, str, int, int | None, int | None, int, int | None, int, int
+]
+
+@final
+class Ledger:
+    """The ledger state in native memory: accounts (interned ids, i64 balances within
+    +-BALANCE_MAX), the succeeded payments kept for refunds (40 bytes each, keyed by LSN: the
+    payment ``pay_<lsn>``), mandates (``mdt_<lsn>``) and their daily spend, and the rules.
+
+    Operations return None when they applied, else the decline code (a ``Failure`` value).
+    ValueError for a negative amount or a payment LSN not above every held one's; KeyError for
+    an unknown mandate to revoke or an unknown account to grant one; AssertionError names a
+    breach of the invariants. Thread-safe: frozen, with the state behind a mutex.
+    """
+
+    def __new__(cls) -> Ledger: ...
+    def __len__(self) -> int:
+        """The number of accounts."""
+    def open_account(
+        self, account_id: str, currency: str, overdraft: bool, owner: str
+    ) -> str | None: ...
+    def settles_merchant(self, account_id: str) -> None: ...
+    def deposit(self, account_id: str, amount: int, currency: str) -> str | None: ...
+    def withdraw(self, account_id: str, amount: int, currency: str) -> str | None: ...
+    def pay(
+        self,
+        lsn: int,
+        payer: str,
+        settlement: str,
+        amount: int,
+        currency: str,
+        merchant_id: str,
+        created_s: int,
+    ) -> str | None: ...
+    def pay_batch(
+        self,
+        lsns: Sequence[int],
+        payers: Sequence[str],
+        settlements: Sequence[str],
+        amounts: Sequence[int],
+        currencies: Sequence[str],
+        merchant_ids: Sequence[str],
+        created_s: Sequence[int],
+    ) -> list[str | None]:
+        """``pay`` for each payment (parallel lists), in order; every payment is checked before
+        any applies, so a ValueError applies none."""
+    def pay_as_before_consent(
+        self, lsn: int, payer: str, settlement: str, amount: int, currency: str
+    ) -> str | None: ...
+    def refund(self, payment_id: str, amount: int | None) -> tuple[int, str | None]:
+        """The amount refunded (or asked for) and the decline code."""
+    def grant_mandate(
+        self,
+        lsn: int,
+        account_id: str,
+        merchant_id: str,
+        amount_max_per_payment: int,
+        amount_max_per_day: int | None,
+        expires_at_s: int | None,
+        created_s: int,
+    ) -> _MandateRow: ...
+    def revoke_mandate(self, mandate_id: str, revoked_s: int) -> _MandateRow: ...
+    def account(self, account_id: str) -> _AccountRow | None: ...
+    def accounts(self) -> list[_AccountRow]: ...
+    def payment(self, payment_id: str) -> _PaymentRow | None: ...
+    def mandate(self, mandate_id: str) -> _MandateRow | None: ...
+    def mandates_of(self, account_id: str) -> list[_MandateRow]: ...
+    def current_mandate(self, account_id: str, merchant_id: str) -> _MandateRow | None: ...
+    def check_invariants(self) -> None: ...
+    def check_payments_made(
+        self, lsns: Sequence[int], merchant_ids: Sequence[str], created_s: Sequence[int]
+    ) -> None: ...
+    def to_snapshot(self) -> bytes: ...
+    @staticmethod
+    def from_snapshot(data: bytes) -> Ledger: ...
+    @staticmethod
+    def from_legacy_json(data: bytes) -> Ledger: ...

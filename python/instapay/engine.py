@@ -45,7 +45,6 @@ from instapay.mandates import (
     Mandate,
     MandateGrant,
     MandateRevocation,
-    mandate_from_record,
 )
 from instapay.merchants import Merchants, merchant_from_row, merchant_row, new_kid, new_secret
 from instapay.model import (
@@ -82,7 +81,9 @@ REFUND_ID_PREFIX = "re_"
 # The share of the idempotency index that keyed admin deposits and withdrawals count in: a name
 # no merchant can have (ids have no spaces), so no merchant's keys crowd them out, nor theirs.
 ADMIN_TENANT = " admin"
-# Snapshot payload: length of the JSON state, the JSON state, then the idempotency index dump.
+# Snapshot payload: length of the JSON state, the JSON state, length of the ledger state, the
+# ledger state (native, rust/state/snapshot.rs), then the idempotency index dump. Snapshots written
+# before the ledger was native hold it as JSON rows in the state ("ledger"), with no length.
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 FsyncMode = Literal["always", "off"]
@@ -679,9 +680,9 @@ class Engine:
     def mandates_of(self, account_id: str) -> list[Mandate] | None:
         """An account's mandates, oldest first (revoked and expired ones too); None if there is
         no such account."""
-        if account_id not in self.ledger.accounts:
+        if self.ledger.account(account_id) is None:
             return None
-        return list(self.ledger.mandates.by_account.get(account_id, ()))
+        return self.ledger.mandates_of(account_id)
 
     def event(self, lsn: int) -> dict[str, Any] | None:
         result = self.results.get(lsn)
@@ -698,7 +699,7 @@ class Engine:
 
     def balance(self, account_id: str) -> tuple[str, int] | None:
         """(currency, balance) of an account, including the batch being made durable."""
-        account = self.ledger.accounts.get(account_id)
+        account = self.ledger.account(account_id)
         return None if account is None else (account.currency, account.balance)
 
     def _remember(
@@ -907,7 +908,7 @@ class Engine:
         """Whether `merchant` may refund the payment: a durable payment it made, into its
         settlement account. The account alone does not say whose a payment is: a merchant added
         to the configuration file may settle into an account an admin-created merchant uses."""
-        entry = self.ledger.payments.get(paid)
+        entry = self.ledger.payment(paid)
         made = self.results.get(payment_lsn(paid) or 0)
         return (
             entry is not None
@@ -953,7 +954,7 @@ class Engine:
         if isinstance(op, _MerchantOp):
             self.merchants.check_create(op.merchant)
             settlement = op.merchant.settlement_account
-            if settlement not in self.ledger.accounts:
+            if self.ledger.account(settlement) is None:
                 raise RequestError("account_not_found", f"no account {settlement}", 400)
             if any(m.settlement_account == settlement for m in self.merchants.by_id.values()):
                 # Refunds are authorised by the settlement account: it must be one merchant's.
@@ -980,11 +981,11 @@ class Engine:
             self._check_mandate(op)
 
     def _check_mandate(self, op: MandateGrant | MandateRevocation) -> None:
-        account = self.ledger.accounts.get(op.account_id)
+        account = self.ledger.account(op.account_id)
         if account is None:
             raise RequestError("not_found", f"no account {op.account_id}", 404)
         if isinstance(op, MandateRevocation):
-            mandate = self.ledger.mandates.by_id.get(op.mandate_id)
+            mandate = self.ledger.mandate(op.mandate_id)
             if mandate is None or mandate.terms.account_id != op.account_id:
                 raise RequestError("not_found", f"no mandate {op.mandate_id} of this account", 404)
             if mandate.revoked_s is not None:
@@ -996,12 +997,12 @@ class Engine:
             )
         if self.merchants.get(op.merchant_id) is None:
             raise RequestError("merchant_not_found", f"no merchant {op.merchant_id}")
-        current = self.ledger.mandates.current(op.account_id, op.merchant_id)
+        current = self.ledger.current_mandate(op.account_id, op.merchant_id)
         if current is not None and not current.expired(op.created_s):
             raise RequestError(
                 "mandate_exists", f"{current.id} lets {op.merchant_id} debit this account", 409
             )
-        if len(self.ledger.mandates.by_account.get(op.account_id, ())) >= MANDATES_PER_ACCOUNT_MAX:
+        if len(self.ledger.mandates_of(op.account_id)) >= MANDATES_PER_ACCOUNT_MAX:
             raise RequestError(
                 "too_many_mandates", f"an account holds at most {MANDATES_PER_ACCOUNT_MAX}", 409
             )
@@ -1076,7 +1077,7 @@ class Engine:
         pid = payment_id(lsn)
         failure = (
             self.ledger.pay(
-                pid,
+                lsn,
                 payer,
                 settlement,
                 amount,
@@ -1085,7 +1086,7 @@ class Engine:
                 created_s=created_s,
             )
             if consent
-            else self.ledger.pay_as_before_consent(pid, payer, settlement, amount, currency)
+            else self.ledger.pay_as_before_consent(lsn, payer, settlement, amount, currency)
         )
         return PaymentResult(
             pid,
@@ -1104,7 +1105,7 @@ class Engine:
     def _replay_refund(self, lsn: int, record: list[Any]) -> RefundResult:
         paid, merchant_id, amount, reason, created_s = record[:5]
         applied, failure = self.ledger.refund(paid, amount)
-        entry = self.ledger.payments.get(paid)
+        entry = self.ledger.payment(paid)
         currency = entry.currency if entry else ""
         return RefundResult(
             refund_id(lsn),
@@ -1128,7 +1129,7 @@ class Engine:
             failure = self.ledger.deposit(account_id, amount, currency)
         else:
             failure = self.ledger.withdraw(account_id, amount, currency)
-        account = self.ledger.accounts.get(account_id)
+        account = self.ledger.account(account_id)
         balance = account.balance if account else 0
         return AdminResult(account_id, _status(failure), failure, balance)
 
@@ -1164,9 +1165,7 @@ class Engine:
     def _replay_mandate(self, kind: RecordType, lsn: int, record: dict[str, Any]) -> Mandate:
         """Applies a checked (or logged) mandate grant or revocation."""
         if kind == RecordType.MANDATE_GRANTED:
-            mandate = mandate_from_record(lsn, record)
-            self.ledger.grant_mandate(mandate)
-            return mandate
+            return self.ledger.grant_mandate(lsn, MandateGrant.from_record(record))
         return self.ledger.revoke_mandate(record["mandate_id"], record["revoked_at"])
 
     def _owner_of(self, account_id: str) -> Owner:
@@ -1310,22 +1309,16 @@ class Engine:
         neither whose a payment is nor when it was made): each payment under a mandate was made
         by the mandate's merchant, before the mandate's expiry. Raises AssertionError."""
         self.ledger.check_invariants()
-        mandates = self.ledger.mandates.by_id
-        payments = self.ledger.payments
         # From the durable results (payments not yet durable have none): the ledger holds every
-        # payment that succeeded. Inline: it runs per payment at every recovery.
-        for made in self.results.values():
-            if made.failure_code is not None or made.__class__ is not PaymentResult:
-                continue
-            entry = payments[made.id]
-            if entry.mandate is None:
-                continue  # logged before consent (the ledger checks no consented one is so)
-            terms = mandates[entry.mandate].terms
-            expires_at_s = terms.expires_at_s
-            if made.merchant_id != terms.merchant_id or (
-                expires_at_s is not None and made.created_s >= expires_at_s
-            ):
-                raise AssertionError(f"payment {made.id} debited {entry.payer} without consent")
+        # payment that succeeded, and checks them all in one native call.
+        made = [
+            (lsn, result.merchant_id, result.created_s)
+            for lsn, result in self.results.items()
+            if result.failure_code is None and result.__class__ is PaymentResult
+        ]
+        self.ledger.check_payments_made(
+            [lsn for lsn, _, _ in made], [m for _, m, _ in made], [c for _, _, c in made]
+        )
 
     def _replay_records(self, records: list[wal.Record]) -> None:
         keys: list[tuple[bytes, bytes, int, int]] = []
@@ -1411,7 +1404,6 @@ class Engine:
     def _snapshot_payload(self) -> bytes:
         state = {
             "lsn": self.lsn_next - 1,
-            "ledger": self.ledger.to_snapshot(),
             # Every field of each result but `replayed`; its LSN is in its id.
             "results": [list(result[:-1]) for result in self.results.values()],
             "admin_results": [
@@ -1422,7 +1414,17 @@ class Engine:
             "deliveries": self.outbox.to_snapshot(),
         }
         encoded = orjson.dumps(state)
-        return SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + self.index.dump()
+        # The ledger in its native format (rust/state/snapshot.rs), framed like the state.
+        ledger = self.ledger.to_snapshot()
+        return b"".join(
+            (
+                SNAPSHOT_STATE_LEN.pack(len(encoded)),
+                encoded,
+                SNAPSHOT_STATE_LEN.pack(len(ledger)),
+                ledger,
+                self.index.dump(),
+            )
+        )
 
     def _restore(self, lsn: int, payload: bytes) -> None:
         (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
@@ -1430,7 +1432,14 @@ class Engine:
         state = orjson.loads(payload[start : start + length])
         if state["lsn"] != lsn:
             raise ValueError(f"snapshot for LSN {lsn} holds state of LSN {state['lsn']}")
-        self.ledger = Ledger.from_snapshot(state["ledger"])
+        start += length
+        if "ledger" in state:  # written before the ledger was native: its JSON rows
+            self.ledger = Ledger.from_snapshot(state["ledger"])
+        else:
+            (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, start)
+            start += SNAPSHOT_STATE_LEN.size
+            self.ledger = Ledger.from_snapshot(payload[start : start + length])
+            start += length
         # Snapshots written before merchants and deliveries were logged have neither.
         self.merchants.restore(state.get("merchants", []))
         self._mark_settlement_accounts()
@@ -1444,9 +1453,7 @@ class Engine:
             )
         self.outbox.restore(state.get("deliveries", []))
         # The configured share, not the one the snapshot was taken with.
-        self.index = _core.IdempotencyIndex.load(
-            payload[start + length :], self.index.tenant_share_percent
-        )
+        self.index = _core.IdempotencyIndex.load(payload[start:], self.index.tenant_share_percent)
         self.lsn_next = lsn + 1
 
     async def _snapshot_between_batches(self) -> None:

@@ -200,15 +200,16 @@ impl Ledger {
     }
 
     /// Moves `amount` (None: all not yet refunded) back from the settlement account to the
-    /// payer; returns the amount and the decline, if declined.
+    /// payer; returns the amount and the decline, if declined. `lsn` None: the refund named
+    /// an id that is no payment's.
     ///
     /// # Errors
     /// A negative amount.
-    pub fn refund(&mut self, lsn: u64, amount: Option<i64>) -> CoreResult<(i64, Outcome)> {
+    pub fn refund(&mut self, lsn: Option<u64>, amount: Option<i64>) -> CoreResult<(i64, Outcome)> {
         if let Some(amount) = amount {
             check_amount(amount)?;
         }
-        let Some(index) = self.find_payment(lsn) else {
+        let Some(index) = lsn.and_then(|lsn| self.find_payment(lsn)) else {
             return Ok((amount.unwrap_or(0), Err(Decline::PaymentNotRefundable)));
         };
         let payment = &self.payments[index];
@@ -530,18 +531,18 @@ pub(super) mod tests {
             .pay(&request(2, "alice", 400), "shop", NOW_S)
             .unwrap()
             .unwrap();
-        assert_eq!(ledger.refund(2, Some(150)), Ok((150, Ok(()))));
+        assert_eq!(ledger.refund(Some(2), Some(150)), Ok((150, Ok(()))));
         assert_eq!(
-            ledger.refund(2, Some(251)),
+            ledger.refund(Some(2), Some(251)),
             Ok((251, Err(Decline::RefundExceedsPayment)))
         );
-        assert_eq!(ledger.refund(2, None), Ok((250, Ok(()))));
+        assert_eq!(ledger.refund(Some(2), None), Ok((250, Ok(()))));
         assert_eq!(
-            ledger.refund(2, None),
+            ledger.refund(Some(2), None),
             Ok((0, Err(Decline::RefundExceedsPayment)))
         );
         assert_eq!(
-            ledger.refund(3, Some(1)),
+            ledger.refund(None, Some(1)),
             Ok((1, Err(Decline::PaymentNotRefundable)))
         );
         assert_eq!(ledger.accounts.get(0).balance, 1000);

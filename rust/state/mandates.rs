@@ -168,7 +168,9 @@ impl Mandates {
     /// # Errors
     /// No mandate was granted at `lsn`.
     pub fn revoke(&mut self, lsn: u64, revoked_s: i64) -> CoreResult<MandateIndex> {
-        let index = self.find(lsn).ok_or(CoreError::UnknownMandate(lsn))?;
+        let index = self
+            .find(lsn)
+            .ok_or_else(|| CoreError::UnknownMandate(format!("{MANDATE_ID_PREFIX}{lsn}")))?;
         let mandate = &mut self.granted[index as usize];
         mandate.revoked_s = Some(revoked_s);
         let pair = (mandate.terms.payer, mandate.terms.merchant);
@@ -325,7 +327,8 @@ mod tests {
         assert_eq!(mandates.current(0, "other"), None);
         assert_eq!(mandates.revoke(1, DAY_START_S).unwrap(), 0);
         assert_eq!(mandates.current(0, "shop"), None);
-        assert_eq!(mandates.revoke(2, DAY_START_S), Err(CoreError::UnknownMandate(2)));
+        let unknown = CoreError::UnknownMandate("mdt_2".to_owned());
+        assert_eq!(mandates.revoke(2, DAY_START_S), Err(unknown));
         assert_eq!(mandates.of_account(0), [0]);
         mandates.check_invariants().unwrap();
     }

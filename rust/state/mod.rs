@@ -63,3 +63,26 @@ pub type Outcome = Result<(), Decline>;
 
 pub const PAYMENT_ID_PREFIX: &str = "pay_";
 pub const MANDATE_ID_PREFIX: &str = "mdt_";
+
+/// The LSN an id such as `pay_12` names, written as the engine writes it (the prefix, then
+/// ASCII digits without a leading zero: `u64::from_str` takes a `+`, which `to_string` never writes).
+#[must_use]
+pub fn lsn_in_id(id: &str, prefix: &str) -> Option<u64> {
+    let digits = id.strip_prefix(prefix)?;
+    let lsn = digits.parse::<u64>().ok()?;
+    (lsn.to_string() == digits).then_some(lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_has_one_spelling() {
+        assert_eq!(lsn_in_id("pay_12", PAYMENT_ID_PREFIX), Some(12));
+        assert_eq!(lsn_in_id("pay_0", PAYMENT_ID_PREFIX), Some(0));
+        for id in ["pay_012", "pay_+12", "pay_", "mdt_12", "pay_18446744073709551616"] {
+            assert_eq!(lsn_in_id(id, PAYMENT_ID_PREFIX), None, "{id}");
+        }
+    }
+}

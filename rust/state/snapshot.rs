@@ -388,7 +388,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
         }
-        ledger.refund(5, Some(30)).unwrap().1.unwrap();
+        ledger.refund(Some(5), Some(30)).unwrap().1.unwrap();
         ledger
     }
 

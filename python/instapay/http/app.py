@@ -775,7 +775,7 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
                 idempotency_capacity=settings.idempotency_capacity,
             )
             engine = await engines.enter_async_context(opened)
-            if settings.on_first_start is not None and not engine.ledger.accounts:
+            if settings.on_first_start is not None and not engine.ledger.has_accounts:
                 await settings.on_first_start(engine)
             runtime.engine = engine
         except BaseException as error:
