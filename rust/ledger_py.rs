@@ -154,13 +154,7 @@ impl LedgerPy {
         merchant_id: &str,
         created_s: i64,
     ) -> PyResult<Option<&'static str>> {
-        let request = PaymentRequest {
-            lsn,
-            payer,
-            settlement,
-            amount,
-            currency,
-        };
+        let request = PaymentRequest::new(lsn, payer, settlement, amount, currency);
         Ok(code(self.state()?.pay(&request, merchant_id, created_s)?))
     }
 
@@ -184,24 +178,20 @@ impl LedgerPy {
         created_s: Vec<i64>,
     ) -> PyResult<Vec<Option<&'static str>>> {
         let names = "lsns, payers, settlements, amounts, currencies, merchant_ids and created_s";
-        let lengths = [lsns.len(), payers.len(), settlements.len(), amounts.len()];
-        let len = batch_len(
-            names,
-            &[
-                &lengths[..],
-                &[currencies.len(), merchant_ids.len(), created_s.len()],
-            ]
-            .concat(),
-        )?;
+        let lengths = [
+            lsns.len(),
+            payers.len(),
+            settlements.len(),
+            amounts.len(),
+            currencies.len(),
+            merchant_ids.len(),
+            created_s.len(),
+        ];
+        let len = batch_len(names, &lengths)?;
         let batch: Vec<_> = (0..len)
             .map(|at| {
-                let request = PaymentRequest {
-                    lsn: lsns[at],
-                    payer: &payers[at],
-                    settlement: &settlements[at],
-                    amount: amounts[at],
-                    currency: &currencies[at],
-                };
+                let (payer, settlement) = (&*payers[at], &*settlements[at]);
+                let request = PaymentRequest::new(lsns[at], payer, settlement, amounts[at], &currencies[at]);
                 (request, &*merchant_ids[at], created_s[at])
             })
             .collect();
@@ -217,13 +207,7 @@ impl LedgerPy {
         amount: i64,
         currency: &str,
     ) -> PyResult<Option<&'static str>> {
-        let request = PaymentRequest {
-            lsn,
-            payer,
-            settlement,
-            amount,
-            currency,
-        };
+        let request = PaymentRequest::new(lsn, payer, settlement, amount, currency);
         Ok(code(self.state()?.pay_as_before_consent(&request)?))
     }
 

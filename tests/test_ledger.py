@@ -248,6 +248,16 @@ def test_a_refund_the_merchant_cannot_cover_is_declined() -> None:
     assert entry(ledger, "pay_1").refunded == 0
 
 
+def test_an_overdraft_of_null_is_none() -> None:
+    """An admin request may send `"overdraft": null`, and the log holds it so: no overdraft."""
+    ledger = Ledger()
+    assert ledger.open_account("carol", "EUR", None) is None
+    assert account(ledger, "carol").overdraft is False
+    assert ledger.withdraw("carol", 1, "EUR") == Failure.INSUFFICIENT_FUNDS
+    state = {"accounts": [["dave", "EUR", None, 0]], "payments": [], "net_inflow": {"EUR": 0}}
+    assert account(Ledger.from_snapshot(state), "dave").overdraft is False
+
+
 def test_balances_are_bounded() -> None:
     ledger = ledger_with_accounts()
     assert ledger.deposit("alice", BALANCE_MAX, "EUR") is None

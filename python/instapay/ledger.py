@@ -78,9 +78,16 @@ class Ledger:
         self._native = _core.Ledger() if native is None else native
 
     def open_account(
-        self, account_id: str, currency: str, overdraft: bool, owner: Owner = Owner.CUSTOMER
+        self,
+        account_id: str,
+        currency: str,
+        overdraft: bool | None,
+        owner: Owner = Owner.CUSTOMER,
     ) -> Failure | None:
-        return _FAILURES.get(self._native.open_account(account_id, currency, overdraft, owner))
+        """Opens an account; `overdraft` None (an admin request's `"overdraft": null`, logged
+        as such) is no overdraft, as the Python ledger read it."""
+        native = self._native.open_account(account_id, currency, bool(overdraft), owner)
+        return _FAILURES.get(native)
 
     def settles_merchant(self, account_id: str) -> None:
         """The account has become a merchant's settlement account (if it is open)."""

@@ -8,21 +8,9 @@
 
 use super::accounts::{AccountId, Accounts, Owner};
 use super::mandates::{MandateIndex, Mandates, Terms};
+use super::payments::{Payment, Payments};
 use super::{Decline, Outcome, PAYMENT_ID_PREFIX};
 use crate::error::{CoreError, CoreResult};
-
-/// A succeeded payment, kept so refunds can be checked against it. Its currency is its
-/// accounts' (a payment moves money within one currency only), its id `pay_<lsn>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Payment {
-    pub lsn: u64,
-    pub amount: i64,
-    pub refunded: i64,
-    pub payer: AccountId,
-    pub settlement: AccountId,
-    /// The mandate that allowed it; None for a payment logged before consent was checked.
-    pub mandate: Option<MandateIndex>,
-}
 
 /// What a payment asks for, by the names its record gives.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +20,19 @@ pub struct PaymentRequest<'a> {
     pub settlement: &'a str,
     pub amount: i64,
     pub currency: &'a str,
+}
+
+impl<'a> PaymentRequest<'a> {
+    #[must_use]
+    pub const fn new(lsn: u64, payer: &'a str, settlement: &'a str, amount: i64, currency: &'a str) -> Self {
+        Self {
+            lsn,
+            payer,
+            settlement,
+            amount,
+            currency,
+        }
+    }
 }
 
 #[must_use]
@@ -50,7 +51,7 @@ fn check_amount(amount: i64) -> CoreResult<()> {
 pub struct Ledger {
     pub(super) accounts: Accounts,
     /// By increasing LSN (the log's order), so found by binary search.
-    pub(super) payments: Vec<Payment>,
+    pub(super) payments: Payments,
     pub(super) mandates: Mandates,
 }
 
@@ -212,7 +213,7 @@ impl Ledger {
         let Some(index) = lsn.and_then(|lsn| self.find_payment(lsn)) else {
             return Ok((amount.unwrap_or(0), Err(Decline::PaymentNotRefundable)));
         };
-        let payment = &self.payments[index];
+        let payment = self.payments.get(index);
         let remaining = payment.amount - payment.refunded;
         let wanted = amount.unwrap_or(remaining);
         if wanted == 0 || wanted > remaining {
@@ -220,7 +221,7 @@ impl Ledger {
         }
         let moved = self.accounts.transfer(payment.settlement, payment.payer, wanted);
         if moved.is_ok() {
-            self.payments[index].refunded += wanted;
+            self.payments.get_mut(index).refunded += wanted;
         }
         Ok((wanted, moved))
     }
@@ -254,12 +255,12 @@ impl Ledger {
 
     #[must_use]
     pub fn find_payment(&self, lsn: u64) -> Option<usize> {
-        self.payments.binary_search_by_key(&lsn, |p| p.lsn).ok()
+        self.payments.find(lsn)
     }
 
     #[must_use]
     pub fn payment(&self, index: usize) -> &Payment {
-        &self.payments[index]
+        self.payments.get(index)
     }
 
     #[must_use]
@@ -308,7 +309,7 @@ impl Ledger {
         self.accounts.check_invariants()?;
         // Whether a payment under the consent rules came before (log order).
         let mut consented = false;
-        for payment in &self.payments {
+        for payment in self.payments.iter() {
             if !(0..=payment.amount).contains(&payment.refunded) {
                 return Err(CoreError::InvariantBroken(format!(
                     "payment {} refunded {}",
@@ -346,7 +347,7 @@ impl Ledger {
                 payment_id(lsn)
             ))
         })?;
-        let payment = &self.payments[index];
+        let payment = self.payments.get(index);
         let Some(mandate) = payment.mandate else {
             return Ok(()); // logged before consent (check_invariants: no consented one is so)
         };
@@ -365,13 +366,7 @@ pub(super) mod tests {
     pub const NOW_S: i64 = 1_795_996_800 + 3600;
 
     pub fn request(lsn: u64, payer: &str, amount: i64) -> PaymentRequest<'_> {
-        PaymentRequest {
-            lsn,
-            payer,
-            settlement: "shop",
-            amount,
-            currency: "EUR",
-        }
+        PaymentRequest::new(lsn, payer, "shop", amount, "EUR")
     }
 
     pub fn grant(account_id: &str, amount_max_per_payment: i64) -> Grant<'_> {
@@ -584,7 +579,8 @@ pub(super) mod tests {
         ];
         for (corrupt, breach) in corruptions {
             let mut broken = ledger.clone();
-            corrupt(broken.payments.last_mut().unwrap());
+            let last = broken.payment_count() - 1;
+            corrupt(broken.payments.get_mut(last));
             let error = broken.check_invariants().unwrap_err().to_string();
             assert!(error.contains(breach), "{error}");
         }
@@ -606,13 +602,5 @@ pub(super) mod tests {
         ledger.mandates.get_mut(0).terms.expires_at_s = Some(NOW_S);
         assert!(ledger.check_made(2, "shop", NOW_S).is_err());
         assert!(ledger.check_made(3, "shop", NOW_S).is_err());
-    }
-
-    #[test]
-    fn a_payment_entry_is_small() {
-        // The heap per payment entry (the payments are one Vec, so this is all of it, plus the
-        // Vec's spare capacity).
-        println!("payment entry: {} bytes", std::mem::size_of::<Payment>());
-        assert!(std::mem::size_of::<Payment>() <= 40);
     }
 }

@@ -14,8 +14,9 @@
 use serde_json::{Map, Value};
 
 use super::accounts::Owner;
-use super::ledger::{Ledger, Payment};
+use super::ledger::Ledger;
 use super::mandates::{Mandate, Terms};
+use super::payments::Payment;
 use super::snapshot::push_payment;
 use super::{lsn_in_id, MANDATE_ID_PREFIX, PAYMENT_ID_PREFIX};
 use crate::error::{CoreError, CoreResult};
@@ -111,10 +112,9 @@ fn read_accounts(ledger: &mut Ledger, rows: &[Value]) -> CoreResult<()> {
             None => Owner::Customer,
             Some(owner) => Owner::from_name(owner.as_str().ok_or_else(|| row.wrong(4, "a name"))?)?,
         };
-        if ledger
-            .open_account(id, row.str(1)?, row.bool(2)?, owner)?
-            .is_err()
-        {
+        // A null overdraft is none (an admin request could send `"overdraft": null`).
+        let overdraft = !row.fields[2].is_null() && row.bool(2)?;
+        if ledger.open_account(id, row.str(1)?, overdraft, owner)?.is_err() {
             return Err(corrupt(format!("account {id} is listed twice")));
         }
         let index = ledger.accounts.find(id).expect("just opened");
@@ -244,10 +244,11 @@ mod tests {
 
     #[test]
     fn a_snapshot_from_before_consent_loads() {
-        let json = br#"{"accounts": [["alice", "EUR", false, 600], ["shop", "EUR", false, 400]],
+        let json = br#"{"accounts": [["alice", "EUR", null, 600], ["shop", "EUR", false, 400]],
             "payments": [["pay_1", "alice", "shop", 400, "EUR", 0]], "net_inflow": {"EUR": 1000}}"#;
         let ledger = decode(json).unwrap();
         assert_eq!(ledger.accounts.get(1).owner, Owner::Customer);
+        assert!(!ledger.accounts.get(0).overdraft);
         assert_eq!(ledger.payment(0).mandate, None);
         assert!(ledger.mandates.is_empty());
     }

@@ -13,6 +13,7 @@ pub mod ledger;
 pub mod legacy;
 pub mod mandates;
 pub mod names;
+pub mod payments;
 pub mod snapshot;
 
 pub use ledger::Ledger;

@@ -29,15 +29,16 @@
 //! from the log and one loaded from a snapshot encode to the same bytes.
 
 use super::accounts::{Account, Owner, BALANCE_MAX};
-use super::ledger::{Ledger, Payment};
+use super::ledger::Ledger;
 use super::mandates::{Mandate, Terms};
+use super::payments::Payment;
 use crate::error::{CoreError, CoreResult};
 
 const MAGIC: &[u8; 8] = b"IPLEDGR\0";
 const VERSION: u32 = 1;
 const CRC_LEN: usize = 4;
 const NO_MANDATE: u32 = u32::MAX;
-/// The bytes of a payment row: what bounds the capacity reserved for a claimed count.
+/// The bytes of a payment row.
 const PAYMENT_LEN: usize = 36;
 
 struct Writer(Vec<u8>);
@@ -108,7 +109,7 @@ pub fn encode(ledger: &Ledger) -> Vec<u8> {
         encode_mandate(&mut out, mandate);
     }
     out.u64(ledger.payments.len() as u64);
-    for payment in &ledger.payments {
+    for payment in ledger.payments.iter() {
         out.u64(payment.lsn);
         out.u32(payment.payer);
         out.u32(payment.settlement);
@@ -314,10 +315,6 @@ fn read_mandates(reader: &mut Reader<'_>, ledger: &mut Ledger) -> CoreResult<()>
 
 fn read_payments(reader: &mut Reader<'_>, ledger: &mut Ledger) -> CoreResult<()> {
     let count = reader.u64()?;
-    let room = (reader.data.len() - reader.at) / PAYMENT_LEN;
-    ledger
-        .payments
-        .reserve(usize::try_from(count).unwrap_or(usize::MAX).min(room));
     for _ in 0..count {
         let accounts = ledger.accounts.len();
         let payment = Payment {
@@ -453,13 +450,18 @@ mod tests {
     #[test]
     fn a_payment_out_of_range_or_order_is_refused() {
         let mut ledger = busy_ledger();
-        let last = ledger.payments.pop().unwrap();
+        let last = ledger.payments.last().unwrap().clone();
         let early = Payment {
             lsn: 4,
             ..last.clone()
         };
         assert!(push_payment(&mut ledger, early).is_err());
-        let huge = Payment { amount: -1, ..last };
-        assert!(push_payment(&mut ledger, huge).is_err());
+        let negative = Payment {
+            lsn: last.lsn + 1,
+            amount: -1,
+            ..last
+        };
+        let error = push_payment(&mut ledger, negative).unwrap_err().to_string();
+        assert!(error.contains("has amount -1"), "{error}");
     }
 }
