@@ -14,12 +14,13 @@ import aiohttp
 import orjson
 import pytest
 
-from instapay import _core, wal
+from instapay import _core
 from instapay.client import Client
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import SNAPSHOT_STATE_LEN, Engine, RecordType
 from instapay.mandates import MANDATES_PER_ACCOUNT_MAX, SECONDS_PER_DAY, MandateGrant
 from instapay.model import EngineConfig, Failure, PaymentResult, RequestError, Status
+from instapay.storage import snapshots, wal
 from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, start
 
 THIEF = {"id": "thief", "settlement_account": "thief.settlement"}
@@ -506,8 +507,8 @@ def test_a_snapshot_written_before_consent_loads_with_settlement_accounts_marked
             assert engine.balance(DEMO.settlement_account) == ("EUR", 1000)
 
     run(set_up())
-    [(lsn, path)] = wal.snapshot_paths(tmp_path)
-    payload = wal.read_snapshot(path, lsn)
+    [(lsn, path)] = snapshots.snapshot_paths(tmp_path)
+    payload = snapshots.read_snapshot(path, lsn)
     (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
     start_at = SNAPSHOT_STATE_LEN.size
     state = orjson.loads(payload[start_at : start_at + length])
@@ -516,7 +517,7 @@ def test_a_snapshot_written_before_consent_loads_with_settlement_accounts_marked
     encoded = orjson.dumps(state)
     index = payload[start_at + length :]
     path.unlink()
-    wal.write_snapshot(tmp_path, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index)
+    snapshots.write_snapshot(tmp_path, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index)
     run(attack())
 
 
