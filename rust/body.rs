@@ -203,9 +203,35 @@ struct RefundBody {
     reason: Option<String>,
 }
 
+/// What breaks DESIGN.md's id rule (1 to 255 printable ASCII characters, no spaces), the one
+/// definition of it: body fields, key ids (`keyring`) and Python's checks (`is_id`) use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdProblem {
+    Length,
+    Characters,
+}
+
+#[must_use]
+pub fn id_problem(id: &str) -> Option<IdProblem> {
+    if id.is_empty() || id.len() > ID_LEN_MAX {
+        Some(IdProblem::Length)
+    } else if !id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        Some(IdProblem::Characters)
+    } else {
+        None
+    }
+}
+
+/// Whether `id` follows DESIGN.md's id rule (see `id_problem`).
+#[pyfunction]
+#[must_use]
+pub fn is_id(id: &str) -> bool {
+    id_problem(id).is_none()
+}
+
 /// Ids (merchants, orders, accounts, idempotency keys): 1 to 255 printable ASCII, no spaces.
 pub fn check_id(field: &str, id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > ID_LEN_MAX || !id.bytes().all(|byte| byte.is_ascii_graphic()) {
+    if !is_id(id) {
         return Err(format!(
             "{field}: must be 1 to 255 printable ASCII characters without spaces"
         ));
@@ -222,8 +248,15 @@ pub fn check_amount(field: &str, amount: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// DESIGN.md's currency rule, defined once: an ISO 4217 code, 3 uppercase ASCII letters.
+#[pyfunction]
+#[must_use]
+pub fn is_currency(currency: &str) -> bool {
+    currency.len() == 3 && currency.bytes().all(|byte| byte.is_ascii_uppercase())
+}
+
 pub fn check_currency(currency: &str) -> Result<(), String> {
-    if currency.len() != 3 || !currency.bytes().all(|byte| byte.is_ascii_uppercase()) {
+    if !is_currency(currency) {
         return Err("currency: must be an ISO 4217 code of 3 uppercase letters".to_owned());
     }
     Ok(())

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyString};
 
+use crate::body::{id_problem, IdProblem, ID_LEN_MAX};
 use crate::convert::{bytes_items, same_lengths, sequence_items, text_items, typed_item};
 use crate::digest::{decode_hex_mac, hmac_work, Digest, HmacKey, MacFormat, DIGEST_LEN};
 use crate::error::{CoreError, CoreResult};
@@ -22,7 +23,7 @@ use crate::signature::{
 };
 
 pub const KEYS_MAX: usize = 65_536;
-pub const KID_LEN_MAX: usize = 255;
+pub const KID_LEN_MAX: usize = ID_LEN_MAX;
 /// Longer secrets are legal HMAC keys (they are hashed first) but only ever a mistake here.
 pub const SECRET_LEN_MAX: usize = 1024;
 
@@ -35,19 +36,17 @@ pub const VERIFY_NOT_HEX: u8 = MacFormat::NotHex as u8;
 
 type KeyMap = HashMap<Box<str>, HmacKey>;
 
-/// Key ids follow the id rules of the API: 1 to 255 printable ASCII characters, no spaces.
+/// Key ids follow the id rules of the API (`body::id_problem`).
 pub fn check_kid(kid: &str) -> CoreResult<()> {
-    if kid.is_empty() || kid.len() > KID_LEN_MAX {
-        return Err(CoreError::InvalidKid {
+    match id_problem(kid) {
+        None => Ok(()),
+        Some(IdProblem::Length) => Err(CoreError::InvalidKid {
             reason: "must be 1 to 255 characters long",
-        });
-    }
-    if !kid.bytes().all(|byte| byte.is_ascii_graphic()) {
-        return Err(CoreError::InvalidKid {
+        }),
+        Some(IdProblem::Characters) => Err(CoreError::InvalidKid {
             reason: "must be printable ASCII without spaces",
-        });
+        }),
     }
-    Ok(())
 }
 
 pub fn check_secret(secret: &[u8]) -> CoreResult<()> {

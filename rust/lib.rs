@@ -97,6 +97,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(body::parse_payment_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_refund_bodies, module)?)?;
     module.add_function(wrap_pyfunction!(body::parse_json_object, module)?)?;
+    module.add_function(wrap_pyfunction!(body::is_id, module)?)?;
+    module.add_function(wrap_pyfunction!(body::is_currency, module)?)?;
     module.add("AMOUNT_MAX", body::AMOUNT_MAX)?;
     module.add("ID_LEN_MAX", body::ID_LEN_MAX)?;
     module.add_function(wrap_pyfunction!(wal::crc32c, module)?)?;

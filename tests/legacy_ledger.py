@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 
-from instapay import wal
-from instapay.engine import PAYMENT_ID_PREFIX, SNAPSHOT_STATE_LEN
+from instapay.engine import SNAPSHOT_STATE_LEN
 from instapay.ledger import Ledger
 from instapay.mandates import MandateGrant, mandate_lsn
 from instapay.model import Status
+from instapay.protocol import PAYMENT_ID_PREFIX
+from instapay.storage import snapshots
 
 # The header of the mandate rows, as mandates.py wrote it.
 MANDATE_FIELDS = ["id", *MandateGrant._fields, "revoked_s", "spent_day", "spent"]
@@ -50,8 +51,8 @@ def legacy_state(ledger: Ledger, payment_ids: Iterable[str]) -> dict[str, Any]:
 def rewrite_snapshot_as_legacy(directory: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Rewrites the directory's one snapshot in the format written before the ledger was native,
     its ledger as `legacy_state` gives it, after `change` edited that."""
-    [(lsn, path)] = wal.snapshot_paths(directory)
-    payload = wal.read_snapshot(path, lsn)
+    [(lsn, path)] = snapshots.snapshot_paths(directory)
+    payload = snapshots.read_snapshot(path, lsn)
     (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
     at = SNAPSHOT_STATE_LEN.size
     state = orjson.loads(payload[at : at + length])
@@ -70,4 +71,6 @@ def rewrite_snapshot_as_legacy(directory: Path, change: Callable[[dict[str, Any]
     encoded = orjson.dumps(state)
     index = payload[at + length :]
     path.unlink()
-    wal.write_snapshot(directory, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index)
+    snapshots.write_snapshot(
+        directory, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index
+    )

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from instapay import wal
 from instapay.client import ApiError
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
 from instapay.ledger import Ledger, Owner
 from instapay.mandates import MandateGrant, MandateRevocation, mandate_id
 from instapay.model import EngineConfig, Failure, Merchant, Status
+from instapay.storage import snapshots
 from legacy_ledger import legacy_state, rewrite_snapshot_as_legacy
 from servers import DEMO, AdminApi, Running, free_port, pay, refused, serving, start
 from test_consent import balance, opened_and_funded, write_log
@@ -223,7 +223,7 @@ def test_a_configured_merchant_on_an_admin_merchants_settlement_account_refuses_
             await create_merchant(api, SHOP)
 
     asyncio.run(create_shop())
-    lsn_before = wal.newest_snapshot_lsn(tmp_path)
+    lsn_before = snapshots.newest_snapshot_lsn(tmp_path)
     settings = tmp_path / "instapay.toml"
     settings.write_text(
         '[[merchants]]\nid = "evil"\nsettlement_account = "shop.settlement"\n'
@@ -236,7 +236,7 @@ def test_a_configured_merchant_on_an_admin_merchants_settlement_account_refuses_
         "settles into shop.settlement, which the configuration file gives to merchant evil: "
         "give one of them another settlement account"
     )
-    assert wal.newest_snapshot_lsn(tmp_path) == lsn_before
+    assert snapshots.newest_snapshot_lsn(tmp_path) == lsn_before
 
 
 def test_a_log_that_no_longer_replays_to_its_outcomes_refuses_start_up_in_one_line(

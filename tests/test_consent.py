@@ -14,12 +14,13 @@ import aiohttp
 import orjson
 import pytest
 
-from instapay import _core, wal
+from instapay import _core
 from instapay.client import Client
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine, RecordType
 from instapay.mandates import MANDATES_PER_ACCOUNT_MAX, SECONDS_PER_DAY, MandateGrant
 from instapay.model import EngineConfig, Failure, PaymentResult, RequestError, Status
+from instapay.storage import wal
 from legacy_ledger import rewrite_snapshot_as_legacy
 from servers import ADMIN_TOKEN, DEMO, AdminApi, Running, free_port, serving, start
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from instapay import datadir, wal
-from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
+from instapay.storage import datadir, snapshots, wal
+from instapay.storage.datadir import DataDirectoryInUseError
 
 DEMO = DemoMerchant()
 
@@ -47,7 +47,7 @@ def test_the_data_directory_and_everything_in_it_are_owner_only(tmp_path: Path) 
     run_demo(directory)
     made = {path.relative_to(directory).as_posix() for path in directory.rglob("*")}
     assert {"LOCK", "demo-merchant.json", "wal", "snapshots"} <= made
-    assert wal.snapshot_paths(directory), "a snapshot was written"
+    assert snapshots.snapshot_paths(directory), "a snapshot was written"
     assert f"{directory.stat().st_mode & 0o777:04o}" == "0700"
     assert open_modes(directory) == {}
 

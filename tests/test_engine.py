@@ -2,6 +2,7 @@
 recovery, on real files with real fsync."""
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -9,8 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from instapay import cli, wal
-from instapay.datadir import DataDirectoryInUseError
+from instapay import cli
 from instapay.demo import DemoMerchant, grant_mandates
 from instapay.engine import Engine
 from instapay.model import (
@@ -25,6 +25,8 @@ from instapay.model import (
     Status,
 )
 from instapay.signing import SignedRequest
+from instapay.storage import snapshots, wal
+from instapay.storage.datadir import DataDirectoryInUseError
 
 T = TypeVar("T")
 DEMO = DemoMerchant()
@@ -232,7 +234,7 @@ def test_state_survives_a_restart_through_snapshot_and_log(tmp_path: Path) -> No
 def test_a_corrupt_newest_snapshot_falls_back_to_the_previous_and_the_log(tmp_path: Path) -> None:
     run(tmp_path, lambda engine: pay(engine, "order-1", 100))
     run(tmp_path, lambda engine: pay(engine, "order-2", 100))
-    newest = wal.snapshot_paths(tmp_path)[0][1]
+    newest = snapshots.snapshot_paths(tmp_path)[0][1]
     newest.write_bytes(newest.read_bytes()[:-1])
 
     async def check(engine: Engine) -> None:
@@ -262,7 +264,7 @@ def test_wal_verify_names_the_damage(tmp_path: Path, capsys: pytest.CaptureFixtu
     data = bytearray(segment.read_bytes())
     data[wal.SEGMENT_HEADER.size + 25] ^= 1
     segment.write_bytes(bytes(data))
-    for snapshot in wal.snapshot_paths(tmp_path):
+    for snapshot in snapshots.snapshot_paths(tmp_path):
         snapshot[1].unlink()
     assert cli.main(["wal", "verify", str(tmp_path)]) == 1
     assert f"CORRUPT: {segment}: checksum mismatch at byte offset 16" in capsys.readouterr().out
@@ -291,7 +293,7 @@ def test_periodic_snapshots_let_old_segments_go_and_recovery_still_adds_up(tmp_p
             )
 
     run(tmp_path, many_payments, snapshot_every_records=50, segment_bytes_max=2000)
-    assert len(wal.snapshot_paths(tmp_path)) == 2
+    assert len(snapshots.snapshot_paths(tmp_path)) == 2
     first_segment_lsn = wal.segment_paths(tmp_path / "wal")[0][0]
     assert first_segment_lsn > 1, "segments before the older snapshot were deleted"
 
@@ -337,3 +339,26 @@ def test_the_longest_ids_and_keys_are_taken(tmp_path: Path) -> None:
             assert (again.id, again.replayed) == (refunded.id, True)
 
     asyncio.run(main())
+
+
+def test_ids_and_keys_with_lone_surrogates_are_refused_and_the_engine_keeps_running(
+    tmp_path: Path,
+) -> None:
+    """A str the native id rule cannot take (a lone surrogate, as an HTTP layer decoding bytes
+    with surrogateescape yields) is an invalid id, never an exception that stops the engine."""
+    surrogate = "\udcff"
+
+    async def scenario(engine: Engine) -> None:
+        with pytest.raises(RequestError, match="account id"):
+            await engine.open_account(surrogate, "EUR")
+        with pytest.raises(RequestError, match="currency"):
+            await engine.open_account("fresh", surrogate * 3)
+        with pytest.raises(RequestError, match="Idempotency-Key"):
+            await engine.deposit(DEMO.payer(0), 1, "EUR", idempotency_key=surrogate)
+        paid = DEMO.payment("surrogate-key", DEMO.payer(0), 1)
+        with pytest.raises(RequestError, match="Idempotency-Key"):
+            await engine.submit(dataclasses.replace(paid, idempotency_key=surrogate))
+        assert engine.failed is None
+        assert (await pay(engine, "still-working")).status == Status.SUCCEEDED
+
+    run(tmp_path, scenario)

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from instapay import wal
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine, RecordType
 from instapay.model import AdminResult, RefundResult, RequestError, Status
+from instapay.storage import wal
 
 DEMO = DemoMerchant()
 BALANCE = 1000

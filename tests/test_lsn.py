@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from instapay import _core, wal
+from instapay import _core
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import EngineFailedError, PaymentResult
+from instapay.storage import snapshots, wal
 from servers import free_port, pay, refused, start
 
 
@@ -37,7 +38,7 @@ def test_a_log_cut_behind_the_snapshot_refuses_start_up_instead_of_reissuing_an_
     demo = DemoMerchant.load_or_create(tmp_path)
     paid = paid_id(port, demo, "order-1")
     assert server.stop()[0] == 0, "a clean stop: a snapshot at the payment's LSN"
-    snapshot_lsn = wal.newest_snapshot_lsn(tmp_path)
+    snapshot_lsn = snapshots.newest_snapshot_lsn(tmp_path)
     assert paid == f"pay_{snapshot_lsn}"
     segment, offset = cut_last_record(tmp_path)
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from instapay import _core, datadir, wal
-from instapay.wal import Record, WalCorruptError, WalWriter
+from instapay import _core
+from instapay.storage import datadir, snapshots, wal
+from instapay.storage.wal import Record, WalCorruptError, WalWriter
 
 KIND = 3
 
@@ -127,16 +128,16 @@ def test_a_foreign_file_is_not_read_as_a_segment(tmp_path: Path) -> None:
 
 def test_snapshots_load_the_newest_and_keep_two(tmp_path: Path) -> None:
     for lsn in (10, 20, 30):
-        wal.write_snapshot(tmp_path, lsn, f"state at {lsn}".encode())
-    assert [lsn for lsn, _ in wal.snapshot_paths(tmp_path)] == [30, 20]
-    assert wal.load_snapshot(tmp_path) == (30, b"state at 30")
-    assert wal.oldest_kept_snapshot_lsn(tmp_path) == 20
+        snapshots.write_snapshot(tmp_path, lsn, f"state at {lsn}".encode())
+    assert [lsn for lsn, _ in snapshots.snapshot_paths(tmp_path)] == [30, 20]
+    assert snapshots.load_snapshot(tmp_path) == (30, b"state at 30")
+    assert snapshots.oldest_kept_snapshot_lsn(tmp_path) == 20
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_a_damaged_newest_snapshot_falls_back_to_the_previous(tmp_path: Path, damage: str) -> None:
-    wal.write_snapshot(tmp_path, 10, b"older state")
-    newest = wal.write_snapshot(tmp_path, 20, b"newer state")
+    snapshots.write_snapshot(tmp_path, 10, b"older state")
+    newest = snapshots.write_snapshot(tmp_path, 20, b"newer state")
     data = bytearray(newest.read_bytes())
     if damage == "flip":
         data[-2] ^= 1
@@ -145,11 +146,11 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous(tmp_path: Path, da
         newest.write_bytes(bytes(data[:-1]))
     else:
         newest.unlink()
-    assert wal.load_snapshot(tmp_path) == (10, b"older state")
+    assert snapshots.load_snapshot(tmp_path) == (10, b"older state")
 
 
 def test_no_snapshot_means_replay_from_the_start(tmp_path: Path) -> None:
-    assert wal.load_snapshot(tmp_path) is None
+    assert snapshots.load_snapshot(tmp_path) is None
     assert replayed(tmp_path) == []
 
 
@@ -157,7 +158,7 @@ def snapshot_then_truncate(directory: Path, keep_bytes: int) -> Path:
     """Six records and a snapshot at LSN 6 (a clean stop), then the last segment cut to its
     first `keep_bytes` bytes after the header."""
     write_batches(directory, [payloads(3), payloads(3, 3)]).close()
-    wal.write_snapshot(directory, 6, b"state at 6")
+    snapshots.write_snapshot(directory, 6, b"state at 6")
     segment = last_segment(directory)
     segment.write_bytes(segment.read_bytes()[: wal.SEGMENT_HEADER.size + keep_bytes])
     return segment
@@ -198,26 +199,26 @@ def test_the_newest_snapshot_name_says_how_far_the_log_reached_even_when_it_is_d
     tmp_path: Path,
 ) -> None:
     write_batches(tmp_path, [payloads(10)]).close()
-    wal.write_snapshot(tmp_path, 4, b"older state")
-    newest = wal.write_snapshot(tmp_path, 8, b"newer state")
+    snapshots.write_snapshot(tmp_path, 4, b"older state")
+    newest = snapshots.write_snapshot(tmp_path, 8, b"newer state")
     newest.write_bytes(newest.read_bytes()[:-1])
     segment = last_segment(tmp_path)
     segment.write_bytes(segment.read_bytes()[: wal.SEGMENT_HEADER.size + frame_bytes(payloads(6))])
-    assert wal.load_snapshot(tmp_path) == (4, b"older state")
-    assert wal.newest_snapshot_lsn(tmp_path) == 8
+    assert snapshots.load_snapshot(tmp_path) == (4, b"older state")
+    assert snapshots.newest_snapshot_lsn(tmp_path) == 8
     with pytest.raises(WalCorruptError, match="records 7 to 8 are missing"):
-        replayed(tmp_path, lsn_after=4, lsn_reached=wal.newest_snapshot_lsn(tmp_path))
+        replayed(tmp_path, lsn_after=4, lsn_reached=snapshots.newest_snapshot_lsn(tmp_path))
 
 
 def test_a_log_that_reaches_the_snapshot_exactly_recovers(tmp_path: Path) -> None:
     write_batches(tmp_path, [payloads(6)]).close()
-    wal.write_snapshot(tmp_path, 6, b"state at 6")
+    snapshots.write_snapshot(tmp_path, 6, b"state at 6")
     assert replayed(tmp_path, lsn_after=6, lsn_reached=6) == []
 
 
 def test_a_snapshot_without_any_segment_refuses_recovery(tmp_path: Path) -> None:
     write_batches(tmp_path, [payloads(6)]).close()
-    wal.write_snapshot(tmp_path, 6, b"state at 6")
+    snapshots.write_snapshot(tmp_path, 6, b"state at 6")
     last_segment(tmp_path).unlink()
     with pytest.raises(WalCorruptError, match="no segment holds the log up to LSN 6"):
         replayed(tmp_path, lsn_after=6)
@@ -225,7 +226,7 @@ def test_a_snapshot_without_any_segment_refuses_recovery(tmp_path: Path) -> None
 
 def test_a_missing_last_segment_behind_the_snapshot_refuses_recovery(tmp_path: Path) -> None:
     write_batches(tmp_path, [payloads(5, n * 5) for n in range(4)], segment_bytes_max=150).close()
-    wal.write_snapshot(tmp_path, 20, b"state at 20")
+    snapshots.write_snapshot(tmp_path, 20, b"state at 20")
     *kept, (_, holding_16_to_20), (_, empty_since_21) = wal.segment_paths(tmp_path / "wal")
     holding_16_to_20.unlink()
     empty_since_21.unlink()
@@ -251,7 +252,7 @@ def test_everything_the_log_writes_is_owner_only(tmp_path: Path) -> None:
     datadir.create(tmp_path / "data")
     directory = tmp_path / "data"
     write_batches(directory, [payloads(5, n * 5) for n in range(4)], segment_bytes_max=150).close()
-    wal.write_snapshot(directory, 10, b"state")
+    snapshots.write_snapshot(directory, 10, b"state")
     segment = last_segment(directory)
     segment.write_bytes(segment.read_bytes()[:-2])
     segment.chmod(0o600)

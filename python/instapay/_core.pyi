@@ -67,6 +67,8 @@ __all__ = [
     "__version__",
     "crc32c",
     "hmac_sha256",
+    "is_currency",
+    "is_id",
     "parallelism",
     "parse_json_object",
     "parse_payment_bodies",
@@ -163,6 +165,13 @@ AMOUNT_MAX: Final[int]
 """10**15: the largest amount, in minor units."""
 ID_LEN_MAX: Final[int]
 """255: ids are 1 to 255 printable ASCII characters without spaces."""
+
+def is_id(id: str) -> bool:
+    """DESIGN.md's id rule, defined once (in Rust): 1 to ``ID_LEN_MAX`` printable ASCII
+    characters, no spaces. Body fields and key ids are checked by the same function."""
+
+def is_currency(currency: str) -> bool:
+    """DESIGN.md's currency rule, defined once (in Rust): 3 uppercase ASCII letters."""
 
 _PaymentFields: TypeAlias = tuple[str, str, str, int, str, str | None, dict[str, str] | None, bytes]
 """merchant_id, order_id, payer, amount, currency, description, metadata, fingerprint."""

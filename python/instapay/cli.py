@@ -13,14 +13,15 @@ from pathlib import Path
 
 import orjson
 
-from instapay import __version__, config, datadir, wal
+from instapay import __version__, config
 from instapay.ascii_digits import argument_int
-from instapay.datadir import DataDirectoryInUseError
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
 from instapay.engine import Engine, RecordType, redacted
 from instapay.http import ServerSettings, server
 from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.load import options as load_options
+from instapay.storage import datadir, snapshots, wal
+from instapay.storage.datadir import DataDirectoryInUseError
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
 # What can stop the engine from starting on a data directory (the lock, damage, the disk, a log
@@ -201,7 +202,7 @@ def data_dir_problem(directory: Path) -> str | None:
         return f"{directory}: no such directory"
     if not directory.is_dir():
         return f"{directory}: not a directory"
-    if not wal.segment_paths(directory / "wal") and not wal.snapshot_paths(directory):
+    if not wal.segment_paths(directory / "wal") and not snapshots.snapshot_paths(directory):
         return f"{directory}: not a data directory (no log segments, no snapshots)"
     return None
 
@@ -225,15 +226,15 @@ def wal_action(action: str, report: Callable[[Path], int], directory: Path) -> i
 def verify_data_dir(directory: Path) -> int:
     """Prints what a recovery of `directory` would find; 0 if it would succeed, 1 if not."""
     valid_lsns = []
-    for lsn, path in wal.snapshot_paths(directory):
+    for lsn, path in snapshots.snapshot_paths(directory):
         try:
-            size = len(wal.read_snapshot(path, lsn))
+            size = len(snapshots.read_snapshot(path, lsn))
         except (OSError, ValueError) as error:
             print(f"{path.name}: DAMAGED ({error}); recovery falls back to an older snapshot")
             continue
         valid_lsns.append(lsn)
         print(f"{path.name}: ok, LSN {lsn}, {size} bytes")
-    lsn_reached = wal.newest_snapshot_lsn(directory)
+    lsn_reached = snapshots.newest_snapshot_lsn(directory)
     try:
         for scan in wal.scan_log(directory, min(valid_lsns, default=0), lsn_reached):
             last = scan.lsn_next - 1
@@ -254,7 +255,7 @@ def dump_data_dir(directory: Path) -> int:
     segments = wal.segment_paths(directory / "wal")
     lsn_after = segments[0][0] - 1 if segments else 0
     try:
-        for scan in wal.scan_log(directory, lsn_after, wal.newest_snapshot_lsn(directory)):
+        for scan in wal.scan_log(directory, lsn_after, snapshots.newest_snapshot_lsn(directory)):
             for record in scan.records:
                 kind = RecordType(record.type)
                 fields = redacted(kind, orjson.loads(record.payload))

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import orjson
 
-from instapay import _core, datadir
-from instapay.engine import PAYMENTS_PATH, Engine
+from instapay import _core
+from instapay.engine import Engine
 from instapay.model import EngineConfig, Merchant
+from instapay.protocol import PAYMENTS_PATH
 from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, SignedRequest, sign_request
+from instapay.storage import datadir
 
 DEMO_FILE = "demo-merchant.json"
 DEMO_PAYERS = 1000

@@ -13,7 +13,6 @@ queue, where an attempt batch is one small record, so a slow merchant cannot slo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -106,18 +105,27 @@ class Dispatcher:
         return int(self.clock() * 1000)
 
     async def run(self) -> None:
-        self.engine.outbox.on_due = self.wake
         recorder = asyncio.create_task(self._record_outcomes(), name="instapay-webhook-log")
+        due = self.engine.deliveries_due
         try:
             while True:
                 self._wakeup.clear()
-                self.engine.outbox.due_seen()
+                due.clear()
                 self._start_due()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._until_due_s())
+                await self._sleep(due, self._until_due_s())
         finally:
-            self.engine.outbox.on_due = None
             await self._drain(recorder)
+
+    async def _sleep(self, due: asyncio.Event, timeout_s: float | None) -> None:
+        """Until a delivery becomes due in the engine, `wake` is called, or `timeout_s` passes."""
+        if due.is_set() or self._wakeup.is_set():
+            return
+        waits = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(due.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _until_due_s(self) -> float | None:
         """How long until a delivery that could start now is due; None: until woken (by a new

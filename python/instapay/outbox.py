@@ -10,9 +10,10 @@ event can be recorded, which keeps replay trivially deterministic.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
-from collections.abc import Callable, Container
+from collections.abc import Container
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -98,10 +99,9 @@ class Outbox:
         # dict keeps insertion order). A new event's delivery is only this entry and its queue
         # entry until its first attempt: no Delivery object on the payment path.
         self._pending: dict[int, tuple[str, int]] = {}
-        # Called when a delivery becomes due; the dispatcher sets it to wake itself. Once per
-        # look at the queues (`due_seen`), not once per event: a batch schedules thousands.
-        self.on_due: Callable[[], None] | None = None
-        self._signalled = False
+        # Set when a delivery becomes due: the dispatcher waits on it (and clears it before each
+        # look at the queues). A signal up, not a call: the outbox knows nothing of who waits.
+        self.due = asyncio.Event()
 
     def add_event(self, merchant_id: str, lsn: int) -> None:
         """Indexes an event (LSNs arrive in increasing order)."""
@@ -148,13 +148,7 @@ class Outbox:
 
     def _push(self, merchant_id: str, lsn: int, at_ms: int) -> None:
         heapq.heappush(self._due.setdefault(merchant_id, []), (at_ms, lsn))
-        if not self._signalled and self.on_due is not None:
-            self._signalled = True
-            self.on_due()
-
-    def due_seen(self) -> None:
-        """The dispatcher is about to look at the queues: the next push signals it again."""
-        self._signalled = False
+        self.due.set()
 
     def _next_at_ms(self, lsn: int) -> int | None:
         """When the event's pending delivery is due; None if it is not pending."""

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from instapay import _core, lists
 from instapay.ascii_digits import ascii_int
-from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine, FsyncMode, refund_lsn
+from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine, FsyncMode
 from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, read_body, request_bodies
 from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,6 +44,7 @@ from instapay.model import (
 )
 from instapay.notify import DeliveryPolicy, Dispatcher
 from instapay.outbox import event_lsn
+from instapay.protocol import refund_lsn
 from instapay.signing import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,

@@ -1,0 +1,730 @@
+"""The payment engine: signed requests in, durable results out, through one batched pipeline.
+
+::
+
+    submit ─► queue ─► batch ─► verify ─► parse ─► reserve ─► apply ─► log ─► results
+                                (native)  (native) (native)  (state)  (one write + one
+                                                                       fdatasync, in the
+                                                                       log thread)
+
+While the log thread makes batch k durable, the event loop stages batch k+1 (at most
+`PIPELINE_BATCHES_MAX` batches wait for the disk). A result is handed back, and its idempotency key
+completed, only once its record is durable; a retry of a request still in flight waits for the
+first one's result. A write or fsync error stops the engine for good (fail-stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from instapay import _core
+from instapay.engine import intake, recovery
+from instapay.engine.jobs import Answers, Job
+from instapay.engine.ops import (
+    ADMIN_TENANT,
+    AdminOp,
+    Applied,
+    DeliveriesOp,
+    KeyOp,
+    MerchantOp,
+    PaymentOp,
+    RedeliveryOp,
+    RefundOp,
+    WebhookSecretOp,
+    money_op,
+)
+from instapay.engine.records import RecordType
+from instapay.engine.state import State
+from instapay.engine.stats import EngineStats
+from instapay.ledger import Ledger
+from instapay.mandates import EXPIRES_AT_MAX_S, Mandate, MandateGrant, MandateRevocation
+from instapay.merchants import Merchants, new_kid, new_secret
+from instapay.model import (
+    AdminResult,
+    EngineConfig,
+    EngineFailedError,
+    Merchant,
+    Overloaded,
+    PaymentResult,
+    Recorded,
+    RefundResult,
+    RequestError,
+    Result,
+)
+from instapay.outbox import DeliveryOutcome, Outbox
+from instapay.protocol import PAYMENTS_PATH
+from instapay.rules import check_account, check_amount, check_id, check_webhook_url
+from instapay.signing import SignedRequest
+from instapay.storage import datadir, snapshots, wal
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_MAX_DEFAULT = 1024
+
+QUEUE_DEPTH_MAX_DEFAULT = 65_536
+
+IDEMPOTENCY_CAPACITY_DEFAULT = 1_000_000
+
+# A snapshot every this many records bounds the log a recovery replays (about 12 s per million
+# records today) and lets old segments go; taking one pauses the pipeline for its duration.
+SNAPSHOT_EVERY_RECORDS_DEFAULT = 1_000_000
+
+# Batches applied in memory but not yet durable; bounds memory and the work a crash discards.
+PIPELINE_BATCHES_MAX = 2
+
+
+FsyncMode = Literal["always", "off"]
+
+
+@dataclass(slots=True)
+class _Staged:
+    """One batch applied in memory, waiting for its records to be durable."""
+
+    types: list[int] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    # Each job with its result, its slot if it reserved a new idempotency key, and its LSN.
+    done: list[tuple[Job, Applied, int | None, int]] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Open with `Engine.open(...)`; see the module docstring for the pipeline."""
+
+    def __init__(
+        self,
+        directory: Path,
+        config: EngineConfig,
+        *,
+        fsync: FsyncMode,
+        batch_size_max: int,
+        queue_depth_max: int,
+        idempotency_capacity: int,
+        segment_bytes_max: int,
+        snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
+    ) -> None:
+        if fsync not in ("always", "off"):
+            raise ValueError(f"fsync must be 'always' or 'off', not {fsync!r}")
+        if not 1 <= batch_size_max <= _core.BATCH_LEN_MAX:
+            raise ValueError(f"batch_size_max must be 1 to {_core.BATCH_LEN_MAX}")
+        if queue_depth_max < batch_size_max:
+            raise ValueError("queue_depth_max must be at least batch_size_max")
+        self.directory = directory
+        self.fsync = fsync
+        self.batch_size_max = batch_size_max
+        self.queue_depth_max = queue_depth_max
+        self.segment_bytes_max = segment_bytes_max
+        if snapshot_every_records < 1:
+            raise ValueError("snapshot_every_records must be at least 1")
+        self.snapshot_every_records = snapshot_every_records
+        self._snapshot_lsn = 0
+        self.state = State(config, idempotency_capacity)
+        self.stats = EngineStats()
+        self._queue: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        # Retries waiting for an in-flight first request, by its idempotency slot.
+        self._waiters: dict[int, list[Job]] = {}
+        # One task per batch being made durable, oldest first; each removes itself when done.
+        self._syncing: deque[asyncio.Task[None]] = deque()
+        self._log_thread = ThreadPoolExecutor(1, thread_name_prefix="instapay-log")
+        self._log: wal.WalWriter | None = None
+        self._log_broken = False
+        self._failed: EngineFailedError | None = None
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+
+    # ---- the state, for reads (HTTP, the dispatcher, tests) --------------------------------
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.state.ledger
+
+    @property
+    def merchants(self) -> Merchants:
+        return self.state.merchants
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.state.outbox
+
+    @property
+    def deliveries_due(self) -> asyncio.Event:
+        """Set when a webhook delivery becomes due; the dispatcher waits on it and clears it
+        before each look at the outbox."""
+        return self.state.outbox.due
+
+    @property
+    def index(self) -> _core.IdempotencyIndex:
+        return self.state.index
+
+    @property
+    def results(self) -> dict[int, PaymentResult | RefundResult]:
+        return self.state.results
+
+    @property
+    def lsn_next(self) -> int:
+        return self.state.lsn_next
+
+    def balance(self, account_id: str) -> tuple[str, int] | None:
+        """(currency, balance) of an account, including the batch being made durable."""
+        return self.state.balance(account_id)
+
+    def mandates_of(self, account_id: str) -> list[Mandate] | None:
+        """An account's mandates, oldest first (revoked and expired ones too); None if there is
+        no such account."""
+        return self.state.mandates_of(account_id)
+
+    def event(self, lsn: int) -> dict[str, Any] | None:
+        return self.state.event(lsn)
+
+    def payment(self, payment_id_: str) -> PaymentResult | None:
+        """A durable payment by id."""
+        return self.state.payment(payment_id_)
+
+    def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
+        """The durable payments a merchant made for one order id, oldest first."""
+        return self.state.payments_for_order(merchant_id, order_id)
+
+    def refund_lsns(self, payment_id_: str) -> list[int]:
+        """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
+        return self.state.refund_lsns(payment_id_)
+
+    def check_invariants(self) -> None:
+        """The state's invariants (`State.check_invariants`); raises AssertionError."""
+        self.state.check_invariants()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        data_dir: Path | str,
+        *,
+        config: EngineConfig | None = None,
+        fsync: FsyncMode = "always",
+        batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
+        queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
+        idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT,
+        segment_bytes_max: int = wal.SEGMENT_BYTES_MAX_DEFAULT,
+        snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
+        snapshot_on_close: bool = True,
+    ) -> AsyncIterator[Engine]:
+        """Recovers the data directory, runs the engine, and on exit drains it and snapshots
+        (`snapshot_on_close=False` leaves only the log, as a crash would: the next open replays
+        it all)."""
+        directory = Path(data_dir)
+        datadir.create(directory)
+        lock = datadir.lock(directory)
+        engine = cls(
+            directory,
+            config or EngineConfig(),
+            fsync=fsync,
+            batch_size_max=batch_size_max,
+            queue_depth_max=queue_depth_max,
+            idempotency_capacity=idempotency_capacity,
+            segment_bytes_max=segment_bytes_max,
+            snapshot_every_records=snapshot_every_records,
+        )
+        try:
+            await asyncio.to_thread(engine._recover)
+            engine._runner = asyncio.create_task(engine._run(), name="instapay-engine")
+            try:
+                yield engine
+            finally:
+                await engine.close(snapshot=snapshot_on_close)
+        finally:
+            os.close(lock)  # releases the lock
+
+    def _enqueue(self, job: Job) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise RuntimeError("the engine is closed")
+        if len(self._queue) >= self.queue_depth_max:
+            raise Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
+        self._queue.append(job)
+        self._wakeup.set()
+
+    async def _one(self, **parts: Any) -> Applied:
+        answers = Answers(1)
+        self._enqueue(Job(answers, 0, **parts))
+        [answer] = await answers.future
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is None:
+            raise TypeError("a request was left unanswered")
+        return answer
+
+    async def submit(self, request: SignedRequest) -> PaymentResult | RefundResult:
+        """Processes one signed payment or refund request (its `idempotency_key` must be signed,
+        v2); raises the RequestError refusing it."""
+        return _signed(await self._one(request=request))
+
+    async def submit_many(
+        self, requests: Sequence[SignedRequest]
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Processes many requests; per request its result or the error refusing it.
+
+        Raises EngineFailedError if the engine stopped.
+        """
+        return await self._submit_all([{"request": request} for request in requests])
+
+    async def submit_authenticated(
+        self, merchant: Merchant, bodies: Sequence[bytes]
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Payments of `merchant` whose signature the caller has checked: the batch endpoint,
+        where one signature covers every body. Idempotency scope: (merchant, order id)."""
+        path = PAYMENTS_PATH
+        parts = [
+            {"request": SignedRequest(None, "POST", path, body), "merchant": merchant}
+            for body in bodies
+        ]
+        return await self._submit_all(parts)
+
+    async def _submit_all(
+        self, parts: list[dict[str, Any]]
+    ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
+        """Queues one job per entry of `parts` and waits for all their answers."""
+        if not parts:
+            return []
+        answers = Answers(len(parts))
+        for index, job_parts in enumerate(parts):
+            try:
+                self._enqueue(Job(answers, index, **job_parts))
+            except Overloaded as error:
+                answers.put(index, error)
+        results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
+        for answer in await answers.future:
+            if isinstance(answer, EngineFailedError):
+                raise answer
+            if answer is None or isinstance(answer, AdminResult | Merchant | Recorded | Mandate):
+                raise TypeError(f"a signed request was answered with {answer!r}")
+            results.append(answer)
+        return results
+
+    async def _admin(self, op: AdminOp) -> AdminResult:
+        return _expect(AdminResult, await self._one(control=op))
+
+    async def open_account(
+        self, account_id: str, currency: str, *, overdraft: bool = False
+    ) -> AdminResult:
+        check_account(account_id, currency)
+        return await self._admin(
+            AdminOp(RecordType.OPEN_ACCOUNT, account_id, currency, 0, overdraft)
+        )
+
+    async def deposit(
+        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
+    ) -> AdminResult:
+        """With a key, a retry (same key, same deposit) gets the first result again
+        (`replayed`) and another deposit under the key is refused (`idempotency_key_reused`)."""
+        op = money_op(RecordType.DEPOSIT, account_id, amount, currency, idempotency_key)
+        return await self._admin(op)
+
+    async def withdraw(
+        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
+    ) -> AdminResult:
+        """Like `deposit`, the other way."""
+        op = money_op(RecordType.WITHDRAW, account_id, amount, currency, idempotency_key)
+        return await self._admin(op)
+
+    async def create_merchant(
+        self, merchant_id: str, settlement_account: str, webhook_url: str | None = None
+    ) -> Merchant:
+        """A new merchant with a fresh key (and a webhook secret if it has a webhook URL); the
+        returned Merchant holds the secrets, which the caller shows once."""
+        check_id("merchant id", merchant_id)
+        check_id("settlement_account", settlement_account)
+        if webhook_url is not None:
+            check_webhook_url(webhook_url)
+        merchant = Merchant(
+            merchant_id,
+            settlement_account,
+            {new_kid(): new_secret()},
+            webhook_url,
+            None if webhook_url is None else new_secret(),
+        )
+        return _expect(Merchant, await self._one(control=MerchantOp(merchant)))
+
+    async def add_key(self, merchant_id: str) -> tuple[str, bytes]:
+        """A new key for the merchant, valid at once next to its other keys: (kid, secret)."""
+        kid, secret = new_kid(), new_secret()
+        await self._one(control=KeyOp(RecordType.KEY_ADDED, merchant_id, kid, secret))
+        return kid, secret
+
+    async def revoke_key(self, merchant_id: str, kid: str) -> Merchant:
+        """Revokes a key; requests signed with it fail from the next batch on."""
+        op = KeyOp(RecordType.KEY_REVOKED, merchant_id, kid)
+        return _expect(Merchant, await self._one(control=op))
+
+    async def rotate_webhook_secret(self, merchant_id: str) -> bytes:
+        """A new webhook secret; the old one signs deliveries too until it is revoked."""
+        secret = new_secret()
+        op = WebhookSecretOp(RecordType.WEBHOOK_SECRET_ROTATED, merchant_id, secret)
+        await self._one(control=op)
+        return secret
+
+    async def revoke_previous_webhook_secret(self, merchant_id: str) -> Merchant:
+        op = WebhookSecretOp(RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED, merchant_id)
+        return _expect(Merchant, await self._one(control=op))
+
+    async def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Logs finished webhook attempts (one record), so a restart resumes the schedule."""
+        await self._one(control=DeliveriesOp(tuple(outcomes)))
+
+    async def redeliver(self, event_lsns: Sequence[int]) -> None:
+        """Starts a fresh round of deliveries for these events, due now."""
+        lsns = tuple(dict.fromkeys(event_lsns))  # each event once
+        await self._one(control=RedeliveryOp(lsns, int(time.time() * 1000)))
+
+    async def grant_mandate(
+        self,
+        account_id: str,
+        merchant_id: str,
+        amount_max_per_payment: int,
+        *,
+        amount_max_per_day: int | None = None,
+        expires_at_s: int | None = None,
+    ) -> Mandate:
+        """Records that the payer account lets the merchant debit it within these limits."""
+        check_id("account id", account_id)
+        check_id("merchant_id", merchant_id)
+        check_amount(amount_max_per_payment, "amount_max_per_payment")
+        if amount_max_per_day is not None:
+            check_amount(amount_max_per_day, "amount_max_per_day")
+            if amount_max_per_day < amount_max_per_payment:
+                raise RequestError(
+                    "invalid_request", "amount_max_per_day: at least amount_max_per_payment"
+                )
+        now_s = int(time.time())
+        if expires_at_s is not None and not now_s < expires_at_s <= EXPIRES_AT_MAX_S:
+            raise RequestError(
+                "invalid_request",
+                f"expires_at: unix seconds after now ({now_s}) and at most {EXPIRES_AT_MAX_S}",
+            )
+        grant = MandateGrant(
+            account_id, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, now_s
+        )
+        return _expect(Mandate, await self._one(control=grant))
+
+    async def revoke_mandate(self, account_id: str, mandate_id: str) -> Mandate:
+        """Ends a mandate: payments under it are declined (`mandate_missing`) from now on."""
+        op = MandateRevocation(account_id, mandate_id, int(time.time()))
+        return _expect(Mandate, await self._one(control=op))
+
+    @property
+    def failed(self) -> EngineFailedError | None:
+        """Why the engine stopped (fail-stop), or None while it runs."""
+        return self._failed
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self._failed is None:
+                count = min(len(self._queue), self.batch_size_max)
+                jobs = [self._queue.popleft() for _ in range(count)]
+                try:
+                    staged = self._stage(jobs)
+                    self.stats.batches += 1
+                    self.stats.batch_sizes.observe(len(jobs))
+                    self.stats.requests += len(jobs)
+                    self.stats.records += len(staged.payloads)
+                except Exception as error:  # a bug: memory may hold half a batch, so stop
+                    failure = self._stop(error, "a batch could not be applied")
+                    for job in jobs:
+                        job.answer(failure)
+                    break
+                await self._commit(staged)
+                if self.state.lsn_next - 1 - self._snapshot_lsn >= self.snapshot_every_records:
+                    await self._snapshot_between_batches()
+            if self._failed is not None:
+                self._reject_queued(self._failed)
+            if self._closing and not self._queue:
+                return
+
+    def _stage(self, jobs: list[Job]) -> _Staged:
+        now_s = int(time.time())
+        ops = intake.parse(self.state, jobs, now_s)
+        keyed: list[Job] = []
+        keys: list[bytes] = []
+        fingerprints: list[bytes] = []
+        tenants: list[str] = []
+        for job, op in ops:
+            if isinstance(op, PaymentOp | RefundOp | AdminOp) and op.key is not None:
+                keyed.append(job)
+                keys.append(op.key)
+                fingerprints.append(op.fingerprint)
+                tenants.append(ADMIN_TENANT if isinstance(op, AdminOp) else op.merchant.id)
+        answers = self.state.index.reserve_batch(keys, fingerprints, now_s, tenants)
+        answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
+        staged = _Staged()
+        for job, op in ops:
+            answer = answer_of.get(id(job))
+            if answer is None or answer[0] == _core.RESERVE_NEW:
+                try:
+                    self.state.check(op)
+                except RequestError as error:
+                    job.answer(error)
+                    continue
+                lsn = self.state.lsn_next
+                result = self.state.apply(op, now_s, staged.types, staged.payloads)
+                slot = None if answer is None else answer[1]
+                staged.done.append((job, result, slot, lsn))
+                if slot is not None:
+                    staged.slots.append(slot)
+                    staged.refs.append(self.state.lsn_next - 1)
+                    self._waiters[slot] = []
+            else:
+                self._answer_known(job, *answer)
+        return staged
+
+    def _answer_known(self, job: Job, status: int, value: int) -> None:
+        """Answers a request whose idempotency key the index already knows."""
+        if status == _core.RESERVE_REPLAY:
+            stored = self.state.results.get(value) or self.state.admin_results[value]
+            if isinstance(stored, PaymentResult):
+                stored = self.state.as_now(stored)
+            job.answer(_replayed(stored))
+        elif status == _core.RESERVE_IN_FLIGHT:
+            self._waiters[value].append(job)
+        elif status == _core.RESERVE_MISMATCH:
+            job.answer(
+                RequestError(
+                    "idempotency_key_reused",
+                    "this idempotency key was used with a different request",
+                    422,
+                ),
+            )
+        elif status == _core.RESERVE_TENANT_FULL:
+            index = self.state.index
+            job.answer(
+                Overloaded(
+                    f"this merchant holds its share of the idempotency index ({value} keys, "
+                    f"{index.tenant_share_percent} % of {index.capacity_max}) and the index "
+                    f"keeps one share free for other merchants; keys are kept "
+                    f"{index.ttl_seconds} s"
+                )
+            )
+        else:
+            job.answer(Overloaded("the idempotency index is full"))
+
+    async def _commit(self, staged: _Staged) -> None:
+        if not staged.payloads:
+            self._publish(staged)
+            return
+        while len(self._syncing) >= PIPELINE_BATCHES_MAX:
+            await asyncio.wait({self._syncing[0]})
+        loop = asyncio.get_running_loop()
+        # The engine numbered these records as it applied them (ids carry their LSN).
+        lsn_first = self.state.lsn_next - len(staged.payloads)
+        # The single log thread writes batches in the order they are handed over.
+        written = loop.run_in_executor(
+            self._log_thread, self._append, lsn_first, staged.types, staged.payloads
+        )
+        self._syncing.append(asyncio.create_task(self._finish(written, staged)))
+
+    def _append(self, lsn_first: int, types: list[int], payloads: list[bytes]) -> int:
+        """Runs in the log thread: once a write failed, nothing more is written. The log must
+        number the batch from `lsn_first`, as the engine did: checked before the write (nothing
+        misnumbered reaches the disk) and on the LSN the writer reports."""
+        if self._log_broken:
+            raise EngineFailedError("an earlier write failed")
+        writer = self._writer()
+        started_s = time.perf_counter()
+        bytes_before = writer.bytes_written
+        try:
+            _check_lsn_first(lsn_first, writer.lsn_next, "before the write")
+            first = writer.append(types, payloads)
+            _check_lsn_first(lsn_first, first, "as written")
+        except BaseException:
+            self._log_broken = True
+            raise
+        seconds = time.perf_counter() - started_s
+        # Plain integer and float updates: atomic enough under the GIL for monitoring.
+        self.stats.log_writes += 1
+        self.stats.log_bytes += writer.bytes_written - bytes_before
+        self.stats.log_write_seconds += seconds
+        self.stats.log_write_seconds_max = max(self.stats.log_write_seconds_max, seconds)
+        self.stats.log_write_latency.observe(seconds)
+        return first
+
+    async def _finish(self, written: asyncio.Future[int], staged: _Staged) -> None:
+        """Answers a batch once the log thread has made it durable (or fails the engine)."""
+        try:
+            await written
+        except Exception as error:  # any failed write stops the engine
+            self._fail(error, staged)
+        else:
+            self._publish(staged)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._syncing.remove(task)
+
+    def _publish(self, staged: _Staged) -> None:
+        """The batch is durable: remember its results, complete its keys, answer its callers."""
+        for _, result, slot, lsn in staged.done:
+            if isinstance(result, PaymentResult | RefundResult):
+                self.state.remember(lsn, result)
+            elif isinstance(result, AdminResult) and slot is not None:
+                self.state.admin_results[lsn] = result
+        self.state.index.complete_batch(staged.slots, staged.refs)
+        for job, result, slot, _ in staged.done:
+            job.answer(result)
+            if slot is not None:
+                for waiter in self._waiters.pop(slot):
+                    waiter.answer(_replayed(result))
+
+    def _stop(self, error: BaseException, why: str) -> EngineFailedError:
+        """Fail-stop: from now on the engine answers nothing but this error."""
+        if self._failed is None:
+            log.critical("%s, stopping the engine: %s", why, error)
+            self._failed = EngineFailedError(f"{why}: {error}")
+            self._failed.__cause__ = error
+        self._wakeup.set()
+        return self._failed
+
+    def _fail(self, error: BaseException, staged: _Staged) -> None:
+        failure = self._stop(error, "the write-ahead log failed")
+        for job, _, slot, _ in staged.done:
+            job.answer(failure)
+            for waiter in self._waiters.pop(slot, []) if slot is not None else []:
+                waiter.answer(failure)
+
+    def _reject_queued(self, failure: EngineFailedError) -> None:
+        """After a stop: refuses what is queued and the retries waiting for a first request."""
+        while self._queue:
+            self._queue.popleft().answer(failure)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.answer(failure)
+
+    def _recover(self) -> None:
+        datadir.warn_if_open_to_others(self.directory)
+        snapshots.remove_temp_files(self.directory)
+        lsn_after = 0
+        loaded = snapshots.load_snapshot(self.directory)
+        if loaded is not None:
+            lsn_after = self._snapshot_lsn = loaded[0]
+            recovery.restore(self.state, *loaded)
+        replayed = 0
+        # The newest snapshot's name says how far the log reached, even when its content is
+        # damaged and recovery falls back to an older one: a log ending earlier lost records.
+        lsn_reached = snapshots.newest_snapshot_lsn(self.directory)
+        for records in wal.replay(self.directory, lsn_after, lsn_reached):
+            recovery.replay_records(self.state, records)
+            replayed += len(records)
+        self.check_invariants()
+        self.state.index.expire(int(time.time()))
+        self._log = wal.WalWriter(
+            self.directory,
+            self.state.lsn_next,
+            sync=self.fsync == "always",
+            segment_bytes_max=self.segment_bytes_max,
+        )
+        log.info(
+            "recovered to LSN %d (snapshot %d, %d records replayed)",
+            self.state.lsn_next - 1,
+            lsn_after,
+            replayed,
+        )
+
+    async def _snapshot_between_batches(self) -> None:
+        """Lets the batches in flight become durable, then snapshots in the log thread. A failed
+        snapshot is logged, not fatal: the log still holds everything."""
+        while self._syncing:
+            await asyncio.wait({self._syncing[0]})
+        if self._failed is not None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)
+        except OSError as error:
+            log.error(
+                "snapshot at LSN %d failed, the log keeps everything: %s",
+                self.state.lsn_next - 1,
+                error,
+            )
+            self._snapshot_lsn = self.state.lsn_next - 1
+
+    def snapshot(self) -> Path:
+        """Writes a snapshot of the durable state and drops the log segments it makes unneeded.
+
+        Only between batches: call it when nothing is being made durable (as `close` does).
+        """
+        if self._syncing:
+            raise RuntimeError("a snapshot must wait until no batch is being written")
+        path = snapshots.write_snapshot(
+            self.directory, self.state.lsn_next - 1, recovery.snapshot_payload(self.state)
+        )
+        self._snapshot_lsn = self.state.lsn_next - 1
+        self._writer().drop_segments_before(snapshots.oldest_kept_snapshot_lsn(self.directory) + 1)
+        return path
+
+    def _writer(self) -> wal.WalWriter:
+        if self._log is None:
+            raise RuntimeError("the log opens when recovery has finished")
+        return self._log
+
+    async def close(self, *, snapshot: bool = True) -> None:
+        """Stops taking requests, finishes the queued ones, snapshots and closes the log."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        if self._runner is not None:
+            await self._runner
+        while self._syncing:
+            await asyncio.wait({self._syncing[0]})
+        if self._log is not None:
+            if self._failed is None and snapshot:
+                await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)
+            with contextlib.suppress(OSError):
+                self._log.close()
+        self._log_thread.shutdown(wait=True)
+
+
+def _check_lsn_first(engine_lsn: int, log_lsn: int, when: str) -> None:
+    if log_lsn != engine_lsn:
+        raise AssertionError(
+            f"the engine numbered a batch from LSN {engine_lsn}, the log from {log_lsn} ({when})"
+        )
+
+
+T = TypeVar("T")
+
+
+def _expect(kind: type[T], value: object) -> T:
+    """The pipeline's answer, of the type the operation produces; anything else is a bug."""
+    if not isinstance(value, kind):
+        raise TypeError(f"expected a {kind.__name__}, the pipeline produced {value!r}")
+    return value
+
+
+def _replayed(result: Applied) -> Result:
+    """A stored result answered again to a retry, marked as such."""
+    if isinstance(result, AdminResult):
+        return replace(result, replayed=True)
+    if isinstance(result, PaymentResult | RefundResult):
+        return result._replace(replayed=True)
+    raise TypeError(f"a keyed request produced {result!r}")
+
+
+def _signed(result: Applied) -> PaymentResult | RefundResult:
+    """The result of a signed request; anything else is a bug in the pipeline."""
+    if not isinstance(result, PaymentResult | RefundResult):
+        raise TypeError(f"a signed request produced {result!r}")
+    return result

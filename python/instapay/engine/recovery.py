@@ -1,0 +1,197 @@
+"""Recovery: replaying logged records into the state, and the snapshot payload (the state as of
+one LSN) that lets a recovery skip the log before it. Snapshot files are instapay.storage's."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+from instapay import _core
+from instapay.engine.ops import ADMIN_TENANT
+from instapay.engine.records import (
+    CONTROL_RECORDS,
+    MANDATE_RECORDS,
+    PAYMENT_RECORDS,
+    RecordType,
+    failure_of,
+    logged_key,
+)
+from instapay.engine.state import State
+from instapay.ledger import Ledger
+from instapay.model import AdminResult, PaymentResult, RefundResult, RequestError, Result, Status
+from instapay.protocol import PAYMENT_ID_PREFIX
+from instapay.storage import wal
+
+# Snapshot payload: length of the JSON state, the JSON state, length of the ledger state, the
+# ledger state (native, rust/state/snapshot.rs), then the idempotency index dump. Snapshots written
+# before the ledger was native hold it as JSON rows in the state ("ledger"), with no length.
+SNAPSHOT_STATE_LEN = struct.Struct("<Q")
+
+
+class ReplayMismatchError(ValueError):
+    """A logged record does not replay to its logged outcome: a bug, or the configuration
+    changed what the record depends on (a configured merchant's settlement account)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"{detail}; was a configured merchant given an account that existed before, or "
+            "removed? Restore the configuration the log was written under"
+        )
+
+
+def replay_records(state: State, records: list[wal.Record]) -> None:
+    keys: list[tuple[bytes, bytes, int, int]] = []
+    for record in records:
+        if record.lsn != state.lsn_next:
+            raise AssertionError(f"replay expected LSN {state.lsn_next}, got {record.lsn}")
+        state.lsn_next += 1
+        fields = orjson.loads(record.payload)
+        kind = RecordType(record.type)
+        if kind in CONTROL_RECORDS:
+            _replay_logged_control(state, kind, record.lsn, fields)
+            continue
+        if kind in MANDATE_RECORDS:
+            state.replay_mandate(kind, record.lsn, fields)
+            continue
+        result: Result
+        if kind in PAYMENT_RECORDS:
+            consent = kind == RecordType.PAYMENT_WITH_CONSENT
+            result = state.replay_payment(record.lsn, fields, consent=consent)
+        elif kind == RecordType.REFUND:
+            result = state.replay_refund(record.lsn, fields)
+            if result.amount != fields[7]:
+                raise ReplayMismatchError(
+                    f"replay of LSN {record.lsn} refunded {result.amount}, the log says {fields[7]}"
+                )
+        else:
+            result = state.replay_admin(kind, fields)
+        if failure_of(fields[-1]) != result.failure_code:
+            raise ReplayMismatchError(
+                f"replay of LSN {record.lsn} gave {result.failure_code or 'success'}, "
+                f"the log says {'it succeeded' if fields[-1] is None else fields[-1]}"
+            )
+        key = logged_key(kind, fields)
+        if isinstance(result, PaymentResult | RefundResult):
+            state.remember(record.lsn, result)
+        elif key is not None:
+            state.admin_results[record.lsn] = result
+        if key is not None:
+            keys.append((*key, record.lsn))
+    _restore_keys(state, keys)
+
+
+def _replay_logged_control(state: State, kind: RecordType, lsn: int, fields: list[Any]) -> None:
+    try:
+        state.replay_control(kind, lsn, fields)
+    except (RequestError, ValueError, KeyError) as error:
+        # The log holds it, so it applied once: the configuration file changed since.
+        detail = error.message if isinstance(error, RequestError) else str(error)
+        message = f"the {kind.name} record at LSN {lsn} does not apply: {detail}"
+        raise ValueError(message) from None
+
+
+def _restore_keys(state: State, keys: list[tuple[bytes, bytes, int, int]]) -> None:
+    """Re-reserves and completes logged idempotency keys, a run of equal times at a time."""
+    start = 0
+    while start < len(keys):
+        end = start
+        while end < len(keys) and keys[end][2] == keys[start][2]:
+            end += 1
+        run = keys[start:end]
+        # Logged keys were accepted once: over a share (changed since) they are kept all the
+        # same, or a retry of their request would apply twice.
+        answers = state.index.reserve_batch(
+            [k for k, _, _, _ in run],
+            [f for _, f, _, _ in run],
+            run[0][2],
+            [_tenant_of(state, lsn) for _, _, _, lsn in run],
+            enforce_shares=False,
+        )
+        slots = [slot for status, slot in answers if status == _core.RESERVE_NEW]
+        refs = [
+            lsn
+            for (status, _), (_, _, _, lsn) in zip(answers, run, strict=True)
+            if status == _core.RESERVE_NEW
+        ]
+        state.index.complete_batch(slots, refs)
+        start = end
+
+
+def _tenant_of(state: State, lsn: int) -> str:
+    """Whose share of the idempotency index the key logged at `lsn` counts in."""
+    result = state.results.get(lsn)
+    return ADMIN_TENANT if result is None else result.merchant_id
+
+
+def snapshot_payload(state: State) -> bytes:
+    """The state as of its last LSN: its length, the state as JSON, the ledger's length, the
+    ledger (native format), the idempotency index dump."""
+    saved = {
+        "lsn": state.lsn_next - 1,
+        # Every field of each result but `replayed`; its LSN is in its id.
+        "results": [list(result[:-1]) for result in state.results.values()],
+        "admin_results": [
+            [lsn, result.account_id, result.status, result.failure_code, result.balance]
+            for lsn, result in state.admin_results.items()
+        ],
+        "merchants": state.merchants.to_snapshot(),
+        "deliveries": state.outbox.to_snapshot(),
+    }
+    encoded = orjson.dumps(saved)
+    ledger = state.ledger.to_snapshot()
+    return b"".join(
+        (
+            SNAPSHOT_STATE_LEN.pack(len(encoded)),
+            encoded,
+            SNAPSHOT_STATE_LEN.pack(len(ledger)),
+            ledger,
+            state.index.dump(),
+        )
+    )
+
+
+def restore(state: State, lsn: int, payload: bytes) -> None:
+    """Loads a snapshot payload (`snapshot_payload`, or an older one) into a fresh state."""
+    (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
+    start = SNAPSHOT_STATE_LEN.size
+    saved = orjson.loads(payload[start : start + length])
+    if saved["lsn"] != lsn:
+        raise ValueError(f"snapshot for LSN {lsn} holds state of LSN {saved['lsn']}")
+    start += length
+    if "ledger" in saved:  # written before the ledger was native: its JSON rows
+        state.ledger = Ledger.from_snapshot(saved["ledger"])
+    else:
+        (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, start)
+        start += SNAPSHOT_STATE_LEN.size
+        state.ledger = Ledger.from_snapshot(payload[start : start + length])
+        start += length
+    # Snapshots written before merchants and deliveries were logged have neither.
+    state.merchants.restore(saved.get("merchants", []))
+    state.mark_settlement_accounts()
+    for row in saved["results"]:
+        result = _result_from_row(row)
+        state.remember(_lsn_of(result), result, notify=False)
+    # Snapshots written before deposits took idempotency keys have none.
+    for admin_lsn, account_id, status, failure, balance in saved.get("admin_results", []):
+        state.admin_results[admin_lsn] = AdminResult(
+            account_id, Status(status), failure_of(failure), balance
+        )
+    state.outbox.restore(saved.get("deliveries", []))
+    # The configured share, not the one the snapshot was taken with.
+    state.index = _core.IdempotencyIndex.load(payload[start:], state.index.tenant_share_percent)
+    state.lsn_next = lsn + 1
+
+
+def _result_from_row(row: list[Any]) -> PaymentResult | RefundResult:
+    """A result from its snapshot row (its fields but `replayed`, enums as their values)."""
+    kind = PaymentResult if row[0].startswith(PAYMENT_ID_PREFIX) else RefundResult
+    status_at = kind._fields.index("status")
+    row[status_at] = Status(row[status_at])
+    row[status_at + 1] = failure_of(row[status_at + 1])
+    return kind(*row)
+
+
+def _lsn_of(result: PaymentResult | RefundResult) -> int:
+    return int(result.id.rpartition("_")[2])
