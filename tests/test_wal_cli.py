@@ -120,6 +120,7 @@ def test_wal_dump_prints_each_record_by_field_name(
         "currency": "EUR",
         "amount": 1,
         "overdraft": False,
+        "idempotency": None,  # sent without an Idempotency-Key
         "failure_code": None,
     }
     [outcome] = printed["DELIVERIES"]["outcomes"]

@@ -16,7 +16,8 @@ import orjson
 from instapay import __version__, config
 from instapay.ascii_digits import argument_int
 from instapay.demo import DEMO_BALANCE, DEMO_FILE, DEMO_PAYERS, DemoMerchant
-from instapay.engine import Engine, RecordType, redacted
+from instapay.engine import Engine, records
+from instapay.engine.records import redacted
 from instapay.http import ServerSettings, server
 from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.load import options as load_options
@@ -257,9 +258,8 @@ def dump_data_dir(directory: Path) -> int:
     try:
         for scan in wal.scan_log(directory, lsn_after, snapshots.newest_snapshot_lsn(directory)):
             for record in scan.records:
-                kind = RecordType(record.type)
-                fields = redacted(kind, orjson.loads(record.payload))
-                print(f"{record.lsn} {kind.name} {orjson.dumps(fields).decode()}")
+                kind, fields = records.decode(record.type, record.payload)
+                print(f"{record.lsn} {kind.name} {orjson.dumps(redacted(fields)).decode()}")
     except wal.WalCorruptError as error:
         print(f"CORRUPT: {error}")
         return 1

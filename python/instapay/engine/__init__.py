@@ -1,7 +1,9 @@
-"""The engine: a batched pipeline (`pipeline`) over a state machine (`state`), fed by `intake`,
-recovered by `recovery`; see docs/ARCHITECTURE.md. The names embedders and tools use are
+"""The engine: a batched pipeline (`pipeline`) over the state (`state`) and one handler per
+operation (`handlers`), fed by `intake`, logging typed records (`records`), recovered by
+`recovery`; see docs/ARCHITECTURE.md. The names embedders and tools use are
 re-exported here."""
 
+from instapay.engine.handlers import ReplayMismatchError
 from instapay.engine.pipeline import (
     BATCH_SIZE_MAX_DEFAULT,
     IDEMPOTENCY_CAPACITY_DEFAULT,
@@ -12,7 +14,7 @@ from instapay.engine.pipeline import (
     FsyncMode,
 )
 from instapay.engine.records import RECORD_FIELDS, SECRET_REDACTED, RecordType, named, redacted
-from instapay.engine.recovery import SNAPSHOT_STATE_LEN, ReplayMismatchError
+from instapay.engine.recovery import SNAPSHOT_STATE_LEN
 from instapay.engine.stats import BucketCounts, EngineStats
 from instapay.protocol import PAYMENTS_PATH, payment_id, payment_lsn, refund_id, refund_lsn
 

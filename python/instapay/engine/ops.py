@@ -1,18 +1,16 @@
-"""What the pipeline applies: a parsed payment or refund, or a control change an admin (or the
-webhook dispatcher) makes, in log order with the payments; and the builders that check them."""
+"""What the pipeline applies (the commands of `handlers`): a parsed payment or refund, or a
+control change an admin (or the webhook dispatcher) makes; and the builders that check them."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
 from instapay import _core
-from instapay.engine.records import RecordType
-from instapay.mandates import Mandate, MandateGrant, MandateRevocation
-from instapay.merchants import merchant_row
+from instapay.engine.records import Record, RecordType
+from instapay.mandates import Mandate
 from instapay.model import Merchant, Recorded, Result
-from instapay.outbox import DeliveryOutcome
 from instapay.rules import check_account, check_amount, check_client_key
 
 # The share of the idempotency index that keyed admin deposits and withdrawals count in: a name
@@ -35,39 +33,10 @@ class MerchantOp(NamedTuple):
     merchant: Merchant
 
 
-class KeyOp(NamedTuple):
-    kind: RecordType
-    merchant_id: str
-    kid: str
-    secret: bytes = b""
-
-
-class WebhookSecretOp(NamedTuple):
-    kind: RecordType
-    merchant_id: str
-    secret: bytes = b""
-
-
-class DeliveriesOp(NamedTuple):
-    outcomes: tuple[DeliveryOutcome, ...]
-
-
-class RedeliveryOp(NamedTuple):
-    event_lsns: tuple[int, ...]
-    at_ms: int
-
-
-# Changes an admin (or the webhook dispatcher) makes, in log order with the payments.
-ControlOp = (
-    AdminOp
-    | MerchantOp
-    | KeyOp
-    | WebhookSecretOp
-    | DeliveriesOp
-    | RedeliveryOp
-    | MandateGrant
-    | MandateRevocation
-)
+# A change an admin (or the webhook dispatcher) makes, in log order with the payments: an account
+# change, a new merchant, or a change that is its own record (a key, a webhook secret, delivery
+# attempts, a redelivery, a mandate).
+ControlOp = AdminOp | MerchantOp | Record
 
 Applied = Result | Merchant | Recorded | Mandate
 
@@ -113,24 +82,3 @@ def money_op(
     key = idempotency_key("", f"a:{client_key}")
     fingerprint = _core.sha256(orjson.dumps([kind, account_id, currency, amount]))
     return AdminOp(kind, account_id, currency, amount, key=key, fingerprint=fingerprint)
-
-
-def mandate_record(op: MandateGrant | MandateRevocation) -> tuple[RecordType, dict[str, Any]]:
-    kind = (
-        RecordType.MANDATE_GRANTED if isinstance(op, MandateGrant) else RecordType.MANDATE_REVOKED
-    )
-    return kind, op.record()
-
-
-def control_record(op: ControlOp) -> tuple[RecordType, list[Any]]:
-    """The log record of a merchant, key or delivery change."""
-    if isinstance(op, MerchantOp):
-        return RecordType.MERCHANT_CREATED, merchant_row(op.merchant)
-    if isinstance(op, KeyOp | WebhookSecretOp):
-        names = [op.merchant_id, op.kid] if isinstance(op, KeyOp) else [op.merchant_id]
-        return op.kind, [*names, op.secret.hex()] if op.secret else names
-    if isinstance(op, DeliveriesOp):
-        return RecordType.DELIVERIES, [list(outcome) for outcome in op.outcomes]
-    if isinstance(op, RedeliveryOp):
-        return RecordType.REDELIVERY, [op.at_ms, list(op.event_lsns)]
-    raise TypeError(f"{op!r} is not a control change")

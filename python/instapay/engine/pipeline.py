@@ -25,30 +25,23 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from instapay import _core
-from instapay.engine import intake, recovery
+from instapay.engine import handlers, intake, recovery
+from instapay.engine.api import EngineApi
 from instapay.engine.jobs import Answers, Job
 from instapay.engine.ops import (
     ADMIN_TENANT,
     AdminOp,
     Applied,
-    DeliveriesOp,
-    KeyOp,
-    MerchantOp,
+    ControlOp,
     PaymentOp,
-    RedeliveryOp,
     RefundOp,
-    WebhookSecretOp,
-    money_op,
 )
-from instapay.engine.records import RecordType
 from instapay.engine.state import State
 from instapay.engine.stats import EngineStats
-from instapay.ledger import Ledger
-from instapay.mandates import EXPIRES_AT_MAX_S, Mandate, MandateGrant, MandateRevocation
-from instapay.merchants import Merchants, new_kid, new_secret
+from instapay.mandates import Mandate
 from instapay.model import (
     AdminResult,
     EngineConfig,
@@ -61,9 +54,7 @@ from instapay.model import (
     RequestError,
     Result,
 )
-from instapay.outbox import DeliveryOutcome, Outbox
 from instapay.protocol import PAYMENTS_PATH
-from instapay.rules import check_account, check_amount, check_id, check_webhook_url
 from instapay.signing import SignedRequest
 from instapay.storage import datadir, snapshots, wal
 
@@ -98,8 +89,9 @@ class _Staged:
     refs: list[int] = field(default_factory=list)
 
 
-class Engine:
-    """Open with `Engine.open(...)`; see the module docstring for the pipeline."""
+class Engine(EngineApi):
+    """Open with `Engine.open(...)`; see the module docstring for the pipeline. The admin and
+    dispatcher operations and the reads are `EngineApi`'s."""
 
     def __init__(
         self,
@@ -142,66 +134,6 @@ class Engine:
         self._failed: EngineFailedError | None = None
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
-
-    # ---- the state, for reads (HTTP, the dispatcher, tests) --------------------------------
-
-    @property
-    def ledger(self) -> Ledger:
-        return self.state.ledger
-
-    @property
-    def merchants(self) -> Merchants:
-        return self.state.merchants
-
-    @property
-    def outbox(self) -> Outbox:
-        return self.state.outbox
-
-    @property
-    def deliveries_due(self) -> asyncio.Event:
-        """Set when a webhook delivery becomes due; the dispatcher waits on it and clears it
-        before each look at the outbox."""
-        return self.state.outbox.due
-
-    @property
-    def index(self) -> _core.IdempotencyIndex:
-        return self.state.index
-
-    @property
-    def results(self) -> dict[int, PaymentResult | RefundResult]:
-        return self.state.results
-
-    @property
-    def lsn_next(self) -> int:
-        return self.state.lsn_next
-
-    def balance(self, account_id: str) -> tuple[str, int] | None:
-        """(currency, balance) of an account, including the batch being made durable."""
-        return self.state.balance(account_id)
-
-    def mandates_of(self, account_id: str) -> list[Mandate] | None:
-        """An account's mandates, oldest first (revoked and expired ones too); None if there is
-        no such account."""
-        return self.state.mandates_of(account_id)
-
-    def event(self, lsn: int) -> dict[str, Any] | None:
-        return self.state.event(lsn)
-
-    def payment(self, payment_id_: str) -> PaymentResult | None:
-        """A durable payment by id."""
-        return self.state.payment(payment_id_)
-
-    def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
-        """The durable payments a merchant made for one order id, oldest first."""
-        return self.state.payments_for_order(merchant_id, order_id)
-
-    def refund_lsns(self, payment_id_: str) -> list[int]:
-        """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
-        return self.state.refund_lsns(payment_id_)
-
-    def check_invariants(self) -> None:
-        """The state's invariants (`State.check_invariants`); raises AssertionError."""
-        self.state.check_invariants()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -311,115 +243,8 @@ class Engine:
             results.append(answer)
         return results
 
-    async def _admin(self, op: AdminOp) -> AdminResult:
-        return _expect(AdminResult, await self._one(control=op))
-
-    async def open_account(
-        self, account_id: str, currency: str, *, overdraft: bool = False
-    ) -> AdminResult:
-        check_account(account_id, currency)
-        return await self._admin(
-            AdminOp(RecordType.OPEN_ACCOUNT, account_id, currency, 0, overdraft)
-        )
-
-    async def deposit(
-        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
-    ) -> AdminResult:
-        """With a key, a retry (same key, same deposit) gets the first result again
-        (`replayed`) and another deposit under the key is refused (`idempotency_key_reused`)."""
-        op = money_op(RecordType.DEPOSIT, account_id, amount, currency, idempotency_key)
-        return await self._admin(op)
-
-    async def withdraw(
-        self, account_id: str, amount: int, currency: str, *, idempotency_key: str | None = None
-    ) -> AdminResult:
-        """Like `deposit`, the other way."""
-        op = money_op(RecordType.WITHDRAW, account_id, amount, currency, idempotency_key)
-        return await self._admin(op)
-
-    async def create_merchant(
-        self, merchant_id: str, settlement_account: str, webhook_url: str | None = None
-    ) -> Merchant:
-        """A new merchant with a fresh key (and a webhook secret if it has a webhook URL); the
-        returned Merchant holds the secrets, which the caller shows once."""
-        check_id("merchant id", merchant_id)
-        check_id("settlement_account", settlement_account)
-        if webhook_url is not None:
-            check_webhook_url(webhook_url)
-        merchant = Merchant(
-            merchant_id,
-            settlement_account,
-            {new_kid(): new_secret()},
-            webhook_url,
-            None if webhook_url is None else new_secret(),
-        )
-        return _expect(Merchant, await self._one(control=MerchantOp(merchant)))
-
-    async def add_key(self, merchant_id: str) -> tuple[str, bytes]:
-        """A new key for the merchant, valid at once next to its other keys: (kid, secret)."""
-        kid, secret = new_kid(), new_secret()
-        await self._one(control=KeyOp(RecordType.KEY_ADDED, merchant_id, kid, secret))
-        return kid, secret
-
-    async def revoke_key(self, merchant_id: str, kid: str) -> Merchant:
-        """Revokes a key; requests signed with it fail from the next batch on."""
-        op = KeyOp(RecordType.KEY_REVOKED, merchant_id, kid)
-        return _expect(Merchant, await self._one(control=op))
-
-    async def rotate_webhook_secret(self, merchant_id: str) -> bytes:
-        """A new webhook secret; the old one signs deliveries too until it is revoked."""
-        secret = new_secret()
-        op = WebhookSecretOp(RecordType.WEBHOOK_SECRET_ROTATED, merchant_id, secret)
-        await self._one(control=op)
-        return secret
-
-    async def revoke_previous_webhook_secret(self, merchant_id: str) -> Merchant:
-        op = WebhookSecretOp(RecordType.PREVIOUS_WEBHOOK_SECRET_REVOKED, merchant_id)
-        return _expect(Merchant, await self._one(control=op))
-
-    async def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
-        """Logs finished webhook attempts (one record), so a restart resumes the schedule."""
-        await self._one(control=DeliveriesOp(tuple(outcomes)))
-
-    async def redeliver(self, event_lsns: Sequence[int]) -> None:
-        """Starts a fresh round of deliveries for these events, due now."""
-        lsns = tuple(dict.fromkeys(event_lsns))  # each event once
-        await self._one(control=RedeliveryOp(lsns, int(time.time() * 1000)))
-
-    async def grant_mandate(
-        self,
-        account_id: str,
-        merchant_id: str,
-        amount_max_per_payment: int,
-        *,
-        amount_max_per_day: int | None = None,
-        expires_at_s: int | None = None,
-    ) -> Mandate:
-        """Records that the payer account lets the merchant debit it within these limits."""
-        check_id("account id", account_id)
-        check_id("merchant_id", merchant_id)
-        check_amount(amount_max_per_payment, "amount_max_per_payment")
-        if amount_max_per_day is not None:
-            check_amount(amount_max_per_day, "amount_max_per_day")
-            if amount_max_per_day < amount_max_per_payment:
-                raise RequestError(
-                    "invalid_request", "amount_max_per_day: at least amount_max_per_payment"
-                )
-        now_s = int(time.time())
-        if expires_at_s is not None and not now_s < expires_at_s <= EXPIRES_AT_MAX_S:
-            raise RequestError(
-                "invalid_request",
-                f"expires_at: unix seconds after now ({now_s}) and at most {EXPIRES_AT_MAX_S}",
-            )
-        grant = MandateGrant(
-            account_id, merchant_id, amount_max_per_payment, amount_max_per_day, expires_at_s, now_s
-        )
-        return _expect(Mandate, await self._one(control=grant))
-
-    async def revoke_mandate(self, account_id: str, mandate_id: str) -> Mandate:
-        """Ends a mandate: payments under it are declined (`mandate_missing`) from now on."""
-        op = MandateRevocation(account_id, mandate_id, int(time.time()))
-        return _expect(Mandate, await self._one(control=op))
+    async def control(self, op: ControlOp) -> Applied:
+        return await self._one(control=op)
 
     @property
     def failed(self) -> EngineFailedError | None:
@@ -476,12 +301,12 @@ class Engine:
             answer = answer_of.get(id(job))
             if answer is None or answer[0] == _core.RESERVE_NEW:
                 try:
-                    self.state.check(op)
+                    handlers.check(self.state, op)
                 except RequestError as error:
                     job.answer(error)
                     continue
                 lsn = self.state.lsn_next
-                result = self.state.apply(op, now_s, staged.types, staged.payloads)
+                result = handlers.apply(self.state, op, now_s, staged.types, staged.payloads)
                 slot = None if answer is None else answer[1]
                 staged.done.append((job, result, slot, lsn))
                 if slot is not None:
@@ -702,16 +527,6 @@ def _check_lsn_first(engine_lsn: int, log_lsn: int, when: str) -> None:
         raise AssertionError(
             f"the engine numbered a batch from LSN {engine_lsn}, the log from {log_lsn} ({when})"
         )
-
-
-T = TypeVar("T")
-
-
-def _expect(kind: type[T], value: object) -> T:
-    """The pipeline's answer, of the type the operation produces; anything else is a bug."""
-    if not isinstance(value, kind):
-        raise TypeError(f"expected a {kind.__name__}, the pipeline produced {value!r}")
-    return value
 
 
 def _replayed(result: Applied) -> Result:

@@ -9,18 +9,13 @@ from typing import Any
 import orjson
 
 from instapay import _core
-from instapay.engine.ops import ADMIN_TENANT
-from instapay.engine.records import (
-    CONTROL_RECORDS,
-    MANDATE_RECORDS,
-    PAYMENT_RECORDS,
-    RecordType,
-    failure_of,
-    logged_key,
-)
+from instapay.engine import handlers, records
+from instapay.engine.handlers import ReplayMismatchError
+from instapay.engine.ops import ADMIN_TENANT, Applied
+from instapay.engine.records import Record, RecordType
 from instapay.engine.state import State
 from instapay.ledger import Ledger
-from instapay.model import AdminResult, PaymentResult, RefundResult, RequestError, Result, Status
+from instapay.model import AdminResult, Failure, PaymentResult, RefundResult, RequestError, Status
 from instapay.protocol import PAYMENT_ID_PREFIX
 from instapay.storage import wal
 
@@ -30,61 +25,32 @@ from instapay.storage import wal
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 
-class ReplayMismatchError(ValueError):
-    """A logged record does not replay to its logged outcome: a bug, or the configuration
-    changed what the record depends on (a configured merchant's settlement account)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"{detail}; was a configured merchant given an account that existed before, or "
-            "removed? Restore the configuration the log was written under"
-        )
-
-
-def replay_records(state: State, records: list[wal.Record]) -> None:
+def replay_records(state: State, logged: list[wal.Record]) -> None:
+    """Applies logged records in order: the state, the durable results, and the idempotency keys
+    they reserved (re-reserved in one go at the end)."""
     keys: list[tuple[bytes, bytes, int, int]] = []
-    for record in records:
-        if record.lsn != state.lsn_next:
-            raise AssertionError(f"replay expected LSN {state.lsn_next}, got {record.lsn}")
+    for entry in logged:
+        lsn = entry.lsn
+        if lsn != state.lsn_next:
+            raise AssertionError(f"replay expected LSN {state.lsn_next}, got {lsn}")
         state.lsn_next += 1
-        fields = orjson.loads(record.payload)
-        kind = RecordType(record.type)
-        if kind in CONTROL_RECORDS:
-            _replay_logged_control(state, kind, record.lsn, fields)
-            continue
-        if kind in MANDATE_RECORDS:
-            state.replay_mandate(kind, record.lsn, fields)
-            continue
-        result: Result
-        if kind in PAYMENT_RECORDS:
-            consent = kind == RecordType.PAYMENT_WITH_CONSENT
-            result = state.replay_payment(record.lsn, fields, consent=consent)
-        elif kind == RecordType.REFUND:
-            result = state.replay_refund(record.lsn, fields)
-            if result.amount != fields[7]:
-                raise ReplayMismatchError(
-                    f"replay of LSN {record.lsn} refunded {result.amount}, the log says {fields[7]}"
-                )
-        else:
-            result = state.replay_admin(kind, fields)
-        if failure_of(fields[-1]) != result.failure_code:
-            raise ReplayMismatchError(
-                f"replay of LSN {record.lsn} gave {result.failure_code or 'success'}, "
-                f"the log says {'it succeeded' if fields[-1] is None else fields[-1]}"
-            )
-        key = logged_key(kind, fields)
+        kind, record = records.decode(entry.type, entry.payload)
+        result = _replay(state, kind, lsn, record)
+        key = record.logged_key()
         if isinstance(result, PaymentResult | RefundResult):
-            state.remember(record.lsn, result)
-        elif key is not None:
-            state.admin_results[record.lsn] = result
+            state.remember(lsn, result)
+        elif key is not None and isinstance(result, AdminResult):
+            state.admin_results[lsn] = result
         if key is not None:
-            keys.append((*key, record.lsn))
+            keys.append((*key, lsn))
     _restore_keys(state, keys)
 
 
-def _replay_logged_control(state: State, kind: RecordType, lsn: int, fields: list[Any]) -> None:
+def _replay(state: State, kind: RecordType, lsn: int, record: Record) -> Applied:
     try:
-        state.replay_control(kind, lsn, fields)
+        return handlers.replay(state, kind, lsn, record)
+    except ReplayMismatchError:
+        raise
     except (RequestError, ValueError, KeyError) as error:
         # The log holds it, so it applied once: the configuration file changed since.
         detail = error.message if isinstance(error, RequestError) else str(error)
@@ -195,3 +161,8 @@ def _result_from_row(row: list[Any]) -> PaymentResult | RefundResult:
 
 def _lsn_of(result: PaymentResult | RefundResult) -> int:
     return int(result.id.rpartition("_")[2])
+
+
+def failure_of(code: str | None) -> Failure | None:
+    """A failure code as a snapshot row holds it."""
+    return None if code is None else Failure(code)
