@@ -178,3 +178,21 @@ def test_a_control_op_is_submitted_as_its_record(tmp_path: Path) -> None:
                 await engine.control(KeyRevoked("shop", kid))
 
     asyncio.run(main())
+
+
+def test_what_is_not_a_control_operation_is_refused_before_the_queue(tmp_path: Path) -> None:
+    """A record without a handler of its own (a payment's) would stop the engine in a batch."""
+
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=DEMO.config()) as engine:
+            await DEMO.set_up(engine, payers=1, balance=100)
+            payment = PaymentRecord(
+                DEMO.merchant_id, "o-1", DEMO.payer(0), DEMO.settlement_account, 1, "EUR",
+                None, None, 0, None, "00",
+            )  # fmt: skip
+            with pytest.raises(TypeError, match="PaymentRecord is not a control operation"):
+                await engine.control(payment)
+            assert engine.failed is None
+            assert engine.balance(DEMO.payer(0)) == ("EUR", 100)
+
+    asyncio.run(main())

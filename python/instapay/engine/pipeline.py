@@ -244,6 +244,9 @@ class Engine(EngineApi):
         return results
 
     async def control(self, op: ControlOp) -> Applied:
+        # Refused here, not in a batch, where an op without a handler would stop the engine.
+        if op.__class__ not in handlers.BY_OP or isinstance(op, PaymentOp | RefundOp):
+            raise TypeError(f"{op.__class__.__name__} is not a control operation")
         return await self._one(control=op)
 
     @property

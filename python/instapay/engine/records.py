@@ -274,16 +274,20 @@ def _legacy(kind: RecordType, record: type[Record]) -> Callable[[bytes], Record]
 def _legacy_account(fields: list[Any]) -> AccountRecord:
     """[account, currency, amount, overdraft, failure], or with {"key", "fingerprint",
     "created_s"} before the failure when the request had an Idempotency-Key."""
-    account_id, currency, amount, overdraft, *rest = fields
-    keyed = Keyed(**rest[0]) if len(rest) == 2 else None
-    return AccountRecord(account_id, currency, amount, overdraft, keyed, rest[-1])
+    head, keyed = fields[:4], fields[4:-1]
+    return msgspec.convert(
+        [*head, _from_object(Keyed, keyed[0]) if keyed else None, fields[-1]], AccountRecord
+    )
+
+
+def _from_object(record: type[Record], fields: dict[str, Any]) -> list[Any]:
+    """A JSON object naming a record's fields as the array the record is."""
+    return [fields[name] for name in record.__struct_fields__]
 
 
 def _legacy_mandate(record: type[Record]) -> Callable[[dict[str, Any]], Record]:
     """Mandate records were JSON objects naming their fields."""
-    return lambda fields: msgspec.convert(
-        [fields[name] for name in record.__struct_fields__], record
-    )
+    return lambda fields: msgspec.convert(_from_object(record, fields), record)
 
 
 _LEGACY_SHAPES: dict[RecordType, Callable[[Any], Record]] = {
