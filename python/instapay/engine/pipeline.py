@@ -56,7 +56,7 @@ from instapay.model import (
 )
 from instapay.protocol import PAYMENTS_PATH
 from instapay.signing import SignedRequest
-from instapay.storage import datadir, snapshots, wal
+from instapay.storage import datadir, forked, snapshots, wal
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ QUEUE_DEPTH_MAX_DEFAULT = 65_536
 IDEMPOTENCY_CAPACITY_DEFAULT = 1_000_000
 
 # A snapshot every this many records bounds the log a recovery replays (about 12 s per million
-# records today) and lets old segments go; taking one pauses the pipeline for its duration.
+# records today) and lets old segments go; a forked child writes it while the pipeline goes on.
 SNAPSHOT_EVERY_RECORDS_DEFAULT = 1_000_000
 
 # Batches applied in memory but not yet durable; bounds memory and the work a crash discards.
@@ -134,6 +134,8 @@ class Engine(EngineApi):
         self._failed: EngineFailedError | None = None
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
+        # The forked child writing a snapshot, while there is one.
+        self._snapshotting: asyncio.Task[None] | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -472,35 +474,52 @@ class Engine(EngineApi):
         )
 
     async def _snapshot_between_batches(self) -> None:
-        """Lets the batches in flight become durable, then snapshots in the log thread. A failed
-        snapshot is logged, not fatal: the log still holds everything."""
+        """Lets the batches in flight become durable, so memory holds exactly the durable state,
+        then forks a child that writes it as a snapshot (`instapay.storage.forked`): the pipeline
+        pauses only for the fork. One snapshot at a time: the next waits until this one is
+        written."""
+        if self._snapshotting is not None:
+            return
         while self._syncing:
             await asyncio.wait({self._syncing[0]})
         if self._failed is not None:
             return
+        lsn = self.state.lsn_next - 1
+        self._snapshot_lsn = lsn
+        self._snapshotting = asyncio.create_task(self._snapshot_in_child(lsn))
+
+    async def _snapshot_in_child(self, lsn: int) -> None:
+        """A failed snapshot is logged, not fatal: the log still holds everything."""
+        state, directory = self.state, self.directory
         try:
-            await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)
-        except OSError as error:
-            log.error(
-                "snapshot at LSN %d failed, the log keeps everything: %s",
-                self.state.lsn_next - 1,
-                error,
+            await forked.run_in_child(
+                lambda: snapshots.write_snapshot(directory, lsn, recovery.snapshot_payload(state))
             )
-            self._snapshot_lsn = self.state.lsn_next - 1
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._log_thread, self._drop_unneeded_segments)
+        except (OSError, forked.ChildFailedError) as error:
+            log.error("snapshot at LSN %d failed, the log keeps everything: %s", lsn, error)
+        finally:
+            self._snapshotting = None
 
     def snapshot(self) -> Path:
         """Writes a snapshot of the durable state and drops the log segments it makes unneeded.
 
         Only between batches: call it when nothing is being made durable (as `close` does).
         """
-        if self._syncing:
-            raise RuntimeError("a snapshot must wait until no batch is being written")
+        if self._syncing or self._snapshotting is not None:
+            raise RuntimeError("a snapshot must wait until no batch or snapshot is being written")
         path = snapshots.write_snapshot(
             self.directory, self.state.lsn_next - 1, recovery.snapshot_payload(self.state)
         )
         self._snapshot_lsn = self.state.lsn_next - 1
-        self._writer().drop_segments_before(snapshots.oldest_kept_snapshot_lsn(self.directory) + 1)
+        self._drop_unneeded_segments()
         return path
+
+    def _drop_unneeded_segments(self) -> None:
+        """Drops the log segments older than every kept snapshot (in the log thread, or when
+        nothing is being written)."""
+        self._writer().drop_segments_before(snapshots.oldest_kept_snapshot_lsn(self.directory) + 1)
 
     def _writer(self) -> wal.WalWriter:
         if self._log is None:
@@ -517,6 +536,8 @@ class Engine(EngineApi):
             await self._runner
         while self._syncing:
             await asyncio.wait({self._syncing[0]})
+        if self._snapshotting is not None:
+            await self._snapshotting
         if self._log is not None:
             if self._failed is None and snapshot:
                 await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)
