@@ -17,7 +17,7 @@ from benches.conftest import scaled
 from benches.http.presign import payment_bodies, signed_payments
 from instapay import _core
 from instapay.demo import DemoMerchant
-from instapay.engine import Engine
+from instapay.engine import Engine, FsyncMode
 from instapay.model import EngineConfig, PaymentResult
 from instapay.signing import SignedRequest
 
@@ -51,7 +51,7 @@ def open_engine(
     directory: Path,
     payments_max: int,
     *,
-    fsync: str = "always",
+    fsync: FsyncMode = "always",
     snapshot_every_records: int | None = None,
     snapshot_on_close: bool = True,
 ) -> AbstractAsyncContextManager[Engine]:
@@ -62,7 +62,7 @@ def open_engine(
     return Engine.open(
         directory,
         config=DEMO.config(),
-        fsync=fsync,  # type: ignore[arg-type]
+        fsync=fsync,
         idempotency_capacity=lone_merchant_capacity(payments_max),
         snapshot_every_records=every,
         snapshot_on_close=snapshot_on_close,
