@@ -56,12 +56,13 @@ test-python: build
 # the same run, the ratios, DESIGN.md's targets and the command that reproduces each row, and
 # BENCHMARKS.json, the same rows for tooling (benches/report.py; it also prints the tables). One
 # process per suite: the engine suites leave a large heap behind that slows the others. About
-# 5 minutes on the project's 2-core machine; run it on an otherwise idle one.
+# 8 minutes on the project's 2-core machine (benches/test_bench_history.py alone about 3: a
+# history of 1 M payments, and 2 M in a fresh process for memory); run it on an otherwise idle one.
 bench: build bench-tools
 	$(call bench-suites,0,$(BENCH_DIR),.)
 
 # The same suites with smaller sizes and shorter runs (INSTAPAY_BENCH_QUICK=1, benches/conftest.py),
-# about a minute and a half: what CI runs. Its BENCHMARKS.md and .json (marked as a quick run) go
+# about two minutes: what CI runs. Its BENCHMARKS.md and .json (marked as a quick run) go
 # to .benchmarks/quick/ and the terminal, never over the committed full-run ones at the root: its
 # figures are not comparable to those, and a smoke test should not leave the tree dirty.
 bench-quick: build bench-tools

@@ -1,11 +1,12 @@
-"""The engine in-process: durable payments per second against a naive engine, and recovery.
+"""The engine in-process: durable payments per second against a naive engine, and a snapshot.
 
-Throughput: `submit_many` with batches of 1000 signed payments over 10 000 funded accounts, four
-batches in flight (a server has many clients), fsync="always" (the default) and "off" (unsafe, for
-comparison); the naive baseline (`benches/baselines/naive_engine.py`) fdatasyncs each payment.
-Recovery: reopening a data directory whose log holds 1 M payment records (50 k in quick mode) and
-no snapshot.
+Throughput: `submit_many` with batches of 1000 signed payments over 10 000 funded accounts (each
+round's payers follow the last round's, so every account pays), four batches in flight (a server
+has many clients), fsync="always" (the default) and "off" (unsafe, for comparison); the naive
+baseline (`benches/baselines/naive_engine.py`) fdatasyncs each payment.
 Snapshot: writing one for 10 000 funded accounts, and its size per account.
+Recovery, reopening from a snapshot, the snapshot pause and memory per payment of history:
+benches/test_bench_history.py.
 """
 
 import asyncio
@@ -18,36 +19,28 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from benches.baselines.naive_engine import NaiveEngine
 from benches.conftest import pedantic, scaled
-from instapay import _core
-from instapay.demo import DemoMerchant
+from benches.engine_workload import (
+    ACCOUNTS,
+    BATCH_LEN,
+    BATCHES_IN_FLIGHT,
+    DEMO,
+    FUNDS,
+    HISTORY_PAYMENTS,
+    funded_naive_engine,
+    lone_merchant_capacity,
+)
 from instapay.engine import Engine
 from instapay.http.server import freeze_survivors_of_full_collections
 from instapay.model import EngineConfig, PaymentResult
 from instapay.signing import SignedRequest
 
-ACCOUNTS = 10_000
-BATCH_LEN = 1000
-BATCHES_IN_FLIGHT = 4
 ROUNDS = scaled(12, 3)
 NAIVE_PAYMENTS = scaled(300, 100)
 THROUGHPUT_GROUP = "engine: durable payments"
-RECOVERY_GROUP = "engine: recovery"
 SNAPSHOT_GROUP = "engine: snapshot of 10 000 funded accounts"
-RECOVERY_RECORDS = scaled(1_000_000, 50_000)
-DEMO = DemoMerchant()
-
-
-def lone_merchant_capacity(keys: int) -> int:
-    """An idempotency capacity in which one merchant alone can hold `keys` keys: it borrows all
-    but one share of the index (`idempotency_share_percent`, at least the floor of a share)."""
-    share_percent = EngineConfig().idempotency_share_percent
-    return -(-keys * 100 // (100 - share_percent)) + _core.IDEMPOTENCY_TENANT_KEYS_MIN
-
-
-# Every engine here has room for the recovery log's payments, the most any of them writes.
-IDEMPOTENCY_CAPACITY = lone_merchant_capacity(RECOVERY_RECORDS)
+# An index with room for a history of HISTORY_PAYMENTS, as the history benchmarks' engines have.
+IDEMPOTENCY_CAPACITY = lone_merchant_capacity(HISTORY_PAYMENTS)
 
 
 def payments(prefix: str, length: int, first_payer: int = 0) -> list[SignedRequest]:
@@ -72,7 +65,7 @@ class RunningEngine:
             idempotency_capacity=IDEMPOTENCY_CAPACITY,
         )
         self.engine = self.loop.run_until_complete(self.stack.enter_async_context(opened))
-        self.loop.run_until_complete(DEMO.set_up(self.engine, ACCOUNTS, 10**12))
+        self.loop.run_until_complete(DEMO.set_up(self.engine, ACCOUNTS, FUNDS))
 
     def submit(self, batches: list[list[SignedRequest]]) -> list[object]:
         async def all_batches() -> list[object]:
@@ -90,9 +83,11 @@ class RunningEngine:
 
 
 def round_batches(prefix: str, number: int) -> list[list[SignedRequest]]:
-    """One round: BATCHES_IN_FLIGHT batches of BATCH_LEN new payments."""
+    """One round: BATCHES_IN_FLIGHT batches of BATCH_LEN new payments, their payers following
+    the previous round's."""
+    first = number * BATCHES_IN_FLIGHT
     return [
-        payments(f"{prefix}{number}-b{b}", BATCH_LEN, b * BATCH_LEN)
+        payments(f"{prefix}{number}-b{b}", BATCH_LEN, (first + b) * BATCH_LEN)
         for b in range(BATCHES_IN_FLIGHT)
     ]
 
@@ -137,8 +132,7 @@ def test_engine_submit_many(
 
 @pytest.mark.benchmark(group=THROUGHPUT_GROUP)
 def test_naive_engine(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
-    balances = {DEMO.payer(n): 10**12 for n in range(ACCOUNTS)}
-    naive = NaiveEngine(tmp_path / "naive.log", {DEMO.kid: DEMO.secret}, balances)
+    naive = funded_naive_engine(tmp_path / "naive.log")
     rounds = count()
 
     def setup() -> tuple[tuple[object, ...], dict[str, object]]:
@@ -151,52 +145,6 @@ def test_naive_engine(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
     naive.close()
     assert all(answer["status"] == "succeeded" for answer in answers)
     benchmark.extra_info.update(items=NAIVE_PAYMENTS, unit="payments/s", baseline=True)
-
-
-def write_log_without_snapshot(directory: Path, records: int) -> None:
-    """A data directory as a crash leaves it: funded accounts and `records` payments in the log,
-    no snapshot, so reopening must replay every record."""
-
-    async def build() -> None:
-        opened = Engine.open(
-            directory,
-            config=DEMO.config(),
-            fsync="off",
-            snapshot_on_close=False,
-            idempotency_capacity=IDEMPOTENCY_CAPACITY,
-        )
-        async with opened as engine:
-            await DEMO.set_up(engine, ACCOUNTS, 10**12)
-            for first in range(0, records, 10 * BATCH_LEN):
-                batches = [
-                    payments(f"log-{first}-{b}", BATCH_LEN, b * BATCH_LEN) for b in range(10)
-                ]
-                await asyncio.gather(*(engine.submit_many(batch) for batch in batches))
-
-    asyncio.run(build())
-
-
-@pytest.mark.benchmark(group=RECOVERY_GROUP)
-def test_recovery(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
-    freeze_survivors_of_full_collections()  # as `instapay serve` does before it recovers
-    write_log_without_snapshot(tmp_path, RECOVERY_RECORDS)
-
-    def reopen() -> int:
-        async def opened() -> int:
-            opened = Engine.open(
-                tmp_path,
-                config=DEMO.config(),
-                snapshot_on_close=False,
-                idempotency_capacity=IDEMPOTENCY_CAPACITY,
-            )
-            async with opened as engine:
-                return engine.lsn_next - 1
-
-        return asyncio.run(opened())
-
-    last_lsn = pedantic(benchmark, reopen, rounds=1)
-    assert last_lsn >= RECOVERY_RECORDS
-    benchmark.extra_info.update(items=last_lsn, unit="records/s", baseline=False)
 
 
 @pytest.mark.benchmark(group=SNAPSHOT_GROUP)

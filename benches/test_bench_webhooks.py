@@ -21,15 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from benches.engine_workload import BATCH_LEN, BATCHES_IN_FLIGHT, DEMO
 from benches.http.servers import free_port
-from benches.test_bench_engine import (
-    BATCH_LEN,
-    BATCHES_IN_FLIGHT,
-    DEMO,
-    RunningEngine,
-    round_batches,
-    submit_rounds,
-)
+from benches.test_bench_engine import RunningEngine, round_batches, submit_rounds
 from instapay.model import EngineConfig, Merchant, PaymentResult
 from instapay.notify import DeliveryPolicy, Dispatcher
 

@@ -1,5 +1,6 @@
 """Signed traffic for the HTTP benchmark, built before the clock starts: single payments as raw
-HTTP requests in files for wrk (`replay.lua`), and NDJSON batch bodies for the batch client.
+HTTP requests in files for wrk (`replay.lua`), and NDJSON batch bodies for the batch client; and
+signed payments for the engine in-process (benches/test_bench_history.py).
 
 Every payment has its own order id, so none is an idempotent replay, and the payers take turns
 (amount 1 each), so no payer account is hot. Signatures stay valid for 300 s after `now_s`.
@@ -16,7 +17,7 @@ import orjson
 from instapay import _core
 from instapay.demo import DEMO_PAYERS, DemoMerchant
 from instapay.engine import PAYMENTS_PATH
-from instapay.signing import SIGNATURE_HEADER, request_message
+from instapay.signing import SIGNATURE_HEADER, SignedRequest, request_message
 
 BATCH_PATH = f"{PAYMENTS_PATH}/batch"
 NDJSON_TYPE = "application/x-ndjson"
@@ -25,12 +26,14 @@ AMOUNT = 1
 SIGN_CHUNK_LEN = 65_536
 
 
-def payment_bodies(demo: DemoMerchant, prefix: str, count: int) -> Iterator[bytes]:
+def payment_bodies(
+    demo: DemoMerchant, prefix: str, count: int, payers: int = DEMO_PAYERS
+) -> Iterator[bytes]:
     for number in range(count):
         body = {
             "merchant_id": demo.merchant_id,
             "order_id": f"{prefix}-{number}",
-            "payer": demo.payer(number % DEMO_PAYERS),
+            "payer": demo.payer(number % payers),
             "amount": AMOUNT,
             "currency": demo.currency,
         }
@@ -47,6 +50,20 @@ def signature_headers(demo: DemoMerchant, path: str, bodies: list[bytes], now_s:
         macs = ring.sign_batch([demo.kid] * len(chunk), messages)
         headers.extend(f"t={now_s},kid={demo.kid},v1={mac.hex()}" for mac in macs)
     return headers
+
+
+def signed_payments(
+    demo: DemoMerchant, prefix: str, count: int, *, payers: int, now_s: int
+) -> list[SignedRequest]:
+    """`count` payments for the engine in-process, the payers in turn, signed in native batches:
+    a few µs each where `DemoMerchant.payment` takes about 13, which would dominate building a
+    history of millions."""
+    bodies = list(payment_bodies(demo, prefix, count, payers))
+    headers = signature_headers(demo, PAYMENTS_PATH, bodies, now_s)
+    return [
+        SignedRequest(header, "POST", PAYMENTS_PATH, body)
+        for header, body in zip(headers, bodies, strict=True)
+    ]
 
 
 def raw_request(address: str, path: str, content_type: str, header: str, body: bytes) -> bytes:
