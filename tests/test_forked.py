@@ -38,6 +38,12 @@ def test_the_child_works_on_the_state_as_it_was_at_the_fork(tmp_path: Path) -> N
     assert seen.read_text() == "1"
 
 
+def test_the_child_leaves_the_cpu_to_the_engine(tmp_path: Path) -> None:
+    seen = tmp_path / "niceness"
+    asyncio.run(forked.run_in_child(lambda: seen.write_text(str(os.nice(0)))))
+    assert int(seen.read_text()) == min(os.nice(0) + forked.CHILD_NICENESS, 19)
+
+
 def test_a_failing_child_reports_its_error_to_the_parent() -> None:
     def fail() -> None:
         raise OSError(28, "No space left on device")

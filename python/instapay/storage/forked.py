@@ -25,6 +25,8 @@ from collections.abc import Callable
 PR_SET_PDEATHSIG = 1
 # File descriptors 0 to 2 (stdin, stdout, stderr) stay open in the child.
 STANDARD_STREAMS = 3
+# The lowest CPU priority (the most a process can add to its niceness).
+CHILD_NICENESS = 19
 # Enough of a child's error message to say what failed, small enough for one pipe write.
 ERROR_BYTES_MAX = 4096
 
@@ -54,6 +56,8 @@ def _run_child(work: Callable[[], object], parent: int, error_fd: int) -> None:
         _die_with_parent(parent)
         os.closerange(STANDARD_STREAMS, error_fd)
         os.closerange(error_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        # The engine's batches come first: on a busy machine the snapshot waits for the CPU.
+        os.nice(CHILD_NICENESS)
         # A collection would touch every object's header, copying the whole heap page by page.
         gc.disable()
         work()
