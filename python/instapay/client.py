@@ -26,11 +26,15 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign_request, verify_payload
+from instapay.protocol import (
+    BATCH_PATH,
+    IDEMPOTENCY_HEADER,
+    JSON_TYPE,
+    NDJSON_TYPE,
+    SIGNATURE_HEADER,
+)
+from instapay.signing import sign_request, verify_payload
 
-JSON_TYPE = "application/json"
-NDJSON_TYPE = "application/x-ndjson"
-BATCH_PATH = "/v1/payments/batch"
 RETRIES_MAX_DEFAULT = 3
 BACKOFF_S_FIRST = 0.05
 TIMEOUT_S_DEFAULT = 10.0

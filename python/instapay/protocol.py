@@ -1,16 +1,27 @@
-"""What clients and the server agree on: the signed endpoints' paths, the ids that carry an LSN,
-and how a signed request is routed. Shared by the engine, the HTTP layer, the SDK and the load
-harness; it imports nothing of them."""
+"""What clients and the server agree on: header names, content types, the signed endpoints'
+paths, the ids that carry an LSN, and how a signed request is routed. Shared by the engine, the
+HTTP layer, the SDK and the load harness; it imports nothing of them."""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Final
 
 from instapay.ascii_digits import number_in_id
 from instapay.model import RequestError
-from instapay.signing import SignedRequest
+
+if TYPE_CHECKING:
+    from instapay.signing import SignedRequest
+
+SIGNATURE_HEADER: Final = "Instapay-Signature"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+JSON_TYPE: Final = "application/json"
+NDJSON_TYPE: Final = "application/x-ndjson"
 
 PAYMENTS_PATH = "/v1/payments"
+BATCH_PATH = "/v1/payments/batch"
 REFUNDS_PATH = re.compile(r"/v1/payments/(pay_[^/]+)/refunds")
 PAYMENT_ID_PREFIX = "pay_"
 REFUND_ID_PREFIX = "re_"

@@ -31,8 +31,11 @@ from typing import ClassVar, Final, Literal
 
 from instapay import _core
 
-SIGNATURE_HEADER: Final = "Instapay-Signature"
-IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+# The headers a signature covers, defined in instapay.protocol and named here too (`X as X`:
+# an explicit re-export) for the callers that sign and verify.
+from instapay.protocol import IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER  # noqa: PLC0414
+from instapay.protocol import SIGNATURE_HEADER as SIGNATURE_HEADER  # noqa: PLC0414
+
 TOLERANCE_S_DEFAULT: Final = 300
 HEADER_LEN_MAX: Final = 1024
 V1_COUNT_MAX: Final = 8

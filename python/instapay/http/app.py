@@ -44,7 +44,14 @@ from instapay.model import (
 )
 from instapay.notify import DeliveryPolicy, Dispatcher
 from instapay.outbox import event_lsn
-from instapay.protocol import refund_lsn
+from instapay.protocol import (
+    BATCH_PATH,
+    JSON_TYPE,
+    NDJSON_TYPE,
+    REPLAYED_HEADER,
+    REQUEST_ID_HEADER,
+    refund_lsn,
+)
 from instapay.signing import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -68,7 +75,6 @@ BATCH_LINES_MAX = 10_000
 # answers are streamed back as soon as it (and every group before it) is durable.
 BATCH_GROUP_LEN = 1000
 BATCH_GROUPS_AHEAD = 4
-NDJSON_TYPE = "application/x-ndjson"
 # Enough for the engine's queue to stay full; more would only wait in memory.
 REQUESTS_IN_FLIGHT_MAX_DEFAULT = 16_384
 RETRY_AFTER_S = 1
@@ -85,9 +91,6 @@ class HeaderLimits(TypedDict):
 
 
 HEADER_LIMITS = HeaderLimits(max_line_size=8190, max_field_size=8190, max_headers=32)
-JSON_TYPE = "application/json"
-REQUEST_ID_HEADER = "X-Request-Id"
-REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 @dataclass(frozen=True)
@@ -833,7 +836,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.cleanup_ctx.append(engine_lifetime)
     app.cleanup_ctx.append(webhook_dispatcher)
     app.router.add_post("/v1/payments", create_payment_or_refund)
-    app.router.add_post("/v1/payments/batch", create_payments_batch)
+    app.router.add_post(BATCH_PATH, create_payments_batch)
     app.router.add_post("/v1/payments/{payment_id}/refunds", create_payment_or_refund)
     app.router.add_get("/v1/payments/{payment_id}/refunds", list_refunds)
     app.router.add_get("/v1/payments", list_payments)

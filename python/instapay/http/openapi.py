@@ -16,11 +16,10 @@ from aiohttp import web
 from instapay import _core
 from instapay.mandates import EXPIRES_AT_MAX_S, MANDATES_PER_ACCOUNT_MAX
 from instapay.model import Failure, Status
+from instapay.protocol import JSON_TYPE, NDJSON_TYPE
 
 JSON = dict[str, Any]
 
-JSON_TYPE: Final = "application/json"
-NDJSON_TYPE: Final = "application/x-ndjson"
 TEXT_TYPE: Final = "text/plain"
 
 

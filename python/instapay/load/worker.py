@@ -25,10 +25,17 @@ from instapay import _core
 from instapay.http.server import freeze_survivors_of_full_collections
 from instapay.load.plan import Plan, WorkerShare
 from instapay.load.stats import Counts, new_histogram, record_s
-from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, request_message_v2
+from instapay.protocol import (
+    BATCH_PATH,
+    IDEMPOTENCY_HEADER,
+    JSON_TYPE,
+    NDJSON_TYPE,
+    REPLAYED_HEADER,
+    SIGNATURE_HEADER,
+)
+from instapay.signing import request_message_v2
 
 PAYMENTS_PATH = "/v1/payments"
-BATCH_PATH = "/v1/payments/batch"
 # Requests signed at once; a signature is valid for 300 s, so a batch is re-signed after 60 s.
 SIGN_BATCH_LEN = 1024
 SIGNATURE_AGE_S_MAX = 60.0
@@ -117,7 +124,7 @@ class Worker:
         self.run_id = uuid.uuid4().hex[:12]
         self.path = BATCH_PATH if plan.batch > 1 else PAYMENTS_PATH
         self.url = plan.target.base_url.rstrip("/") + self.path
-        self.content_type = "application/x-ndjson" if plan.batch > 1 else "application/json"
+        self.content_type = NDJSON_TYPE if plan.batch > 1 else JSON_TYPE
         self.counts = Counts()
         self.acknowledged: list[Acknowledged] = []
         # New payments whose request got no answer (order id, payer, amount).
@@ -207,7 +214,7 @@ class Worker:
         try:
             async with session.post(self.url, data=request.body, headers=headers) as response:
                 payload = await response.read()
-                replayed = response.headers.get("Idempotent-Replayed") == "true"
+                replayed = response.headers.get(REPLAYED_HEADER) == "true"
                 return response.status, payload, replayed, None
         except TimeoutError:
             return None, b"", False, "timeout"
