@@ -158,47 +158,6 @@ impl LedgerPy {
         Ok(code(self.state()?.pay(&request, merchant_id, created_s)?))
     }
 
-    /// `pay` for each payment of a batch (parallel lists), in order, in one call.
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "pyo3 extracts lists into owned vectors"
-    )]
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one list per field of the payment record"
-    )]
-    fn pay_batch(
-        &self,
-        lsns: Vec<u64>,
-        payers: Vec<PyBackedStr>,
-        settlements: Vec<PyBackedStr>,
-        amounts: Vec<i64>,
-        currencies: Vec<PyBackedStr>,
-        merchant_ids: Vec<PyBackedStr>,
-        created_s: Vec<i64>,
-    ) -> PyResult<Vec<Option<&'static str>>> {
-        let names = "lsns, payers, settlements, amounts, currencies, merchant_ids and created_s";
-        let lengths = [
-            lsns.len(),
-            payers.len(),
-            settlements.len(),
-            amounts.len(),
-            currencies.len(),
-            merchant_ids.len(),
-            created_s.len(),
-        ];
-        let len = batch_len(names, &lengths)?;
-        let batch: Vec<_> = (0..len)
-            .map(|at| {
-                let (payer, settlement) = (&*payers[at], &*settlements[at]);
-                let request = PaymentRequest::new(lsns[at], payer, settlement, amounts[at], &currencies[at]);
-                (request, &*merchant_ids[at], created_s[at])
-            })
-            .collect();
-        let outcomes = self.state()?.pay_batch(&batch)?;
-        Ok(outcomes.into_iter().map(code).collect())
-    }
-
     fn pay_as_before_consent(
         &self,
         lsn: u64,

@@ -4,7 +4,6 @@ of operations."""
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -358,53 +357,6 @@ def test_errors_leave_the_ledger_unchanged() -> None:
     with pytest.raises(KeyError, match="no account nobody"):
         ledger.grant_mandate(*mandate(99, "nobody"))
     assert ledger.to_snapshot() == before
-
-
-payments = st.lists(
-    st.tuples(
-        st.sampled_from(["alice", "bob", "overdrawn", "shop", "nobody"]),
-        st.sampled_from(["shop", "shop-usd", "nowhere"]),
-        st.integers(0, 1500),
-        st.sampled_from(["EUR", "EUR", "USD"]),
-        st.sampled_from(["shop", "other"]),
-        st.integers(0, 2 * SECONDS_PER_DAY),
-    ),
-    max_size=30,
-)
-
-
-@given(payments)
-def test_a_batch_of_payments_has_the_outcomes_of_one_payment_at_a_time(
-    batch: list[tuple[str, str, int, str, str, int]],
-) -> None:
-    one_by_one = ledger_with_accounts()
-    batched = ledger_with_accounts()
-    for ledger in (one_by_one, batched):
-        ledger.deposit("alice", 1000, "EUR")
-        ledger.grant_mandate(*mandate(4, "bob", amount_max_per_payment=700, amount_max_per_day=900))
-    expected = [
-        one_by_one.pay(
-            lsn,
-            payer,
-            settlement,
-            amount,
-            currency,
-            merchant_id=merchant_id,
-            created_s=NOW_S + at_s,
-        )
-        for lsn, (payer, settlement, amount, currency, merchant_id, at_s) in enumerate(batch, 10)
-    ]
-    outcomes = batched.pay_batch(
-        range(10, 10 + len(batch)),
-        [payment[0] for payment in batch],
-        [payment[1] for payment in batch],
-        [payment[2] for payment in batch],
-        [payment[3] for payment in batch],
-        [payment[4] for payment in batch],
-        [NOW_S + payment[5] for payment in batch],
-    )
-    assert outcomes == expected
-    assert batched.to_snapshot() == one_by_one.to_snapshot()
 
 
 # ---- any sequence of operations, against a model --------------------------------------------

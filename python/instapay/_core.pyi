@@ -427,18 +427,6 @@ class Ledger:
         merchant_id: str,
         created_s: int,
     ) -> str | None: ...
-    def pay_batch(
-        self,
-        lsns: Sequence[int],
-        payers: Sequence[str],
-        settlements: Sequence[str],
-        amounts: Sequence[int],
-        currencies: Sequence[str],
-        merchant_ids: Sequence[str],
-        created_s: Sequence[int],
-    ) -> list[str | None]:
-        """``pay`` for each payment (parallel lists), in order; every payment is checked before
-        any applies, so a ValueError applies none."""
     def pay_as_before_consent(
         self, lsn: int, payer: str, settlement: str, amount: int, currency: str
     ) -> str | None: ...

@@ -127,22 +127,6 @@ class Ledger:
             self._native.pay(lsn, payer, settlement, amount, currency, merchant_id, created_s)
         )
 
-    def pay_batch(  # noqa: PLR0917 (one list per field of the payment record, as pay takes them)
-        self,
-        lsns: Sequence[int],
-        payers: Sequence[str],
-        settlements: Sequence[str],
-        amounts: Sequence[int],
-        currencies: Sequence[str],
-        merchant_ids: Sequence[str],
-        created_s: Sequence[int],
-    ) -> list[Failure | None]:
-        """`pay` for each payment of a batch (parallel lists), in order, in one native call."""
-        codes = self._native.pay_batch(
-            lsns, payers, settlements, amounts, currencies, merchant_ids, created_s
-        )
-        return [_FAILURES.get(code) for code in codes]
-
     def pay_as_before_consent(
         self, lsn: int, payer: str, settlement: str, amount: int, currency: str
     ) -> Failure | None:

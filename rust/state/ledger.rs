@@ -125,29 +125,6 @@ impl Ledger {
         Ok(())
     }
 
-    /// `pay` for each payment of a batch, in order (each sees the ones before it), with the
-    /// same outcomes. Every request is checked before any applies: an error applies none.
-    ///
-    /// # Errors
-    /// A negative amount, or LSNs not increasing above every held payment's.
-    pub fn pay_batch(&mut self, batch: &[(PaymentRequest<'_>, &str, i64)]) -> CoreResult<Vec<Outcome>> {
-        let mut previous = self.payments.last().map(|last| last.lsn);
-        for (request, _, _) in batch {
-            check_amount(request.amount)?;
-            if previous.is_some_and(|lsn| lsn >= request.lsn) {
-                return Err(CoreError::InvalidState(format!(
-                    "payment {} of the batch is not in log order",
-                    payment_id(request.lsn)
-                )));
-            }
-            previous = Some(request.lsn);
-        }
-        Ok(batch
-            .iter()
-            .map(|(request, merchant_id, created_s)| self.pay_checked(request, merchant_id, *created_s))
-            .collect())
-    }
-
     /// A payment as logged before mandates existed (a PAYMENT record): replayed by the rules it
     /// was applied under, so old logs give their logged outcomes.
     ///
@@ -487,36 +464,6 @@ pub(super) mod tests {
         assert!(ledger.pay_as_before_consent(&request(3, "alice", 1)).is_err());
         assert!(ledger.pay(&request(6, "alice", -1), "shop", NOW_S).is_err());
         assert_eq!(ledger.payment_count(), 1);
-    }
-
-    #[test]
-    fn a_batch_of_payments_has_the_outcomes_of_one_payment_at_a_time() {
-        let batch = [
-            (request(2, "alice", 400), "shop", NOW_S),
-            (request(3, "alice", 501), "shop", NOW_S),
-            (request(4, "alice", 500), "shop", NOW_S),
-            (request(5, "alice", 200), "shop", NOW_S),
-            (request(6, "shop", 1), "shop", NOW_S),
-        ];
-        let mut one_by_one = shop_ledger();
-        let expected: Vec<Outcome> = batch
-            .iter()
-            .map(|(request, merchant_id, at_s)| one_by_one.pay(request, merchant_id, *at_s).unwrap())
-            .collect();
-        let mut batched = shop_ledger();
-        assert_eq!(batched.pay_batch(&batch).unwrap(), expected);
-        assert_eq!(batched, one_by_one);
-        let declines = [
-            Err(Decline::MandateAmountExceeded),
-            Ok(()),
-            Err(Decline::InsufficientFunds),
-        ];
-        assert_eq!(expected[1..4], declines);
-        let out_of_order = [batch[0], (request(2, "alice", 1), "shop", NOW_S)];
-        assert!(shop_ledger().pay_batch(&out_of_order).is_err());
-        let mut untouched = shop_ledger();
-        assert!(untouched.pay_batch(&out_of_order).is_err());
-        assert_eq!(untouched, shop_ledger());
     }
 
     #[test]
