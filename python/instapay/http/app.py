@@ -214,11 +214,9 @@ async def answer_or_refusal(
 def signed_json(merchant: Merchant, payload: object) -> web.Response:
     """JSON signed with the merchant's secrets (one v1 per live key)."""
     body = orjson.dumps(payload)
-    response = web.Response(body=body, content_type=JSON_TYPE)
-    response.headers[SIGNATURE_HEADER] = sign_payload(
-        list(merchant.keys.values()), body, int(time.time())
-    )
-    return response
+    signature = sign_payload(list(merchant.keys.values()), body, int(time.time()))
+    # Both headers given at once: cheaper than a content type to check and a header added.
+    return web.Response(body=body, headers={"Content-Type": JSON_TYPE, SIGNATURE_HEADER: signature})
 
 
 def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:

@@ -55,19 +55,13 @@ def _too_large(bytes_max: int) -> RequestError:
     return RequestError("body_too_large", f"the body may hold at most {bytes_max} bytes", 413)
 
 
-def check_length(request: web.Request, bytes_max: int) -> None:
-    """413 before a byte of the body is read, when its declared length is already too large."""
-    declared = request.content_length
-    if declared is not None and declared > bytes_max:
-        raise _too_large(bytes_max)
-
-
 async def read_body(request: web.Request, bytes_max: int) -> bytes:
     """The whole body, at most `bytes_max` bytes (else 413), within the body read timeout (else
     408) and the server's body budget (else 503). A body cut short is a 400; the bytes read so
     far are freed at once, whatever still holds the exception."""
-    check_length(request, bytes_max)
-    declared = request.content_length or 0
+    declared = request.content_length or 0  # parsed from the header at each access
+    if declared > bytes_max:  # refused before a byte of it is read
+        raise _too_large(bytes_max)
     request.app[BODY_BUDGET].take(request, declared)
     if not request.content.is_eof():
         return await _read_in_time(request, bytes_max, declared)
@@ -133,6 +127,9 @@ def check_codings(request: web.Request) -> None:
 
 
 def _coding_refusal(request: web.Request) -> RequestError | None:
+    headers = request.headers
+    if "Transfer-Encoding" not in headers and "Content-Encoding" not in headers:
+        return None  # most requests: nothing to parse
     transfer = _codings(request, "Transfer-Encoding")
     if transfer and transfer != [TRANSFER_CODING]:
         return RequestError(
