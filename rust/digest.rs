@@ -153,6 +153,18 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> Digest {
     HmacKey::new(key).mac(message)
 }
 
+/// Bytes (a MAC) as lower-case hex, as they go out in a header.
+#[must_use]
+pub fn encode_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for &byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
 /// Why a hex MAC could not be decoded; the values are the statuses `verify_batch_hex` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -216,12 +228,6 @@ mod tests {
             .collect()
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes
-            .iter()
-            .fold(String::new(), |text, byte| text + &format!("{byte:02x}"))
-    }
-
     #[test]
     fn sha256_matches_fips_180_4_examples() {
         let cases: [(&[u8], &str); 4] = [
@@ -237,7 +243,7 @@ mod tests {
             ),
         ];
         for (message, expected) in cases {
-            assert_eq!(hex(&sha256(message)), expected);
+            assert_eq!(encode_hex(&sha256(message)), expected);
         }
     }
 
@@ -245,7 +251,7 @@ mod tests {
     fn sha256_of_a_million_a_matches_fips_180_4() {
         let message = vec![b'a'; 1_000_000];
         assert_eq!(
-            hex(&sha256(&message)),
+            encode_hex(&sha256(&message)),
             "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
         );
     }
@@ -301,7 +307,7 @@ mod tests {
             ),
         ];
         for (number, (key, message, expected)) in cases.into_iter().enumerate() {
-            let mac = hex(&hmac_sha256(&key, &message));
+            let mac = encode_hex(&hmac_sha256(&key, &message));
             assert_eq!(
                 &mac[..expected.len()],
                 expected,
@@ -314,7 +320,7 @@ mod tests {
     #[test]
     fn hmac_accepts_empty_key_and_message() {
         assert_eq!(
-            hex(&hmac_sha256(b"", b"")),
+            encode_hex(&hmac_sha256(b"", b"")),
             "b613679a0814d9ec772f95d778c35fc5ff1697c493715653c6c712144292c5ad"
         );
     }
@@ -334,17 +340,20 @@ mod tests {
     #[test]
     fn hex_macs_decode_in_either_case_and_report_format_errors() {
         let mac = hmac_sha256(b"k", b"m");
-        assert_eq!(decode_hex_mac(&hex(&mac)), Ok(mac));
-        assert_eq!(decode_hex_mac(&hex(&mac).to_uppercase()), Ok(mac));
-        assert_eq!(decode_hex_mac(&hex(&mac[..31])), Err(MacFormat::WrongLength));
+        assert_eq!(decode_hex_mac(&encode_hex(&mac)), Ok(mac));
+        assert_eq!(decode_hex_mac(&encode_hex(&mac).to_uppercase()), Ok(mac));
         assert_eq!(
-            decode_hex_mac(&format!("{}00", hex(&mac))),
+            decode_hex_mac(&encode_hex(&mac[..31])),
+            Err(MacFormat::WrongLength)
+        );
+        assert_eq!(
+            decode_hex_mac(&format!("{}00", encode_hex(&mac))),
             Err(MacFormat::WrongLength)
         );
         assert_eq!(decode_hex_mac(""), Err(MacFormat::WrongLength));
-        assert_eq!(decode_hex_mac(&hex(&mac)[1..]), Err(MacFormat::NotHex));
+        assert_eq!(decode_hex_mac(&encode_hex(&mac)[1..]), Err(MacFormat::NotHex));
         assert_eq!(
-            decode_hex_mac(&format!("{}zz", &hex(&mac)[2..])),
+            decode_hex_mac(&format!("{}zz", &encode_hex(&mac)[2..])),
             Err(MacFormat::NotHex)
         );
         assert_eq!(decode_hex_mac("é0"), Err(MacFormat::NotHex));

@@ -40,6 +40,23 @@ fn hmac_sha256<'py>(py: Python<'py>, key: &[u8], msg: &[u8]) -> Bound<'py, PyByt
     PyBytes::new(py, &mac)
 }
 
+/// The `Instapay-Signature` value of a response or webhook, one v1 per secret, in one call
+/// (`signature::payload_header`).
+#[pyfunction]
+fn payload_signature(
+    py: Python<'_>,
+    secrets: &Bound<'_, PyAny>,
+    timestamp_s: u64,
+    body: &[u8],
+) -> PyResult<String> {
+    let secrets = bytes_items("secrets", secrets)?;
+    let secrets: Vec<&[u8]> = secrets.iter().map(|secret| &**secret).collect();
+    let work_bytes = digest::hmac_work(body.len()).saturating_mul(secrets.len());
+    Ok(run_batch(py, work_bytes, || {
+        signature::payload_header(&secrets, timestamp_s, body)
+    }))
+}
+
 #[pyfunction]
 fn sha256_batch<'py>(py: Python<'py>, items: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
     let items = bytes_items("items", items)?;
@@ -85,6 +102,7 @@ fn set_parallelism(threads: usize) -> PyResult<()> {
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(sha256, module)?)?;
     module.add_function(wrap_pyfunction!(hmac_sha256, module)?)?;
+    module.add_function(wrap_pyfunction!(payload_signature, module)?)?;
     module.add_function(wrap_pyfunction!(sha256_batch, module)?)?;
     module.add_function(wrap_pyfunction!(parallelism, module)?)?;
     module.add_function(wrap_pyfunction!(set_parallelism, module)?)?;

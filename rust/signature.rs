@@ -6,7 +6,10 @@
 //! (Python's `str.strip` set), `t`, `kid` and `v2` at most once, up to eight `v1`, other
 //! `v<digits>` schemes skipped, anything else refused. A request carries exactly one MAC, a v1 or
 //! a v2; only a v2 covers the `Idempotency-Key` (see `request_message_v2`). A problem is reported
-//! as a code and a detail; `instapay.signing` turns them into messages and exceptions.
+//! as a code and a detail; `instapay.signing` turns them into messages and exceptions. The
+//! header of a response or webhook is made here too, in one call (`payload_header`).
+
+use crate::digest;
 
 pub const HEADER_LEN_MAX: usize = 1024;
 pub const V1_COUNT_MAX: usize = 8;
@@ -226,11 +229,34 @@ pub fn signed_message<'a>(
     }
 }
 
+/// The `Instapay-Signature` value of a response or webhook: `t=<t>` then one `,v1=<hex>` per
+/// secret (several while a key is rotated), each an HMAC over `"<t>." + body`.
+#[must_use]
+pub fn payload_header(secrets: &[&[u8]], timestamp_s: u64, body: &[u8]) -> String {
+    let mut message = format!("{timestamp_s}.").into_bytes();
+    message.extend_from_slice(body);
+    let mut header = format!("t={timestamp_s}");
+    for secret in secrets {
+        header.push_str(",v1=");
+        header.push_str(&digest::encode_hex(&digest::hmac_sha256(secret, &message)));
+    }
+    header
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const V1: &str = "00000000000000000000000000000000000000000000000000000000000000aa";
+
+    #[test]
+    fn a_payload_header_has_one_v1_per_secret_over_the_timestamp_and_body() {
+        let mac = |secret: &[u8]| digest::encode_hex(&digest::hmac_sha256(secret, b"1796000000.{}"));
+        assert_eq!(
+            payload_header(&[b"old", b"new"], 1_796_000_000, b"{}"),
+            format!("t=1796000000,v1={},v1={}", mac(b"old"), mac(b"new"))
+        );
+    }
 
     fn code_of(header: &str) -> u8 {
         parse_header(header).map_or_else(|p| p.code, |_| PROBLEM_NONE)

@@ -51,3 +51,27 @@ def test_codings_we_do_not_implement_are_refused_and_plain_chunked_pays(tmp_path
         assert (status, orjson.loads(body)["status"]) == (200, "succeeded")
         assert not closed_by_server(sock), "kept alive"
     assert server.stop()[0] == 0
+
+
+def test_a_chunked_body_over_the_limit_is_refused_whether_whole_or_arriving(
+    tmp_path: Path,
+) -> None:
+    """No Content-Length to refuse it by: the bytes are counted as they are read, sent at once
+    (taken whole from the buffer) or in two parts (read chunk by chunk as they arrive)."""
+    port = free_port()
+    server = start(tmp_path, port)
+    demo = DemoMerchant.load_or_create(tmp_path)
+    payment = demo.payment("chunked-too-large", demo.payer(0), 100)
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: payment.header or "",
+        "Transfer-Encoding": "chunked",
+    }
+    parts = b"".join(chunked(b" " * 1024)[:-5] for _ in range(65)) + b"0\r\n\r\n"
+    for split_at in (len(parts), len(parts) // 2):
+        with connect(port) as sock:
+            sock.sendall(head("POST", payment.path, headers) + parts[:split_at])
+            sock.sendall(parts[split_at:])
+            status, _, body = read_response(sock)
+            assert (status, orjson.loads(body)["error"]["code"]) == (413, "body_too_large")
+    assert server.stop()[0] == 0

@@ -74,6 +74,7 @@ __all__ = [
     "parse_payment_bodies",
     "parse_refund_bodies",
     "parse_signature_header",
+    "payload_signature",
     "set_parallelism",
     "sha256",
     "sha256_batch",
@@ -233,6 +234,10 @@ def wal_next_valid(data: bytes, offset: int, lsn_min: int) -> int | None:
 def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104); any key length, keys over 64 bytes are hashed first."""
+
+def payload_signature(secrets: Sequence[bytes], timestamp_s: int, body: bytes) -> str:
+    """``t=<timestamp_s>`` then one ``,v1=<hex>`` per secret, each an HMAC-SHA256 over
+    ``b"<timestamp_s>." + body``: the signature header of a response or webhook."""
 
 def sha256_batch(items: Sequence[_Buffer]) -> list[bytes]: ...
 def parallelism() -> int:

@@ -156,9 +156,7 @@ def sign_payload(secrets: Sequence[bytes], body: bytes, timestamp_s: int) -> str
     _check_timestamp_value(timestamp_s)
     if not 1 <= len(secrets) <= V1_COUNT_MAX:
         raise ValueError(f"sign with 1 to {V1_COUNT_MAX} secrets, not {len(secrets)}")
-    message = payload_message(timestamp_s, body)
-    v1s = "".join(f",v1={_core.hmac_sha256(secret, message).hex()}" for secret in secrets)
-    return f"t={timestamp_s}{v1s}"
+    return _core.payload_signature(secrets, timestamp_s, body)
 
 
 def parse_header(header: str) -> SignatureHeader:

@@ -27,7 +27,7 @@ from aiohttp import web
 from instapay import _core, lists
 from instapay.ascii_digits import ascii_int
 from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine, FsyncMode
-from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, read_body, request_bodies
+from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, check_codings, read_body
 from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from instapay.http.metrics import Metrics
@@ -145,8 +145,8 @@ def engine_of(request: web.Request) -> Engine:
 REQUEST_ID = web.RequestKey("request_id", str)
 # A random prefix per process and a counter: unique across restarts, and 20 times cheaper than a
 # uuid4 per request (8 µs of a 180 µs request under load).
-# 32 hex digits, like a uuid4's.
-REQUEST_IDS = (f"{secrets.token_hex(8)}{n:016x}" for n in itertools.count(1))
+# 32 hex digits, like a uuid4's; `str.format` mapped over the counter resumes no generator frame.
+REQUEST_IDS = map(f"{secrets.token_hex(8)}{{:016x}}".format, itertools.count(1))
 
 
 def error_response(request: web.Request, status: int, code: str, message: str) -> web.Response:
@@ -166,46 +166,60 @@ HTTP_ERROR_CODES = {
 
 
 @web.middleware
-async def errors_and_request_ids(
+async def every_request(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Gives every request an id and turns every refusal into the API's JSON error."""
-    request[REQUEST_ID] = next(REQUEST_IDS)
-    runtime = request.app[RUNTIME]
-    if runtime.requests_in_flight >= request.app[SETTINGS].requests_in_flight_max:
-        refused = error_response(request, 429, "too_many_requests", "too many requests in flight")
-        refused.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-        return refused
+    """Gives every request an id, turns every refusal into the API's JSON error, and counts the
+    request by route template (never the raw path) and status, with its latency. One middleware
+    rather than one per concern: each layer costs every request a coroutine and a call."""
+    started_s = time.perf_counter()
+    request_id = request[REQUEST_ID] = next(REQUEST_IDS)
+    response = await answer_or_refusal(request, handler)
+    if not response.prepared:  # a streamed response sets its own before it starts
+        response.headers[REQUEST_ID_HEADER] = request_id
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
+    return response
+
+
+async def answer_or_refusal(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The handler's answer, or the refusal in the API's error format: beyond the requests in
+    flight, of an unimplemented coding, or raised by the handler. The body's share of the budget
+    is given back once the answer is ready."""
+    app = request.app
+    runtime = app[RUNTIME]
+    if runtime.requests_in_flight >= app[SETTINGS].requests_in_flight_max:
+        return error_response(request, 429, "too_many_requests", "too many requests in flight")
     runtime.requests_in_flight += 1
-    response: web.StreamResponse
+    app[BODY_BUDGET].open(request)
     try:
-        response = await handler(request)
+        check_codings(request)
+        return await handler(request)
     except RequestError as error:
-        response = error_response(request, error.http_status, error.code, error.message)
+        return error_response(request, error.http_status, error.code, error.message)
     except Overloaded as error:
-        response = error_response(request, 503, "overloaded", str(error))
+        return error_response(request, 503, "overloaded", str(error))
     except EngineFailedError:
-        response = error_response(request, 503, "unavailable", "the engine has stopped")
+        return error_response(request, 503, "unavailable", "the engine has stopped")
     except web.HTTPException as error:
         if error.status < 400:
             raise
         code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
-        response = error_response(request, error.status, code, error.reason)
+        return error_response(request, error.status, code, error.reason)
     finally:
         runtime.requests_in_flight -= 1
-    if not response.prepared:  # a streamed response sets its own before it starts
-        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
-    return response
+        app[BODY_BUDGET].give_back(request)
 
 
 def signed_json(merchant: Merchant, payload: object) -> web.Response:
     """JSON signed with the merchant's secrets (one v1 per live key)."""
     body = orjson.dumps(payload)
-    response = web.Response(body=body, content_type=JSON_TYPE)
-    response.headers[SIGNATURE_HEADER] = sign_payload(
-        list(merchant.keys.values()), body, int(time.time())
-    )
-    return response
+    signature = sign_payload(list(merchant.keys.values()), body, int(time.time()))
+    # Both headers given at once: cheaper than a content type to check and a header added.
+    return web.Response(body=body, headers={"Content-Type": JSON_TYPE, SIGNATURE_HEADER: signature})
 
 
 def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:
@@ -745,19 +759,6 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-@web.middleware
-async def request_metrics(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Counts every request by route template (never the raw path) and status, with latency."""
-    started_s = time.perf_counter()
-    response = await handler(request)
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
-    return response
-
-
 async def healthz(request: web.Request) -> web.Response:
     del request
     return web.json_response({"status": "ok"}, dumps=lambda data: orjson.dumps(data).decode())
@@ -825,7 +826,7 @@ async def webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: ServerSettings) -> web.Application:
     app = web.Application(
         client_max_size=BODY_BYTES_MAX,
-        middlewares=[request_metrics, errors_and_request_ids, request_bodies],
+        middlewares=[every_request],
     )
     app[SETTINGS] = settings
     app[LIMITS] = settings.limits

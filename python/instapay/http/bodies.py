@@ -10,8 +10,6 @@ A server kept busy by aborted uploads then grows without bound (issue 12: 59 MB 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -24,12 +22,17 @@ BODY_BUDGET_SHARE = web.RequestKey("body_budget_share", int)
 
 class BodyBudget:
     """The bytes of request bodies the server holds at once (read or being read): a request
-    takes its share before reading (its Content-Length, or chunk by chunk for a chunked body)
-    and gives it back when its answer is written."""
+    opens its account when it arrives, takes its share before reading (its Content-Length, or
+    chunk by chunk for a chunked body) and gives it back when its answer is written."""
 
     def __init__(self, bytes_max: int) -> None:
         self.bytes_max = bytes_max
         self.bytes_held = 0
+
+    def open(self, request: web.Request) -> None:
+        # Set up front: a request's lookup of a key it lacks raises (and catches) a KeyError
+        # inside aiohttp's mapping, a microsecond per request.
+        request[BODY_BUDGET_SHARE] = 0
 
     def take(self, request: web.Request, byte_count: int) -> None:
         if self.bytes_held + byte_count > self.bytes_max:
@@ -37,65 +40,75 @@ class BodyBudget:
                 "server_busy", "too many request bodies are being received; retry shortly", 503
             )
         self.bytes_held += byte_count
-        request[BODY_BUDGET_SHARE] = request.get(BODY_BUDGET_SHARE, 0) + byte_count
+        request[BODY_BUDGET_SHARE] += byte_count
 
     def give_back(self, request: web.Request) -> None:
-        self.bytes_held -= request.pop(BODY_BUDGET_SHARE, 0)
+        self.bytes_held -= request[BODY_BUDGET_SHARE]
+        request[BODY_BUDGET_SHARE] = 0
 
 
 LIMITS = web.AppKey("limits", Limits)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 
 
-def check_length(request: web.Request, bytes_max: int) -> None:
-    """413 before a byte of the body is read, when its declared length is already too large."""
-    if request.content_length is not None and request.content_length > bytes_max:
-        raise RequestError("body_too_large", f"the body may hold at most {bytes_max} bytes", 413)
+def _too_large(bytes_max: int) -> RequestError:
+    return RequestError("body_too_large", f"the body may hold at most {bytes_max} bytes", 413)
 
 
 async def read_body(request: web.Request, bytes_max: int) -> bytes:
     """The whole body, at most `bytes_max` bytes (else 413), within the body read timeout (else
     408) and the server's body budget (else 503). A body cut short is a 400; the bytes read so
     far are freed at once, whatever still holds the exception."""
-    check_length(request, bytes_max)
+    declared = request.content_length or 0  # parsed from the header at each access
+    if declared > bytes_max:  # refused before a byte of it is read
+        raise _too_large(bytes_max)
+    request.app[BODY_BUDGET].take(request, declared)
+    if not request.content.is_eof():
+        return await _read_in_time(request, bytes_max, declared)
+    # Received whole with its head (a small body: the common case, kept cheap): no timer and
+    # no wait, one buffer taken at once.
+    try:
+        body = request.content.read_nowait()
+    except (ConnectionError, RequestPayloadError):
+        raise _cut_short() from None
+    _count(request, bytes_max, declared, len(body), len(body))
+    return body
+
+
+def _cut_short() -> RequestError:
+    return RequestError("body_incomplete", "the request body was cut short")
+
+
+async def _read_in_time(request: web.Request, bytes_max: int, declared: int) -> bytes:
+    """The body, chunk by chunk as it arrives, within the body read timeout."""
     timeout_s = request.app[LIMITS].body_read_timeout_s
     chunks: list[bytes] = []
     try:
-        request.app[BODY_BUDGET].take(request, request.content_length or 0)
-        async with _deadline(request, timeout_s):
-            await _read_chunks(request, bytes_max, chunks)
+        async with asyncio.timeout(timeout_s):
+            byte_count = 0
+            while chunk := await request.content.readany():
+                byte_count += len(chunk)
+                _count(request, bytes_max, declared, byte_count, len(chunk))
+                chunks.append(chunk)
         return b"".join(chunks)
     except TimeoutError:
         message = f"the request body did not arrive within {timeout_s} s"
         raise RequestError("body_timeout", message, 408) from None
     except (ConnectionError, RequestPayloadError):
-        raise RequestError("body_incomplete", "the request body was cut short") from None
+        raise _cut_short() from None
     finally:
         chunks.clear()
 
 
-def _deadline(
-    request: web.Request, timeout_s: float
-) -> asyncio.Timeout | contextlib.nullcontext[None]:
-    """No timer for a body already received whole (a small one comes with its head: the
-    common case, kept cheap), else the body read timeout."""
-    if request.content.is_eof():
-        return contextlib.nullcontext()
-    return asyncio.timeout(timeout_s)
-
-
-async def _read_chunks(request: web.Request, bytes_max: int, chunks: list[bytes]) -> None:
-    byte_count = 0
-    declared = request.content_length or 0
-    while chunk := await request.content.readany():
-        byte_count += len(chunk)
-        if byte_count > bytes_max:
-            raise RequestError(
-                "body_too_large", f"the body may hold at most {bytes_max} bytes", 413
-            )
-        if byte_count > declared:  # a chunked body takes its share as it arrives
-            request.app[BODY_BUDGET].take(request, len(chunk))
-        chunks.append(chunk)
+def _count(
+    request: web.Request, bytes_max: int, declared: int, byte_count: int, chunk_len: int
+) -> None:
+    """A chunk of `chunk_len` bytes arrived, `byte_count` so far: 413 beyond `bytes_max`; past
+    the declared length (a chunked body) the chunk takes its share of the budget."""
+    if byte_count > bytes_max:
+        raise _too_large(bytes_max)
+    if byte_count > declared:
+        request.app[BODY_BUDGET].take(request, chunk_len)
 
 
 # The only transfer coding aiohttp decodes. Any other (`gzip, chunked`) would be read as plain
@@ -104,43 +117,37 @@ TRANSFER_CODING = "chunked"
 
 
 def check_codings(request: web.Request) -> None:
-    """501 for a transfer coding and 415 for a content coding we do not implement: the body is
-    taken as sent, so what the signature covers is what arrived."""
+    """Refuses a transfer coding (501) or a content coding (415) we do not implement, before any
+    handler reads the body: the body is taken as sent, so what the signature covers is what
+    arrived. The connection is closed after the refusal: its framing cannot be trusted."""
+    refusal = _coding_refusal(request)
+    if refusal is not None:
+        request.protocol.close()
+        raise refusal
+
+
+def _coding_refusal(request: web.Request) -> RequestError | None:
+    headers = request.headers
+    if "Transfer-Encoding" not in headers and "Content-Encoding" not in headers:
+        return None  # most requests: nothing to parse
     transfer = _codings(request, "Transfer-Encoding")
     if transfer and transfer != [TRANSFER_CODING]:
-        raise RequestError(
+        return RequestError(
             "unsupported_transfer_coding",
             f"Transfer-Encoding: only {TRANSFER_CODING} is implemented, not {transfer}",
             501,
         )
     content = _codings(request, "Content-Encoding")
     if set(content) - {"identity"}:
-        raise RequestError(
+        return RequestError(
             "unsupported_content_coding",
             f"Content-Encoding: send the body uncompressed, not {content}",
             415,
         )
+    return None
 
 
 def _codings(request: web.Request, header: str) -> list[str]:
     """The codings a header lists, over all its lines, lower-cased (`gzip, chunked`)."""
     values = ",".join(request.headers.getall(header, []))
     return [coding.strip().lower() for coding in values.split(",")] if values else []
-
-
-@web.middleware
-async def request_bodies(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Refuses unimplemented codings before any handler reads the body (and closes the
-    connection after the answer: its framing cannot be trusted) and gives the body's budget back
-    once the answer is ready."""
-    try:
-        check_codings(request)
-    except RequestError:
-        request.protocol.close()
-        raise
-    try:
-        return await handler(request)
-    finally:
-        request.app[BODY_BUDGET].give_back(request)

@@ -118,10 +118,19 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_EngineCollector(engine, dispatcher))
+        # The counter and histogram children of each (route, status) seen: `labels()` checks and
+        # joins its arguments under a lock on every call. Routes are templates and statuses few,
+        # so this stays small.
+        self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        children = self._children.get((route, status))
+        if children is None:
+            children = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[route, status] = children
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
