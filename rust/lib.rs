@@ -11,6 +11,7 @@ mod error;
 mod idempotency;
 mod keyring;
 mod ledger_py;
+mod results_py;
 pub mod parallel;
 mod signature;
 pub mod state;
@@ -91,6 +92,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<KeyRing>()?;
     module.add_class::<IdempotencyIndex>()?;
     module.add_class::<ledger_py::LedgerPy>()?;
+    module.add_class::<results_py::ResultsPy>()?;
     module.add("BALANCE_MAX", state::accounts::BALANCE_MAX)?;
     module.add("SECONDS_PER_DAY", state::mandates::SECONDS_PER_DAY)?;
     module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;
