@@ -3,6 +3,7 @@
 //! `python/instapay/engine/results.py`. Status is a bool (succeeded), failures their `Failure`
 //! code strings.
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::prelude::*;
@@ -174,6 +175,21 @@ impl ResultsPy {
     /// Every LSN held, in log order.
     fn lsns(&self) -> PyResult<Vec<u64>> {
         Ok(self.state()?.lsns().collect())
+    }
+
+    /// The LSNs of each merchant's results, in log order.
+    fn lsns_by_merchant(&self) -> PyResult<HashMap<String, Vec<u64>>> {
+        let state = self.state()?;
+        let mut by_merchant: HashMap<String, Vec<u64>> = HashMap::new();
+        for (lsn, merchant_id) in state.merchants_of() {
+            match by_merchant.get_mut(merchant_id) {
+                Some(lsns) => lsns.push(lsn),
+                None => {
+                    by_merchant.insert(merchant_id.to_owned(), vec![lsn]);
+                }
+            }
+        }
+        Ok(by_merchant)
     }
 
     /// The LSNs of a merchant's payments for one order id, oldest first.

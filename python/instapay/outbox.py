@@ -107,6 +107,12 @@ class Outbox:
         """Indexes an event (LSNs arrive in increasing order)."""
         self.events_of.setdefault(merchant_id, []).append(lsn)
 
+    def index_events(self, by_merchant: dict[str, list[int]]) -> None:
+        """Indexes the events of each merchant at once (a snapshot's; LSNs in increasing
+        order), in place of one `add_event` each."""
+        for merchant_id, lsns in by_merchant.items():
+            self.events_of.setdefault(merchant_id, []).extend(lsns)
+
     def schedule_new(self, merchant_id: str, lsn: int, at_ms: int) -> None:
         """Makes a new event's delivery pending from `at_ms` on (the cheap path: one per
         payment)."""

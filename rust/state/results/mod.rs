@@ -369,6 +369,13 @@ impl Results {
         self.entries.iter().map(|entry| entry.lsn)
     }
 
+    /// (LSN, merchant id) of every result, in log order.
+    pub fn merchants_of(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.entries
+            .iter()
+            .map(|entry| (entry.lsn, self.merchants.name(entry.merchant)))
+    }
+
     /// The entries of a chain, newest first.
     fn chain_of(&self, last: u32) -> impl Iterator<Item = &Entry> {
         std::iter::successors((last != NONE).then(|| self.entries.get(last as usize)), |entry| {
