@@ -10,13 +10,13 @@ import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from legacy_ledger import rewrite_snapshot_with_json_results
 
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.engine.results import Durable, Results
 from instapay.model import Failure, PaymentResult, RefundResult, Status
 from instapay.protocol import PAYMENTS_PATH, payment_id, refund_id
+from legacy_ledger import rewrite_snapshot_with_json_results
 
 DEMO = DemoMerchant()
 BALANCE = 10_000
@@ -87,9 +87,8 @@ def check_holds(results: Results, history: dict[int, Durable]) -> None:
     assert 0 not in results
     payments = [r for r in history.values() if isinstance(r, PaymentResult)]
     for merchant_id, order_id in {(p.merchant_id, p.order_id) for p in payments}:
-        expected = [
-            int(p.id[4:]) for p in payments if (p.merchant_id, p.order_id) == (merchant_id, order_id)
-        ]
+        key = (merchant_id, order_id)
+        expected = [int(p.id[4:]) for p in payments if (p.merchant_id, p.order_id) == key]
         assert results.payments_for_order(merchant_id, order_id) == expected
     refunds = [r for r in history.values() if isinstance(r, RefundResult)]
     for paid in {r.payment_id for r in refunds} | {"pay_3"}:
@@ -122,8 +121,11 @@ def test_none_and_empty_texts_stay_apart() -> None:
     empty = PaymentResult("pay_1", "shop", "", "p", 1, "EUR", Status.SUCCEEDED, None, 0, "", {})
     none = empty._replace(id="pay_2", description=None, metadata=None)
     results = stored({1: empty, 2: none})
-    assert (results[1].description, results[1].metadata) == ("", {})
-    assert (results[2].description, results[2].metadata) == (None, None)
+    got_empty, got_none = results.payment(1), results.payment(2)
+    assert got_empty is not None
+    assert got_none is not None
+    assert (got_empty.description, got_empty.metadata) == ("", {})
+    assert (got_none.description, got_none.metadata) == (None, None)
 
 
 def test_every_failure_code_is_kept() -> None:
@@ -169,7 +171,8 @@ async def history(engine: Engine) -> dict[int, Durable]:
     }
     paid = await engine.submit(DEMO.sign(PAYMENTS_PATH, orjson.dumps(body)))
     declined = await engine.submit(DEMO.payment("order-2", DEMO.payer(1), BALANCE + 1))
-    assert isinstance(paid, PaymentResult) and isinstance(declined, PaymentResult)
+    assert isinstance(paid, PaymentResult)
+    assert isinstance(declined, PaymentResult)
     assert (paid.description, paid.metadata) == ("thé ✓", {"clé": "valeur", "empty": ""})
     for amount in (100, 250, 50):
         await engine.submit(DEMO.refund(paid.id, amount))
@@ -185,7 +188,8 @@ def test_a_snapshot_with_the_results_as_json_rows_still_loads(tmp_path: Path) ->
             assert dict(engine.results.items()) == made
             [paid_lsn, *_] = engine.results.payments_for_order(DEMO.merchant_id, "order-1")
             paid = engine.payment(payment_id(paid_lsn))
-            assert paid is not None and paid.amount_refunded == 150
+            assert paid is not None
+            assert paid.amount_refunded == 150
             refunds = [made[lsn] for lsn in engine.refund_lsns(paid.id)]
             assert [(r.amount, r.status) for r in refunds] == [
                 (100, Status.SUCCEEDED),

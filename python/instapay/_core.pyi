@@ -64,6 +64,7 @@ __all__ = [
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
+    "Results",
     "__version__",
     "crc32c",
     "hmac_sha256",
@@ -490,7 +491,7 @@ class Results:
 
     def __new__(cls) -> Results: ...
     def __len__(self) -> int: ...
-    def __contains__(self, lsn: int) -> bool: ...
+    def __contains__(self, lsn: int, /) -> bool: ...
     def add_payment(
         self,
         lsn: int,

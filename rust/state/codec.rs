@@ -11,9 +11,9 @@ pub struct Writer(pub Vec<u8>);
 
 impl Writer {
     /// A snapshot begun with its header.
-    pub fn new(magic: &[u8; 8], version: u32, capacity: usize) -> Self {
+    pub fn new(magic: [u8; 8], version: u32, capacity: usize) -> Self {
         let mut out = Self(Vec::with_capacity(capacity));
-        out.0.extend_from_slice(magic);
+        out.0.extend_from_slice(&magic);
         out.u32(version);
         out.u32(0);
         out
@@ -79,14 +79,19 @@ impl<'a> Reader<'a> {
     ///
     /// # Errors
     /// `corrupt` for bytes not written with this header (or damaged since).
-    pub fn open(data: &'a [u8], magic: &[u8; 8], version: u32, corrupt: fn(String) -> CoreError) -> CoreResult<Self> {
+    pub fn open(
+        data: &'a [u8],
+        magic: [u8; 8],
+        version: u32,
+        corrupt: fn(String) -> CoreError,
+    ) -> CoreResult<Self> {
         let body_len = data
             .len()
             .checked_sub(CRC_LEN)
             .filter(|&len| len >= magic.len() + 8)
             .ok_or_else(|| corrupt(format!("{} bytes is shorter than the header", data.len())))?;
         let (body, crc) = data.split_at(body_len);
-        if &body[..magic.len()] != magic {
+        if body[..magic.len()] != magic[..] {
             return Err(corrupt("wrong magic bytes".into()));
         }
         if crc32c::crc32c(body).to_le_bytes() != crc {
@@ -112,7 +117,10 @@ impl<'a> Reader<'a> {
         if self.at == self.data.len() {
             return Ok(());
         }
-        Err((self.corrupt)(format!("{} bytes after the {what}", self.data.len() - self.at)))
+        Err((self.corrupt)(format!(
+            "{} bytes after the {what}",
+            self.data.len() - self.at
+        )))
     }
 
     pub fn error(&self, reason: impl Into<String>) -> CoreError {

@@ -10,7 +10,7 @@
 
 pub mod accounts;
 pub mod chunked;
-pub mod codec;
+pub(crate) mod codec;
 pub mod ledger;
 pub mod legacy;
 pub mod mandates;

@@ -29,10 +29,10 @@
 //! from the log and one loaded from a snapshot encode to the same bytes.
 
 use super::accounts::{Account, Owner, BALANCE_MAX};
+use super::codec::{Reader, Writer};
 use super::ledger::Ledger;
 use super::mandates::{Mandate, Terms};
 use super::payments::Payment;
-use super::codec::{Reader, Writer};
 use crate::error::{CoreError, CoreResult};
 
 const MAGIC: &[u8; 8] = b"IPLEDGR\0";
@@ -43,7 +43,7 @@ const PAYMENT_LEN: usize = 36;
 
 #[must_use]
 pub fn encode(ledger: &Ledger) -> Vec<u8> {
-    let mut out = Writer::new(MAGIC, VERSION, 64 + ledger.payments.len() * PAYMENT_LEN);
+    let mut out = Writer::new(*MAGIC, VERSION, 64 + ledger.payments.len() * PAYMENT_LEN);
     let accounts = &ledger.accounts;
     out.len(accounts.currencies().count());
     for (name, inflow) in accounts.currencies() {
@@ -102,7 +102,7 @@ fn corrupt(reason: String) -> CoreError {
 /// `CorruptLedger` for bytes `encode` did not write (or that were damaged since);
 /// `InvariantBroken` for a state that breaks the ledger's invariants.
 pub fn decode(data: &[u8]) -> CoreResult<Ledger> {
-    let mut reader = Reader::open(data, MAGIC, VERSION, corrupt)?;
+    let mut reader = Reader::open(data, *MAGIC, VERSION, corrupt)?;
     let mut ledger = Ledger::default();
     read_accounts(&mut reader, &mut ledger)?;
     read_mandates(&mut reader, &mut ledger)?;

@@ -6,7 +6,7 @@
 //! the ledger (the same results in the same order encode to the same snapshot).
 
 pub mod snapshot;
-pub mod text;
+mod text;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -48,6 +48,9 @@ pub struct Code(u8);
 impl Code {
     /// # Errors
     /// `InvalidState` for a failure code not in `FAILURES`.
+    ///
+    /// # Panics
+    /// Never: `FAILURES` holds fewer than 128 codes.
     pub fn new(succeeded: bool, failure: Option<&str>) -> CoreResult<Self> {
         let index = match failure {
             None => 0,
@@ -240,10 +243,14 @@ impl Results {
                 currency: self.intern_currency(refund.currency)?,
                 amount: refund.amount,
                 created_s: refund.created_s,
-                texts: [Some(refund.payment_id.as_bytes()), refund.reason.map(str::as_bytes), None],
+                texts: [
+                    Some(refund.payment_id.as_bytes()),
+                    refund.reason.map(str::as_bytes),
+                    None,
+                ],
             },
         };
-        self.push(interned)
+        self.push(&interned)
     }
 
     fn intern_currency(&mut self, currency: &str) -> CoreResult<u16> {
@@ -252,7 +259,7 @@ impl Results {
     }
 
     /// Appends a result whose names are interned, and indexes it.
-    pub(super) fn push(&mut self, result: Interned<'_>) -> CoreResult<()> {
+    pub(super) fn push(&mut self, result: &Interned<'_>) -> CoreResult<()> {
         if self.entries.last().is_some_and(|last| last.lsn >= result.lsn) {
             let message = format!("result LSN {} is not above every held one's", result.lsn);
             return Err(CoreError::InvalidState(message));
@@ -292,11 +299,10 @@ impl Results {
 
     /// Chains a refund to the payment's earlier ones; the entry before it.
     fn index_refund(&mut self, payment_id: &str, index: u32, added: i64) -> CoreResult<u32> {
-        let refunded = match lsn_in_id(payment_id, PAYMENT_ID_PREFIX) {
-            Some(lsn) => self.refunds.entry(lsn),
-            None => return Ok(Self::chain(self.odd_refunds.entry(payment_id.into()), index, added)?),
-        };
-        Self::chain(refunded, index, added)
+        match lsn_in_id(payment_id, PAYMENT_ID_PREFIX) {
+            Some(lsn) => Self::chain(self.refunds.entry(lsn), index, added),
+            None => Self::chain(self.odd_refunds.entry(payment_id.into()), index, added),
+        }
     }
 
     fn chain<K>(
@@ -304,7 +310,10 @@ impl Results {
         index: u32,
         added: i64,
     ) -> CoreResult<u32> {
-        let refunded = entry.or_insert(Refunded { last: NONE, amount: 0 });
+        let refunded = entry.or_insert(Refunded {
+            last: NONE,
+            amount: 0,
+        });
         let amount = refunded.amount.checked_add(added);
         let amount = amount.ok_or_else(|| CoreError::InvalidState("refunds over i64".into()))?;
         let prev = refunded.last;
@@ -489,11 +498,17 @@ pub(crate) mod tests {
             }
         });
         results.add(1, &described).unwrap();
-        results.add(2, &payment("other", "order-1", Some("insufficient_funds"))).unwrap();
+        results
+            .add(2, &payment("other", "order-1", Some("insufficient_funds")))
+            .unwrap();
         results.add(3, &refund("pay_1", 500, None)).unwrap();
         results.add(4, &payment("shop", "order-1", None)).unwrap();
-        results.add(5, &refund("pay_1", 0, Some("refund_exceeds_payment"))).unwrap();
-        results.add(6, &refund("pay_x", 0, Some("payment_not_found"))).unwrap();
+        results
+            .add(5, &refund("pay_1", 0, Some("refund_exceeds_payment")))
+            .unwrap();
+        results
+            .add(6, &refund("pay_x", 0, Some("payment_not_found")))
+            .unwrap();
         results
     }
 
@@ -519,17 +534,32 @@ pub(crate) mod tests {
             (first.description, first.metadata, first.order_id),
             (Some("thé ✓"), Some(&br#"{"k":"v"}"#[..]), "order-1")
         );
-        assert_eq!(results.get(2), Some(payment("other", "order-1", Some("insufficient_funds"))));
-        assert_eq!(results.get(5), Some(refund("pay_1", 0, Some("refund_exceeds_payment"))));
+        assert_eq!(
+            results.get(2),
+            Some(payment("other", "order-1", Some("insufficient_funds")))
+        );
+        assert_eq!(
+            results.get(5),
+            Some(refund("pay_1", 0, Some("refund_exceeds_payment")))
+        );
         assert_eq!((results.get(7), results.merchant_of(2)), (None, Some("other")));
         assert_eq!(results.payments_for_order("shop", "order-1"), [1, 4]);
         assert_eq!(results.payments_for_order("other", "order-1"), [2]);
         assert!(results.payments_for_order("shop", "order-2").is_empty());
         assert!(results.payments_for_order("nobody", "order-1").is_empty());
-        assert_eq!((results.refunds_of("pay_1"), results.amount_refunded("pay_1")), (vec![3, 5], 500));
-        assert_eq!((results.refunds_of("pay_x"), results.amount_refunded("pay_x")), (vec![6], 0));
+        assert_eq!(
+            (results.refunds_of("pay_1"), results.amount_refunded("pay_1")),
+            (vec![3, 5], 500)
+        );
+        assert_eq!(
+            (results.refunds_of("pay_x"), results.amount_refunded("pay_x")),
+            (vec![6], 0)
+        );
         assert!(results.refunds_of("pay_4").is_empty());
-        let made: Vec<_> = results.payments_made().map(|(lsn, merchant, _)| (lsn, merchant)).collect();
+        let made: Vec<_> = results
+            .payments_made()
+            .map(|(lsn, merchant, _)| (lsn, merchant))
+            .collect();
         assert_eq!(made, [(1, "shop"), (4, "shop")]);
         assert_eq!(results.lsns().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
     }
@@ -544,14 +574,14 @@ pub(crate) mod tests {
 
     #[test]
     fn a_payment_result_takes_under_100_bytes() {
-        const PAYMENTS: u64 = 100_000;
+        const PAYMENTS: usize = 100_000;
         let mut results = Results::default();
-        for lsn in 1..=PAYMENTS {
+        for lsn in 1..=PAYMENTS as u64 {
             let order_id = format!("order-{lsn:010}");
             assert_eq!(order_id.len(), 16);
             results.add(lsn, &payment("shop", &order_id, None)).unwrap();
         }
-        let per_payment = results.heap_bytes() / PAYMENTS as usize;
+        let per_payment = results.heap_bytes() / PAYMENTS;
         // `cargo test result_takes -- --nocapture` prints the figure.
         println!("payment result: {per_payment} bytes each (16-byte order id, no description or metadata)");
         assert!(per_payment <= 100, "{per_payment}");

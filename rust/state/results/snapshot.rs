@@ -54,7 +54,7 @@ fn names(out: &mut Writer, names: &Names) {
 
 #[must_use]
 pub fn encode(results: &Results) -> Vec<u8> {
-    let mut out = Writer::new(MAGIC, VERSION, 64 + results.len() * RESULT_LEN);
+    let mut out = Writer::new(*MAGIC, VERSION, 64 + results.len() * RESULT_LEN);
     names(&mut out, &results.merchants);
     names(&mut out, &results.payers);
     names(&mut out, &results.currencies);
@@ -109,7 +109,7 @@ fn read_text<'a>(reader: &mut Reader<'a>, utf8: bool) -> CoreResult<Option<&'a [
 /// # Errors
 /// `CorruptResults` for bytes `encode` did not write (or that were damaged since).
 pub fn decode(data: &[u8]) -> CoreResult<Results> {
-    let mut reader = Reader::open(data, MAGIC, VERSION, corrupt)?;
+    let mut reader = Reader::open(data, *MAGIC, VERSION, corrupt)?;
     let mut results = Results::default();
     read_names(&mut reader, &mut results.merchants, "merchant")?;
     read_names(&mut reader, &mut results.payers, "payer")?;
@@ -119,7 +119,9 @@ pub fn decode(data: &[u8]) -> CoreResult<Results> {
     }
     for _ in 0..reader.u64()? {
         let result = read_result(&mut reader, &results)?;
-        results.push(result).map_err(|error| corrupt(error.to_string()))?;
+        results
+            .push(&result)
+            .map_err(|error| corrupt(error.to_string()))?;
     }
     reader.finish("results")?;
     Ok(results)
@@ -174,7 +176,10 @@ mod tests {
         assert!(restored.iter().eq(results.iter()));
         assert_eq!(encode(&restored), encoded);
         assert_eq!(restored.payments_for_order("shop", "order-1"), [1, 4]);
-        assert_eq!((restored.refunds_of("pay_1"), restored.amount_refunded("pay_1")), (vec![3, 5], 500));
+        assert_eq!(
+            (restored.refunds_of("pay_1"), restored.amount_refunded("pay_1")),
+            (vec![3, 5], 500)
+        );
         assert_eq!(restored.refunds_of("pay_x"), [6]);
         assert_eq!(decode(&encode(&Results::default())).unwrap().len(), 0);
     }
@@ -185,7 +190,10 @@ mod tests {
         for at in [0, 8, 20, encoded.len() / 2, encoded.len() - 1] {
             let mut damaged = encoded.clone();
             damaged[at] ^= 1;
-            assert!(matches!(decode(&damaged), Err(CoreError::CorruptResults(_))), "byte {at}");
+            assert!(
+                matches!(decode(&damaged), Err(CoreError::CorruptResults(_))),
+                "byte {at}"
+            );
         }
         for len in [0, 10, encoded.len() - 1] {
             assert!(decode(&encoded[..len]).is_err(), "{len} bytes");

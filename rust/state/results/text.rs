@@ -58,7 +58,11 @@ impl Texts {
             .iter()
             .map(|text| text.map_or(1, |text| varint_len(text.len() + 1) + text.len()))
             .sum();
-        if self.chunks.last().is_none_or(|chunk| chunk.capacity() - chunk.len() < len) {
+        if self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.capacity() - chunk.len() < len)
+        {
             self.chunks.push(Vec::with_capacity(len.max(CHUNK_BYTES)));
         }
         let chunk = u32::try_from(self.chunks.len() - 1).map_err(|_| full())?;
@@ -91,7 +95,8 @@ impl Texts {
 
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum::<usize>() + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
+        self.chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self.chunks.capacity() * std::mem::size_of::<Vec<u8>>()
     }
 }
 
@@ -107,7 +112,10 @@ mod tests {
         let first = texts.push(&[Some(b"order-1"), None, Some(b"")]).unwrap();
         let second = texts.push(&[Some(&long), Some("é✓".as_bytes())]).unwrap();
         let third = texts.push(&[Some(&huge), None]).unwrap();
-        assert_eq!(texts.get::<3>(first), [Some(&b"order-1"[..]), None, Some(&b""[..])]);
+        assert_eq!(
+            texts.get::<3>(first),
+            [Some(&b"order-1"[..]), None, Some(&b""[..])]
+        );
         assert_eq!(texts.get::<2>(second), [Some(&long[..]), Some("é✓".as_bytes())]);
         assert_eq!(texts.get::<2>(third), [Some(&huge[..]), None]);
         assert_eq!(third >> 32, 1, "a block longer than a chunk gets its own");
