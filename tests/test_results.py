@@ -3,6 +3,7 @@ come back exactly as they were put, with their indexes, through a snapshot too; 
 snapshots written while the results were JSON rows still load."""
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from instapay.demo import DemoMerchant
-from instapay.engine import Engine
+from instapay.engine import Engine, recovery
 from instapay.engine.results import Durable, Results
+from instapay.engine.state import State
 from instapay.model import Failure, PaymentResult, RefundResult, Status
 from instapay.protocol import PAYMENTS_PATH, payment_id, refund_id
+from instapay.storage import snapshots
 from legacy_ledger import rewrite_snapshot_with_json_results
 
 DEMO = DemoMerchant()
 BALANCE = 10_000
+# Written by the engine before the results were native (commit 5d28a8a), `history` below: its
+# snapshot at LSN 12 holds them as JSON rows; the log holds the same records.
+JSON_RESULTS = Path(__file__).parent / "fixtures" / "json-results"
+JSON_RESULTS_CREATED_S = 1796125917
 
 texts = st.text(max_size=20)
 optional_texts = st.none() | texts
@@ -157,6 +164,15 @@ def test_a_damaged_snapshot_is_refused() -> None:
         Results.from_snapshot(bytes(encoded))
 
 
+def snapshot_results(directory: Path) -> dict[int, Durable]:
+    """The results the directory's one snapshot restores, read from the snapshot alone (an
+    engine falls back to the log when a snapshot does not load)."""
+    [(lsn, path)] = snapshots.snapshot_paths(directory)
+    state = State(DEMO.config(), idempotency_capacity=1024)
+    recovery.restore(state, lsn, snapshots.read_snapshot(path, lsn))
+    return dict(state.results.items())
+
+
 async def history(engine: Engine) -> dict[int, Durable]:
     """A described payment with metadata, a declined one, refunds of the first (one declined)."""
     await DEMO.set_up(engine, payers=2, balance=BALANCE)
@@ -184,6 +200,7 @@ def test_a_snapshot_with_the_results_as_json_rows_still_loads(tmp_path: Path) ->
         async with Engine.open(tmp_path, config=DEMO.config()) as engine:
             made = await history(engine)
         rewrite_snapshot_with_json_results(tmp_path)
+        assert snapshot_results(tmp_path) == made
         async with Engine.open(tmp_path, config=DEMO.config()) as engine:
             assert dict(engine.results.items()) == made
             [paid_lsn, *_] = engine.results.payments_for_order(DEMO.merchant_id, "order-1")
@@ -210,6 +227,57 @@ def test_an_engine_snapshot_keeps_the_results_natively(tmp_path: Path) -> None:
         async with Engine.open(tmp_path, config=DEMO.config()) as engine:
             assert dict(engine.results.items()) == made
             assert engine.outbox.events_of == events
+            engine.check_invariants()
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_written_with_the_results_as_json_rows_loads(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    shutil.copytree(JSON_RESULTS, directory)
+    for path in (directory, directory / "wal", directory / "snapshots"):
+        path.chmod(0o700)
+    at = JSON_RESULTS_CREATED_S
+    paid = PaymentResult(
+        "pay_8",
+        DEMO.merchant_id,
+        "order-1",
+        DEMO.payer(0),
+        300,
+        "EUR",
+        Status.SUCCEEDED,
+        None,
+        at,
+        "thé ✓",
+        {"clé": "valeur", "empty": ""},
+    )
+    declined = PaymentResult(
+        "pay_9", "demo", "order-2", DEMO.payer(1), BALANCE + 1, "EUR", Status.FAILED,
+        Failure.INSUFFICIENT_FUNDS, at,
+    )  # fmt: skip
+    refunds = [
+        RefundResult("re_10", "pay_8", "demo", 100, "EUR", Status.SUCCEEDED, None, at),
+        RefundResult(
+            "re_11", "pay_8", "demo", 250, "EUR", Status.FAILED, Failure.REFUND_EXCEEDS_PAYMENT, at
+        ),
+        RefundResult("re_12", "pay_8", "demo", 50, "EUR", Status.SUCCEEDED, None, at),
+    ]
+
+    made = dict(zip(range(8, 13), [paid, declined, *refunds], strict=True))
+    assert snapshot_results(directory) == made
+
+    async def main() -> None:
+        async with Engine.open(directory, config=DEMO.config()) as engine:
+            assert engine.lsn_next == 13
+            assert dict(engine.results.items()) == made
+            assert engine.payments_for_order("demo", "order-1") == [
+                paid._replace(amount_refunded=150)
+            ]
+            assert engine.refund_lsns("pay_8") == [10, 11, 12]
+            assert engine.outbox.events_of == {"demo": [8, 9, 10, 11, 12]}
+            again = await engine.submit(DEMO.payment("order-2", DEMO.payer(1), BALANCE + 1))
+            assert again == declined._replace(replayed=True)
+            assert engine.balance(DEMO.payer(1)) == ("EUR", BALANCE)
             engine.check_invariants()
 
     asyncio.run(main())
