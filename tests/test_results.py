@@ -173,6 +173,11 @@ def snapshot_results(directory: Path) -> dict[int, Durable]:
     return dict(state.results.items())
 
 
+def events_of(engine: Engine) -> dict[str, list[int]]:
+    """The outbox's event LSNs of each merchant."""
+    return {merchant: list(lsns) for merchant, lsns in engine.outbox.events_of.items()}
+
+
 async def history(engine: Engine) -> dict[int, Durable]:
     """A described payment with metadata, a declined one, refunds of the first (one declined)."""
     await DEMO.set_up(engine, payers=2, balance=BALANCE)
@@ -213,7 +218,7 @@ def test_a_snapshot_with_the_results_as_json_rows_still_loads(tmp_path: Path) ->
                 (250, Status.FAILED),
                 (50, Status.SUCCEEDED),
             ]
-            assert engine.outbox.events_of == {DEMO.merchant_id: list(made)}
+            assert events_of(engine) == {DEMO.merchant_id: list(made)}
             engine.check_invariants()
 
     asyncio.run(main())
@@ -223,10 +228,10 @@ def test_an_engine_snapshot_keeps_the_results_natively(tmp_path: Path) -> None:
     async def main() -> None:
         async with Engine.open(tmp_path, config=DEMO.config()) as engine:
             made = await history(engine)
-            events = dict(engine.outbox.events_of)
+            events = events_of(engine)
         async with Engine.open(tmp_path, config=DEMO.config()) as engine:
             assert dict(engine.results.items()) == made
-            assert engine.outbox.events_of == events
+            assert events_of(engine) == events
             engine.check_invariants()
 
     asyncio.run(main())
@@ -274,7 +279,7 @@ def test_a_snapshot_written_with_the_results_as_json_rows_loads(tmp_path: Path) 
                 paid._replace(amount_refunded=150)
             ]
             assert engine.refund_lsns("pay_8") == [10, 11, 12]
-            assert engine.outbox.events_of == {"demo": [8, 9, 10, 11, 12]}
+            assert events_of(engine) == {"demo": [8, 9, 10, 11, 12]}
             again = await engine.submit(DEMO.payment("order-2", DEMO.payer(1), BALANCE + 1))
             assert again == declined._replace(replayed=True)
             assert engine.balance(DEMO.payer(1)) == ("EUR", BALANCE)
