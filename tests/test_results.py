@@ -156,6 +156,25 @@ def test_a_bad_result_is_refused_and_changes_nothing() -> None:
     assert list(results.items()) == [(5, paid)]
 
 
+def test_a_number_no_lsn_can_be_names_no_result() -> None:
+    paid = PaymentResult("pay_5", "shop", "o", "p", 1, "EUR", Status.SUCCEEDED, None, 0)
+    results = stored({5: paid})
+    for lsn in (-1, 2**64, 2**70):
+        assert (results.get(lsn), results.merchant_of(lsn), lsn in results) == (None, None, False)
+        assert (results.payment(lsn), results.refund(lsn)) == (None, None)
+
+
+def test_an_id_with_a_huge_number_names_no_payment(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=DEMO.config()) as engine:
+            await DEMO.set_up(engine, payers=1, balance=BALANCE)
+            assert engine.payment(payment_id(2**64)) is None
+            assert engine.event(2**64) is None
+            assert engine.refund_lsns(payment_id(2**64)) == []
+
+    asyncio.run(main())
+
+
 def test_a_damaged_snapshot_is_refused() -> None:
     paid = PaymentResult("pay_5", "shop", "o", "p", 1, "EUR", Status.SUCCEEDED, None, 0)
     encoded = bytearray(stored({5: paid}).to_snapshot())

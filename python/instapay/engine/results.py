@@ -19,6 +19,9 @@ from instapay.protocol import payment_id, refund_id
 Durable = PaymentResult | RefundResult
 
 _FAILURES = {failure.value: failure for failure in Failure}
+# The LSNs a result can have (u64); any other number, as an id parsed from a request may hold,
+# names none.
+_LSNS = range(2**64)
 _STATUS = {True: Status.SUCCEEDED, False: Status.FAILED}
 
 
@@ -72,7 +75,7 @@ class Results(Mapping[int, Durable]):
 
     def payment(self, lsn: int) -> PaymentResult | None:
         """The payment logged at `lsn`, as stored (no refunds counted in)."""
-        row = self._native.payment(lsn)
+        row = self._native.payment(lsn) if lsn in _LSNS else None
         if row is None:
             return None
         merchant, order, payer, amount, currency, succeeded, failure, created, text, meta = row
@@ -91,7 +94,7 @@ class Results(Mapping[int, Durable]):
         )
 
     def refund(self, lsn: int) -> RefundResult | None:
-        row = self._native.refund(lsn)
+        row = self._native.refund(lsn) if lsn in _LSNS else None
         if row is None:
             return None
         paid, merchant, amount, currency, succeeded, failure, created, reason = row
@@ -114,7 +117,7 @@ class Results(Mapping[int, Durable]):
         return result
 
     def __contains__(self, lsn: object) -> bool:
-        return isinstance(lsn, int) and lsn >= 0 and lsn in self._native
+        return isinstance(lsn, int) and lsn in _LSNS and lsn in self._native
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._native.lsns())
@@ -124,7 +127,7 @@ class Results(Mapping[int, Durable]):
 
     def merchant_of(self, lsn: int) -> str | None:
         """Whose the result logged at `lsn` is, without building it; None if there is none."""
-        return self._native.merchant_of(lsn)
+        return self._native.merchant_of(lsn) if lsn in _LSNS else None
 
     def payments_for_order(self, merchant_id: str, order_id: str) -> list[int]:
         """The LSNs of the payments a merchant made for one order id, oldest first."""
