@@ -190,3 +190,37 @@ impl<'a> Reader<'a> {
         Ok(index)
     }
 }
+
+#[cfg(test)]
+pub mod testing {
+    use super::CRC_LEN;
+    use crate::error::{CoreError, CoreResult};
+
+    /// The bytes with their checksum made right again, as a deliberate forgery would.
+    pub fn resealed(mut data: Vec<u8>) -> Vec<u8> {
+        let body = data.len() - CRC_LEN;
+        let crc = crc32c::crc32c(&data[..body]);
+        data[body..].copy_from_slice(&crc.to_le_bytes());
+        data
+    }
+
+    /// `decode` refuses `encoded` with a byte flipped (with an error `corrupt` accepts) or cut
+    /// short.
+    pub fn check_damage_refused<T>(
+        encoded: &[u8],
+        decode: impl Fn(&[u8]) -> CoreResult<T>,
+        corrupt: impl Fn(&CoreError) -> bool,
+    ) {
+        for at in [0, 8, 20, encoded.len() / 2, encoded.len() - 1] {
+            let mut damaged = encoded.to_vec();
+            damaged[at] ^= 1;
+            assert!(
+                decode(&damaged).err().is_some_and(|error| corrupt(&error)),
+                "byte {at}"
+            );
+        }
+        for len in [0, 10, encoded.len() - 1] {
+            assert!(decode(&encoded[..len]).is_err(), "{len} bytes");
+        }
+    }
+}
