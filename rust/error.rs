@@ -83,6 +83,8 @@ pub enum CoreError {
     CorruptDump(String),
     /// Ledger snapshot bytes (or the JSON of an older snapshot) that are not a ledger.
     CorruptLedger(String),
+    /// Result store snapshot bytes that are not a result store.
+    CorruptResults(String),
     /// The ledger's state breaks one of its invariants (money conserved, consent, limits).
     InvariantBroken(String),
     /// A ledger change that its caller should have refused (the engine checks before it logs).
@@ -154,6 +156,7 @@ impl fmt::Display for CoreError {
             ),
             Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
             Self::CorruptLedger(reason) => write!(f, "not a valid ledger snapshot: {reason}"),
+            Self::CorruptResults(reason) => write!(f, "not a valid results snapshot: {reason}"),
             Self::InvariantBroken(breach) | Self::InvalidState(breach) => f.write_str(breach),
             Self::UnknownAccount(id) => write!(f, "no account {id}"),
             Self::UnknownMandate(id) => write!(f, "no mandate {id}"),
@@ -194,6 +197,7 @@ impl From<CoreError> for PyErr {
             | CoreError::UnknownSlot { .. }
             | CoreError::CorruptDump(_)
             | CoreError::CorruptLedger(_)
+            | CoreError::CorruptResults(_)
             | CoreError::InvalidState(_)
             | CoreError::NegativeAmount(_)
             | CoreError::InvalidOwner(_)

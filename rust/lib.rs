@@ -12,6 +12,7 @@ mod idempotency;
 mod keyring;
 mod ledger_py;
 pub mod parallel;
+mod results_py;
 mod signature;
 pub mod state;
 mod wal;
@@ -109,6 +110,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<KeyRing>()?;
     module.add_class::<IdempotencyIndex>()?;
     module.add_class::<ledger_py::LedgerPy>()?;
+    module.add_class::<results_py::ResultsPy>()?;
     module.add("BALANCE_MAX", state::accounts::BALANCE_MAX)?;
     module.add("SECONDS_PER_DAY", state::mandates::SECONDS_PER_DAY)?;
     module.add_function(wrap_pyfunction!(parse_signature_header, module)?)?;

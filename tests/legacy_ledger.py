@@ -4,13 +4,14 @@ can check that such snapshots still load, and forge broken ones (the native stat
 be changed by hand from Python)."""
 
 from collections.abc import Callable, Iterable
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from instapay.engine import SNAPSHOT_STATE_LEN
+from instapay.engine.results import Results
 from instapay.ledger import Ledger
 from instapay.mandates import MandateGrant, mandate_lsn
 from instapay.model import Status
@@ -48,18 +49,53 @@ def legacy_state(ledger: Ledger, payment_ids: Iterable[str]) -> dict[str, Any]:
     }
 
 
+def legacy_results(results: Results) -> list[list[Any]]:
+    """The results as the snapshot's JSON state held them before they were native: each result's
+    fields but `replayed`, in log order."""
+    return [list(result[:-1]) for result in results.values()]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The parts of the directory's one snapshot, as the engine writes it now."""
+
+    lsn: int
+    path: Path
+    state: dict[str, Any]
+    ledger: bytes
+    results: bytes
+    index: bytes
+
+    @classmethod
+    def of(cls, directory: Path) -> "Snapshot":
+        [(lsn, path)] = snapshots.snapshot_paths(directory)
+        payload = snapshots.read_snapshot(path, lsn)
+        at = 0
+        sections = []
+        for _ in range(3):  # the JSON state, the ledger, the results
+            (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, at)
+            at += SNAPSHOT_STATE_LEN.size
+            sections.append(payload[at : at + length])
+            at += length
+        state, ledger, results = sections
+        return cls(lsn, path, orjson.loads(state), ledger, results, payload[at:])
+
+    def replace(self, directory: Path, *sections: bytes) -> None:
+        """Writes this snapshot's state (as edited), then `sections`, in its place."""
+        encoded = orjson.dumps(self.state)
+        self.path.unlink()
+        payload = b"".join((SNAPSHOT_STATE_LEN.pack(len(encoded)), encoded, *sections))
+        snapshots.write_snapshot(directory, self.lsn, payload)
+
+
 def rewrite_snapshot_as_legacy(directory: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Rewrites the directory's one snapshot in the format written before the ledger was native,
-    its ledger as `legacy_state` gives it, after `change` edited that."""
-    [(lsn, path)] = snapshots.snapshot_paths(directory)
-    payload = snapshots.read_snapshot(path, lsn)
-    (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
-    at = SNAPSHOT_STATE_LEN.size
-    state = orjson.loads(payload[at : at + length])
-    at += length
-    (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, at)
-    at += SNAPSHOT_STATE_LEN.size
-    ledger = Ledger.from_snapshot(payload[at : at + length])
+    """Rewrites the directory's one snapshot in the format written before the ledger was native
+    (the results JSON rows too), its ledger as `legacy_state` gives it, after `change` edited
+    that."""
+    snapshot = Snapshot.of(directory)
+    ledger = Ledger.from_snapshot(snapshot.ledger)
+    state = snapshot.state
+    state["results"] = legacy_results(Results.from_snapshot(snapshot.results))
     # A result row's id, then its fields; a payment's status is its seventh.
     paid = [
         row[0]
@@ -68,9 +104,13 @@ def rewrite_snapshot_as_legacy(directory: Path, change: Callable[[dict[str, Any]
     ]
     state["ledger"] = legacy_state(ledger, paid)
     change(state["ledger"])
-    encoded = orjson.dumps(state)
-    index = payload[at + length :]
-    path.unlink()
-    snapshots.write_snapshot(
-        directory, lsn, SNAPSHOT_STATE_LEN.pack(len(encoded)) + encoded + index
-    )
+    snapshot.replace(directory, snapshot.index)
+
+
+def rewrite_snapshot_with_json_results(directory: Path) -> None:
+    """Rewrites the directory's one snapshot in the format written before the results were
+    native: their JSON rows in the JSON state, the native ledger after it, no results section."""
+    snapshot = Snapshot.of(directory)
+    snapshot.state["results"] = legacy_results(Results.from_snapshot(snapshot.results))
+    ledger = SNAPSHOT_STATE_LEN.pack(len(snapshot.ledger)) + snapshot.ledger
+    snapshot.replace(directory, ledger, snapshot.index)

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ async def check_recovery(directory: Path, demo: DemoMerchant, acked: list[dict[s
             assert retry.id == ack["id"]
 
 
-def durable_payer(durable: dict[int, PaymentResult | RefundResult], refund: RefundResult) -> str:
+def durable_payer(durable: Mapping[int, PaymentResult | RefundResult], refund: RefundResult) -> str:
     payment = durable[int(refund.payment_id.rpartition("_")[2])]
     assert isinstance(payment, PaymentResult)
     return payment.payer

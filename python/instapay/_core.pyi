@@ -64,6 +64,7 @@ __all__ = [
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
+    "Results",
     "__version__",
     "crc32c",
     "hmac_sha256",
@@ -463,3 +464,63 @@ class Ledger:
     def from_snapshot(data: bytes) -> Ledger: ...
     @staticmethod
     def from_legacy_json(data: bytes) -> Ledger: ...
+
+# A payment result: merchant id, order id, payer, amount, currency, succeeded, failure code,
+# created_s, description, metadata (its JSON).
+_PaymentResultRow: TypeAlias = tuple[
+    str, str, str, int, str, bool, str | None, int, str | None, bytes | None
+]
+# A refund result: payment id, merchant id, amount, currency, succeeded, failure code, created_s,
+# reason.
+_RefundResultRow: TypeAlias = tuple[str, str, int, str, bool, str | None, int, str | None]
+
+@final
+class Results:
+    """The durable payment and refund results in native memory, keyed by LSN: 48-byte entries,
+    interned merchant, payer and currency names, the texts in one arena; the payments of each
+    (merchant, order id) and the refunds of each payment indexed. Failure codes are ``Failure``
+    values (ValueError for another one, or for an LSN not above every held one's). Thread-safe:
+    frozen, with the state behind a mutex."""
+
+    def __new__(cls) -> Results: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, lsn: int, /) -> bool: ...
+    def add_payment(
+        self,
+        lsn: int,
+        merchant_id: str,
+        order_id: str,
+        payer: str,
+        amount: int,
+        currency: str,
+        succeeded: bool,
+        failure: str | None,
+        created_s: int,
+        description: str | None,
+        metadata: bytes | None,
+    ) -> None: ...
+    def add_refund(
+        self,
+        lsn: int,
+        payment_id: str,
+        merchant_id: str,
+        amount: int,
+        currency: str,
+        succeeded: bool,
+        failure: str | None,
+        created_s: int,
+        reason: str | None,
+    ) -> None: ...
+    def payment(self, lsn: int) -> _PaymentResultRow | None: ...
+    def refund(self, lsn: int) -> _RefundResultRow | None: ...
+    def merchant_of(self, lsn: int) -> str | None: ...
+    def lsns(self) -> list[int]: ...
+    def lsns_by_merchant(self) -> dict[str, list[int]]: ...
+    def payments_for_order(self, merchant_id: str, order_id: str) -> list[int]: ...
+    def refunds_of(self, payment_id: str) -> list[int]: ...
+    def amount_refunded(self, payment_id: str) -> int: ...
+    def payments_made(self) -> tuple[list[int], list[str], list[int]]: ...
+    def heap_bytes(self) -> int: ...
+    def to_snapshot(self) -> bytes: ...
+    @staticmethod
+    def from_snapshot(data: bytes) -> Results: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import heapq
+from array import array
 from collections.abc import Container
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -90,7 +91,9 @@ class Outbox:
     """Events by merchant, in order, and the deliveries still to make."""
 
     def __init__(self) -> None:
-        self.events_of: dict[str, list[int]] = {}
+        # Each merchant's event LSNs, oldest first: 8 bytes an event in an array, where a list
+        # keeps a pointer and an int object (about 40 bytes) for every payment of the history.
+        self.events_of: dict[str, array[int]] = {}
         self.deliveries: dict[int, Delivery] = {}
         # Per merchant, (next attempt time, LSN) of its pending deliveries. An entry is stale once
         # its delivery moved on; `take_due` skips those.
@@ -105,7 +108,13 @@ class Outbox:
 
     def add_event(self, merchant_id: str, lsn: int) -> None:
         """Indexes an event (LSNs arrive in increasing order)."""
-        self.events_of.setdefault(merchant_id, []).append(lsn)
+        self.events_of.setdefault(merchant_id, array("Q")).append(lsn)
+
+    def index_events(self, by_merchant: dict[str, list[int]]) -> None:
+        """Indexes the events of each merchant at once (a snapshot's; LSNs in increasing
+        order), in place of one `add_event` each."""
+        for merchant_id, lsns in by_merchant.items():
+            self.events_of.setdefault(merchant_id, array("Q")).extend(lsns)
 
     def schedule_new(self, merchant_id: str, lsn: int, at_ms: int) -> None:
         """Makes a new event's delivery pending from `at_ms` on (the cheap path: one per
@@ -227,9 +236,9 @@ class Outbox:
 
     def events_after(self, merchant_id: str, after_lsn: int, limit: int) -> tuple[list[int], bool]:
         """The merchant's event LSNs after `after_lsn`, oldest first, and whether more follow."""
-        lsns = self.events_of.get(merchant_id, [])
+        lsns = self.events_of.get(merchant_id, array("Q"))
         start = bisect.bisect_right(lsns, after_lsn)
-        return lsns[start : start + limit], start + limit < len(lsns)
+        return lsns[start : start + limit].tolist(), start + limit < len(lsns)
 
     def failed_of(self, merchant_id: str) -> list[int]:
         return [

@@ -9,11 +9,14 @@
 //! its LSN (its id is `pay_<lsn>`), a mandate by its LSN (`mdt_<lsn>`).
 
 pub mod accounts;
+pub mod chunked;
+pub(crate) mod codec;
 pub mod ledger;
 pub mod legacy;
 pub mod mandates;
 pub mod names;
 pub mod payments;
+pub mod results;
 pub mod snapshot;
 
 pub use ledger::Ledger;

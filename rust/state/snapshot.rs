@@ -29,6 +29,7 @@
 //! from the log and one loaded from a snapshot encode to the same bytes.
 
 use super::accounts::{Account, Owner, BALANCE_MAX};
+use super::codec::{Reader, Writer};
 use super::ledger::Ledger;
 use super::mandates::{Mandate, Terms};
 use super::payments::Payment;
@@ -36,56 +37,13 @@ use crate::error::{CoreError, CoreResult};
 
 const MAGIC: &[u8; 8] = b"IPLEDGR\0";
 const VERSION: u32 = 1;
-const CRC_LEN: usize = 4;
 const NO_MANDATE: u32 = u32::MAX;
 /// The bytes of a payment row.
 const PAYMENT_LEN: usize = 36;
 
-struct Writer(Vec<u8>);
-
-impl Writer {
-    fn u8(&mut self, value: u8) {
-        self.0.push(value);
-    }
-
-    fn u32(&mut self, value: u32) {
-        self.0.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn u64(&mut self, value: u64) {
-        self.0.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn i64(&mut self, value: i64) {
-        self.0.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn len(&mut self, len: usize) {
-        self.u32(u32::try_from(len).expect("counts are u32 indexes"));
-    }
-
-    fn str(&mut self, value: &str) {
-        self.len(value.len());
-        self.0.extend_from_slice(value.as_bytes());
-    }
-
-    fn opt(&mut self, value: Option<i64>) {
-        match value {
-            None => self.u8(0),
-            Some(value) => {
-                self.u8(1);
-                self.i64(value);
-            }
-        }
-    }
-}
-
 #[must_use]
 pub fn encode(ledger: &Ledger) -> Vec<u8> {
-    let mut out = Writer(Vec::with_capacity(64 + ledger.payments.len() * PAYMENT_LEN));
-    out.0.extend_from_slice(MAGIC);
-    out.u32(VERSION);
-    out.u32(0);
+    let mut out = Writer::new(*MAGIC, VERSION, 64 + ledger.payments.len() * PAYMENT_LEN);
     let accounts = &ledger.accounts;
     out.len(accounts.currencies().count());
     for (name, inflow) in accounts.currencies() {
@@ -117,9 +75,7 @@ pub fn encode(ledger: &Ledger) -> Vec<u8> {
         out.i64(payment.refunded);
         out.u32(payment.mandate.unwrap_or(NO_MANDATE));
     }
-    let crc = crc32c::crc32c(&out.0);
-    out.u32(crc);
-    out.0
+    out.seal()
 }
 
 fn encode_mandate(out: &mut Writer, mandate: &Mandate) {
@@ -136,74 +92,8 @@ fn encode_mandate(out: &mut Writer, mandate: &Mandate) {
     out.i64(mandate.spent);
 }
 
-fn corrupt(reason: impl Into<String>) -> CoreError {
-    CoreError::CorruptLedger(reason.into())
-}
-
-/// Reads the fields in order; any read past the end is a corrupt snapshot.
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, len: usize) -> CoreResult<&'a [u8]> {
-        let end = self.at.checked_add(len).filter(|&end| end <= self.data.len());
-        let end = end.ok_or_else(|| corrupt(format!("truncated at byte {}", self.at)))?;
-        let bytes = &self.data[self.at..end];
-        self.at = end;
-        Ok(bytes)
-    }
-
-    fn array<const N: usize>(&mut self) -> CoreResult<[u8; N]> {
-        Ok(self.bytes(N)?.try_into().expect("N bytes were read"))
-    }
-
-    fn u8(&mut self) -> CoreResult<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u32(&mut self) -> CoreResult<u32> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> CoreResult<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn i64(&mut self) -> CoreResult<i64> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-
-    fn flag(&mut self, what: &str) -> CoreResult<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            other => Err(corrupt(format!("{what} is {other}, not 0 or 1"))),
-        }
-    }
-
-    fn str(&mut self) -> CoreResult<&'a str> {
-        let len = self.u32()? as usize;
-        std::str::from_utf8(self.bytes(len)?).map_err(|_| corrupt("a name is not UTF-8"))
-    }
-
-    fn opt(&mut self) -> CoreResult<Option<i64>> {
-        Ok(if self.flag("an option tag")? {
-            Some(self.i64()?)
-        } else {
-            None
-        })
-    }
-
-    /// A u32 index below `len`.
-    fn index(&mut self, what: &str, len: usize) -> CoreResult<u32> {
-        let index = self.u32()?;
-        if index as usize >= len {
-            return Err(corrupt(format!("{what} {index} is not one of {len}")));
-        }
-        Ok(index)
-    }
+fn corrupt(reason: String) -> CoreError {
+    CoreError::CorruptLedger(reason)
 }
 
 /// A ledger from `encode`'s bytes, every reference and its invariants checked.
@@ -212,36 +102,12 @@ impl<'a> Reader<'a> {
 /// `CorruptLedger` for bytes `encode` did not write (or that were damaged since);
 /// `InvariantBroken` for a state that breaks the ledger's invariants.
 pub fn decode(data: &[u8]) -> CoreResult<Ledger> {
-    let body_len = data
-        .len()
-        .checked_sub(CRC_LEN)
-        .filter(|&len| len >= MAGIC.len() + 8)
-        .ok_or_else(|| corrupt(format!("{} bytes is shorter than the header", data.len())))?;
-    let (body, crc) = data.split_at(body_len);
-    if &body[..MAGIC.len()] != MAGIC {
-        return Err(corrupt("wrong magic bytes"));
-    }
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err(corrupt("checksum mismatch"));
-    }
-    let mut reader = Reader {
-        data: body,
-        at: MAGIC.len(),
-    };
-    let version = reader.u32()?;
-    if version != VERSION || reader.u32()? != 0 {
-        return Err(corrupt(format!("unknown format version {version} or flags")));
-    }
+    let mut reader = Reader::open(data, *MAGIC, VERSION, corrupt)?;
     let mut ledger = Ledger::default();
     read_accounts(&mut reader, &mut ledger)?;
     read_mandates(&mut reader, &mut ledger)?;
     read_payments(&mut reader, &mut ledger)?;
-    if reader.at != body.len() {
-        return Err(corrupt(format!(
-            "{} bytes after the payments",
-            body.len() - reader.at
-        )));
-    }
+    reader.finish("payments")?;
     ledger.check_invariants()?;
     Ok(ledger)
 }
@@ -355,6 +221,8 @@ pub(super) fn push_payment(ledger: &mut Ledger, payment: Payment) -> CoreResult<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::codec::testing::{check_damage_refused, resealed};
+    use crate::state::codec::CRC_LEN;
     use crate::state::ledger::tests::{grant, request, shop_ledger, NOW_S};
     use crate::state::ledger::Grant;
 
@@ -389,14 +257,6 @@ mod tests {
         ledger
     }
 
-    /// The bytes with their checksum made right again, as a deliberate forgery would.
-    fn resealed(mut data: Vec<u8>) -> Vec<u8> {
-        let body = data.len() - CRC_LEN;
-        let crc = crc32c::crc32c(&data[..body]);
-        data[body..].copy_from_slice(&crc.to_le_bytes());
-        data
-    }
-
     #[test]
     fn a_snapshot_restores_the_same_ledger_and_the_same_bytes() {
         let ledger = busy_ledger();
@@ -412,17 +272,9 @@ mod tests {
     #[test]
     fn a_damaged_snapshot_is_refused() {
         let encoded = encode(&busy_ledger());
-        for at in [0, 8, 20, encoded.len() / 2, encoded.len() - 1] {
-            let mut damaged = encoded.clone();
-            damaged[at] ^= 1;
-            assert!(
-                matches!(decode(&damaged), Err(CoreError::CorruptLedger(_))),
-                "byte {at}"
-            );
-        }
-        for len in [0, 10, encoded.len() - 1] {
-            assert!(decode(&encoded[..len]).is_err(), "{len} bytes");
-        }
+        check_damage_refused(&encoded, decode, |error| {
+            matches!(error, CoreError::CorruptLedger(_))
+        });
         let mut longer = encoded.clone();
         longer.splice(encoded.len() - CRC_LEN..encoded.len() - CRC_LEN, [0]);
         assert!(matches!(

@@ -25,11 +25,12 @@ from instapay.engine.records import (
     Redelivery,
     WebhookSecretRotated,
 )
+from instapay.engine.results import Results
 from instapay.engine.state import State
 from instapay.ledger import Ledger
 from instapay.mandates import EXPIRES_AT_MAX_S, Mandate
 from instapay.merchants import Merchants, new_kid, new_secret
-from instapay.model import AdminResult, Merchant, PaymentResult, RefundResult, RequestError
+from instapay.model import AdminResult, Merchant, PaymentResult, RequestError
 from instapay.outbox import DeliveryOutcome, Outbox
 from instapay.rules import check_account, check_amount, check_id, check_webhook_url
 
@@ -181,7 +182,7 @@ class EngineApi(abc.ABC):
         return self.state.index
 
     @property
-    def results(self) -> dict[int, PaymentResult | RefundResult]:
+    def results(self) -> Results:
         return self.state.results
 
     @property

@@ -13,6 +13,7 @@ from instapay.engine import handlers, records
 from instapay.engine.handlers import ReplayMismatchError
 from instapay.engine.ops import ADMIN_TENANT, Applied
 from instapay.engine.records import Record, RecordType
+from instapay.engine.results import Results
 from instapay.engine.state import State
 from instapay.ledger import Ledger
 from instapay.model import AdminResult, Failure, PaymentResult, RefundResult, RequestError, Status
@@ -20,8 +21,10 @@ from instapay.protocol import PAYMENT_ID_PREFIX
 from instapay.storage import wal
 
 # Snapshot payload: length of the JSON state, the JSON state, length of the ledger state, the
-# ledger state (native, rust/state/snapshot.rs), then the idempotency index dump. Snapshots written
-# before the ledger was native hold it as JSON rows in the state ("ledger"), with no length.
+# ledger state (native, rust/state/snapshot.rs), length of the results, the results (native,
+# rust/state/results/snapshot.rs), then the idempotency index dump. Snapshots written before the
+# ledger was native hold it as JSON rows in the state ("ledger"), with no length; those written
+# before the results were native hold them as JSON rows ("results"), with no length either.
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 
@@ -87,17 +90,16 @@ def _restore_keys(state: State, keys: list[tuple[bytes, bytes, int, int]]) -> No
 
 def _tenant_of(state: State, lsn: int) -> str:
     """Whose share of the idempotency index the key logged at `lsn` counts in."""
-    result = state.results.get(lsn)
-    return ADMIN_TENANT if result is None else result.merchant_id
+    merchant_id = state.results.merchant_of(lsn)
+    return ADMIN_TENANT if merchant_id is None else merchant_id
 
 
 def snapshot_payload(state: State) -> bytes:
     """The state as of its last LSN: its length, the state as JSON, the ledger's length, the
-    ledger (native format), the idempotency index dump."""
+    ledger (native format), the results' length, the results (native format), the idempotency
+    index dump."""
     saved = {
         "lsn": state.lsn_next - 1,
-        # Every field of each result but `replayed`; its LSN is in its id.
-        "results": [list(result[:-1]) for result in state.results.values()],
         "admin_results": [
             [lsn, result.account_id, result.status, result.failure_code, result.balance]
             for lsn, result in state.admin_results.items()
@@ -107,12 +109,15 @@ def snapshot_payload(state: State) -> bytes:
     }
     encoded = orjson.dumps(saved)
     ledger = state.ledger.to_snapshot()
+    results = state.results.to_snapshot()
     return b"".join(
         (
             SNAPSHOT_STATE_LEN.pack(len(encoded)),
             encoded,
             SNAPSHOT_STATE_LEN.pack(len(ledger)),
             ledger,
+            SNAPSHOT_STATE_LEN.pack(len(results)),
+            results,
             state.index.dump(),
         )
     )
@@ -129,16 +134,19 @@ def restore(state: State, lsn: int, payload: bytes) -> None:
     if "ledger" in saved:  # written before the ledger was native: its JSON rows
         state.ledger = Ledger.from_snapshot(saved["ledger"])
     else:
-        (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, start)
-        start += SNAPSHOT_STATE_LEN.size
-        state.ledger = Ledger.from_snapshot(payload[start : start + length])
-        start += length
+        ledger, start = _section(payload, start)
+        state.ledger = Ledger.from_snapshot(ledger)
     # Snapshots written before merchants and deliveries were logged have neither.
     state.merchants.restore(saved.get("merchants", []))
     state.mark_settlement_accounts()
-    for row in saved["results"]:
-        result = _result_from_row(row)
-        state.remember(_lsn_of(result), result, notify=False)
+    if "results" in saved:  # written before the results were native: their JSON rows
+        for row in saved["results"]:
+            result = _result_from_row(row)
+            state.remember(_lsn_of(result), result, notify=False)
+    else:
+        results, start = _section(payload, start)
+        state.results = Results.from_snapshot(results)
+        state.outbox.index_events(state.results.events_by_merchant())
     # Snapshots written before deposits took idempotency keys have none.
     for admin_lsn, account_id, status, failure, balance in saved.get("admin_results", []):
         state.admin_results[admin_lsn] = AdminResult(
@@ -150,13 +158,22 @@ def restore(state: State, lsn: int, payload: bytes) -> None:
     state.lsn_next = lsn + 1
 
 
+def _section(payload: bytes, start: int) -> tuple[bytes, int]:
+    """The native section at `start` (its length, its bytes) and the offset after it."""
+    (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload, start)
+    start += SNAPSHOT_STATE_LEN.size
+    return payload[start : start + length], start + length
+
+
 def _result_from_row(row: list[Any]) -> PaymentResult | RefundResult:
-    """A result from its snapshot row (its fields but `replayed`, enums as their values)."""
+    """A result from its snapshot row (its fields but `replayed`, enums as their values). A
+    payment's row holds its `amount_refunded` as stored, 0: its refunds tell what they gave."""
     kind = PaymentResult if row[0].startswith(PAYMENT_ID_PREFIX) else RefundResult
     status_at = kind._fields.index("status")
     row[status_at] = Status(row[status_at])
     row[status_at + 1] = failure_of(row[status_at + 1])
-    return kind(*row)
+    result = kind(*row)
+    return result._replace(amount_refunded=0) if isinstance(result, PaymentResult) else result
 
 
 def _lsn_of(result: PaymentResult | RefundResult) -> int:

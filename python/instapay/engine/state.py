@@ -4,10 +4,10 @@ results, and the reads HTTP answers from. What each operation checks and changes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from instapay import _core
+from instapay.engine.results import Results
 from instapay.ledger import Ledger, Owner
 from instapay.mandates import (
     Mandate,
@@ -19,23 +19,9 @@ from instapay.model import (
     Merchant,
     PaymentResult,
     RefundResult,
-    Status,
 )
 from instapay.outbox import Outbox, event_json
 from instapay.protocol import payment_lsn
-
-
-@dataclass(slots=True)
-class _Refunds:
-    """The durable refunds of one payment."""
-
-    lsns: list[int] = field(default_factory=list)  # oldest first
-    amount: int = 0  # refunded by those that succeeded
-
-    def add(self, lsn: int, refund: RefundResult) -> None:
-        self.lsns.append(lsn)
-        if refund.status == Status.SUCCEEDED:
-            self.amount += refund.amount
 
 
 class State:
@@ -48,15 +34,12 @@ class State:
         self.index = _core.IdempotencyIndex(
             idempotency_capacity, tenant_share_percent=config.idempotency_share_percent
         )
-        # Durable payment and refund results by LSN (their ids carry the LSN).
-        self.results: dict[int, PaymentResult | RefundResult] = {}
+        # Durable payment and refund results by LSN (their ids carry the LSN), native, with the
+        # payments of each (merchant, order id) and the refunds of each payment.
+        self.results = Results()
         # Durable deposits and withdrawals sent with an Idempotency-Key, by LSN: what a retry
         # gets again.
         self.admin_results: dict[int, AdminResult] = {}
-        # LSNs of the durable payments of each (merchant, order id), oldest first.
-        self._orders: dict[tuple[str, str], list[int]] = {}
-        # The durable refunds of each payment id.
-        self._refunds: dict[str, _Refunds] = {}
         # The LSN the next record applied gets.
         self.lsn_next = 1
 
@@ -81,11 +64,7 @@ class State:
     ) -> None:
         """Keeps a durable result for replays and reads; its event goes to the outbox, and to
         the merchant's webhook if it has one (`notify=False`: a snapshot restores deliveries)."""
-        self.results[lsn] = result
-        if isinstance(result, PaymentResult):
-            self._orders.setdefault((result.merchant_id, result.order_id), []).append(lsn)
-        else:
-            self._refunds.setdefault(result.payment_id, _Refunds()).add(lsn, result)
+        self.results.add(lsn, result)
         self.outbox.add_event(result.merchant_id, lsn)
         merchant = self.merchants.get(result.merchant_id)
         if notify and merchant is not None and merchant.webhook_url is not None:
@@ -93,41 +72,33 @@ class State:
 
     def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
         """The durable payments a merchant made for one order id, oldest first."""
-        lsns = self._orders.get((merchant_id, order_id), [])
-        return [
-            self.as_now(result)
-            for lsn in lsns
-            if isinstance(result := self.results[lsn], PaymentResult)
-        ]
+        lsns = self.results.payments_for_order(merchant_id, order_id)
+        return [self.as_now(result) for lsn in lsns if (result := self.results.payment(lsn))]
 
     def payment(self, payment_id_: str) -> PaymentResult | None:
         """A durable payment by id."""
         lsn = payment_lsn(payment_id_)
-        result = None if lsn is None else self.results.get(lsn)
-        return self.as_now(result) if isinstance(result, PaymentResult) else None
+        result = None if lsn is None else self.results.payment(lsn)
+        return None if result is None else self.as_now(result)
 
     def as_now(self, payment: PaymentResult) -> PaymentResult:
         """A stored payment with what its durable refunds gave back so far."""
-        refunds = self._refunds.get(payment.id)
-        if refunds is None or not refunds.amount:
-            return payment
-        return payment._replace(amount_refunded=refunds.amount)
+        refunded = self.results.amount_refunded(payment.id)
+        return payment._replace(amount_refunded=refunded) if refunded else payment
 
     def refund_lsns(self, payment_id_: str) -> list[int]:
         """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
-        refunds = self._refunds.get(payment_id_)
-        return [] if refunds is None else refunds.lsns
+        return self.results.refunds_of(payment_id_)
 
     def refundable_by(self, paid: str, merchant: Merchant) -> bool:
         """Whether `merchant` may refund the payment: a durable payment it made, into its
         settlement account. The account alone does not say whose a payment is: a merchant added
         to the configuration file may settle into an account an admin-created merchant uses."""
         entry = self.ledger.payment(paid)
-        made = self.results.get(payment_lsn(paid) or 0)
+        made_by = self.results.merchant_of(payment_lsn(paid) or 0)
         return (
             entry is not None
-            and made is not None
-            and made.merchant_id == merchant.id
+            and made_by == merchant.id
             and entry.settlement == merchant.settlement_account
         )
 
@@ -149,11 +120,4 @@ class State:
         self.ledger.check_invariants()
         # From the durable results (payments not yet durable have none): the ledger holds every
         # payment that succeeded, and checks them all in one native call.
-        made = [
-            (lsn, result.merchant_id, result.created_s)
-            for lsn, result in self.results.items()
-            if result.failure_code is None and result.__class__ is PaymentResult
-        ]
-        self.ledger.check_payments_made(
-            [lsn for lsn, _, _ in made], [m for _, m, _ in made], [c for _, _, c in made]
-        )
+        self.ledger.check_payments_made(*self.results.payments_made())
