@@ -261,16 +261,25 @@ def _check_events(state: State, lsns: list[int]) -> None:
         raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
 
 
+def _merchant_of_event(state: State, lsn: int) -> str:
+    """Whose the event is, read natively without building its result (a delivery record names
+    many); KeyError if there is no such event (a replayed record that no longer applies)."""
+    merchant_id = state.results.merchant_of(lsn)
+    if merchant_id is None:
+        raise KeyError(f"no event {event_id(lsn)}")
+    return merchant_id
+
+
 def _apply_deliveries(state: State, _kind: RecordType, lsn: int, record: Deliveries) -> Recorded:
     for outcome in record.outcomes:
-        merchant_id = state.results[outcome.event_lsn].merchant_id
-        state.outbox.record(merchant_id, outcome)
+        state.outbox.record(_merchant_of_event(state, outcome.event_lsn), outcome)
     return Recorded(lsn)
 
 
 def _apply_redelivery(state: State, _kind: RecordType, lsn: int, record: Redelivery) -> Recorded:
     for event_lsn in record.event_lsns:
-        state.outbox.schedule(state.results[event_lsn].merchant_id, event_lsn, record.at_ms)
+        merchant_id = _merchant_of_event(state, event_lsn)
+        state.outbox.schedule(merchant_id, event_lsn, record.at_ms)
     return Recorded(lsn)
 
 
