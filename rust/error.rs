@@ -85,6 +85,11 @@ pub enum CoreError {
     CorruptLedger(String),
     /// Result store snapshot bytes that are not a result store.
     CorruptResults(String),
+    /// A logged payload that is not a record of its type (`state::records`).
+    CorruptRecord {
+        what: &'static str,
+        detail: String,
+    },
     /// The ledger's state breaks one of its invariants (money conserved, consent, limits).
     InvariantBroken(String),
     /// A ledger change that its caller should have refused (the engine checks before it logs).
@@ -157,6 +162,9 @@ impl fmt::Display for CoreError {
             Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
             Self::CorruptLedger(reason) => write!(f, "not a valid ledger snapshot: {reason}"),
             Self::CorruptResults(reason) => write!(f, "not a valid results snapshot: {reason}"),
+            Self::CorruptRecord { what, detail } => {
+                write!(f, "a {what} record that does not decode: {detail}")
+            }
             Self::InvariantBroken(breach) | Self::InvalidState(breach) => f.write_str(breach),
             Self::UnknownAccount(id) => write!(f, "no account {id}"),
             Self::UnknownMandate(id) => write!(f, "no mandate {id}"),
@@ -198,6 +206,7 @@ impl From<CoreError> for PyErr {
             | CoreError::CorruptDump(_)
             | CoreError::CorruptLedger(_)
             | CoreError::CorruptResults(_)
+            | CoreError::CorruptRecord { .. }
             | CoreError::InvalidState(_)
             | CoreError::NegativeAmount(_)
             | CoreError::InvalidOwner(_)

@@ -16,6 +16,7 @@ pub mod legacy;
 pub mod mandates;
 pub mod names;
 pub mod payments;
+pub(crate) mod records;
 pub mod results;
 pub mod snapshot;
 
