@@ -81,6 +81,11 @@ pub enum CoreError {
         slot: u64,
     },
     CorruptDump(String),
+    /// A dump holds more keys than the capacity the index is loaded into.
+    IndexTooSmall {
+        held: u64,
+        capacity: u64,
+    },
     /// Ledger snapshot bytes (or the JSON of an older snapshot) that are not a ledger.
     CorruptLedger(String),
     /// Result store snapshot bytes that are not a result store.
@@ -160,6 +165,12 @@ impl fmt::Display for CoreError {
                  or released, or twice in the batch); nothing in the batch was applied"
             ),
             Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
+            Self::IndexTooSmall { held, capacity } => write!(
+                f,
+                "the snapshot holds {held} idempotency keys, more than the capacity of {capacity}: \
+                 dropping any would let a retry of its request apply twice; raise the capacity \
+                 ([idempotency] capacity) to at least {held}"
+            ),
             Self::CorruptLedger(reason) => write!(f, "not a valid ledger snapshot: {reason}"),
             Self::CorruptResults(reason) => write!(f, "not a valid results snapshot: {reason}"),
             Self::CorruptRecord { what, detail } => {
@@ -204,6 +215,7 @@ impl From<CoreError> for PyErr {
             | CoreError::TenantName { .. }
             | CoreError::UnknownSlot { .. }
             | CoreError::CorruptDump(_)
+            | CoreError::IndexTooSmall { .. }
             | CoreError::CorruptLedger(_)
             | CoreError::CorruptResults(_)
             | CoreError::CorruptRecord { .. }

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestServer
 
 from instapay import cli, config, webhooks
 from instapay.demo import DemoMerchant, grant_mandates
-from instapay.engine import Engine
-from instapay.http import ServerSettings, create_app
+from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine
+from instapay.http import create_app
 from instapay.http.app import RUNTIME
 from instapay.notify import DeliveryPolicy
 from instapay.signing import SIGNATURE_HEADER
@@ -125,25 +125,26 @@ def test_a_wrong_config_names_what_is_wrong(tmp_path: Path, text: str, problem: 
         config.load(write(tmp_path, text))
 
 
-def test_a_server_runs_on_the_configured_merchant(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SHOP_K2", "second key from the environment")
-    loaded = config.load(write(tmp_path, GOOD))
-    shop = DemoMerchant("shop", "shop.k1", SECRET)
+SHOP = DemoMerchant("shop", "shop.k1", SECRET)
 
-    async def scenario() -> int:
+
+def pay_on_configured_server(tmp_path: Path, loaded: config.ServeConfig) -> tuple[int, int]:
+    """Serves `loaded` as `serve --config` does, on a data directory set up (and snapshotted) by
+    an engine of the default settings, and pays once: the answer's status, and the capacity of
+    the running engine's idempotency index."""
+
+    async def scenario() -> tuple[int, int]:
         data_dir = tmp_path / "data"
         async with Engine.open(data_dir, config=loaded.engine) as engine:
             await engine.open_account("shop.settlement", "EUR")
-            await engine.open_account(shop.payer(0), "EUR")
-            await engine.deposit(shop.payer(0), 100, "EUR")
-            await grant_mandates(engine, [shop.payer(0)], "shop")
-        app = create_app(ServerSettings(data_dir, loaded.engine))
+            await engine.open_account(SHOP.payer(0), "EUR")
+            await engine.deposit(SHOP.payer(0), 100, "EUR")
+            await grant_mandates(engine, [SHOP.payer(0)], "shop")
+        app = create_app(cli.configured_settings(loaded, data_dir))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
-        await app[RUNTIME].ready()
-        request = shop.payment("o-1", shop.payer(0), 40)
+        running = await app[RUNTIME].ready()
+        request = SHOP.payment("o-1", SHOP.payer(0), 40)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""}
         try:
             async with (
@@ -152,11 +153,28 @@ def test_a_server_runs_on_the_configured_merchant(
                     str(server.make_url(request.path)), data=request.body, headers=headers
                 ) as response,
             ):
-                return response.status
+                return response.status, running.state.index.capacity_max
         finally:
             await server.close()
 
-    assert asyncio.run(scenario()) == 200
+    return asyncio.run(scenario())
+
+
+def test_a_server_runs_on_the_configured_merchant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    loaded = config.load(write(tmp_path, GOOD))
+    assert loaded.idempotency_capacity == IDEMPOTENCY_CAPACITY_DEFAULT
+    assert pay_on_configured_server(tmp_path, loaded) == (200, IDEMPOTENCY_CAPACITY_DEFAULT)
+
+
+def test_the_server_index_takes_the_configured_capacity_over_its_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    loaded = config.load(write(tmp_path, "[idempotency]\ncapacity = 5000\n" + GOOD))
+    assert pay_on_configured_server(tmp_path, loaded) == (200, 5000)
 
 
 def test_serve_refuses_a_wrong_config_before_starting(
@@ -221,6 +239,18 @@ def test_a_rotation_in_the_file_keeps_both_webhook_secrets(
         (
             rotating("https://shop.example/hooks").replace("merchant_share_percent", "share"),
             r"\[idempotency\] has unknown keys",
+        ),
+        (
+            rotating("https://shop.example/hooks").replace(
+                "merchant_share_percent = 10", "capacity = 0"
+            ),
+            "idempotency.capacity must be from 1 to 1073741824 keys",
+        ),
+        (
+            rotating("https://shop.example/hooks").replace(
+                "merchant_share_percent = 10", "capacity = '1'"
+            ),
+            "idempotency.capacity must be a int",
         ),
     ],
 )

@@ -316,6 +316,15 @@ def test_keys_without_a_tenant_are_bounded_by_the_capacity_alone() -> None:
     assert {status for status, _ in answers} == {RESERVE_NEW}
 
 
+def test_a_dump_loads_into_the_capacity_configured_now_but_never_drops_a_key() -> None:
+    index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
+    fill_share(index, "shop", 10)
+    resized = IdempotencyIndex.load(index.dump(), capacity_max=10)
+    assert (resized.capacity_max, len(resized)) == (10, 10)
+    with pytest.raises(ValueError, match="holds 10 idempotency keys, more than the capacity of 9"):
+        IdempotencyIndex.load(index.dump(), capacity_max=9)
+
+
 def test_tenant_counts_follow_release_expiry_and_a_dump() -> None:
     index = IdempotencyIndex(SHARED_CAPACITY, TTL_S, tenant_share_percent=25)
     fill_share(index, "shop", 10)

@@ -387,10 +387,12 @@ class IdempotencyIndex:
         without reservations (format version 2, rust/idempotency/snapshot.rs)."""
 
     @staticmethod
-    def load(data: bytes, tenant_share_percent: int | None = None) -> IdempotencyIndex:
-        """The index of a dump, with the dump's share unless another is given; version 1 dumps
-        (before tenants) load their keys as keys of no tenant. ValueError for a truncated or
-        corrupted one."""
+    def load(
+        data: bytes, tenant_share_percent: int | None = None, capacity_max: int | None = None
+    ) -> IdempotencyIndex:
+        """The index of a dump, with the dump's share and capacity unless others are given;
+        version 1 dumps (before tenants) load their keys as keys of no tenant. ValueError for a
+        truncated or corrupted one, or one holding more keys than `capacity_max`."""
 
 # An account: id, currency, overdraft, balance, owner ("customer" or "merchant").
 _AccountRow: TypeAlias = tuple[str, str, bool, int, str]

@@ -65,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configured_settings(configured: config.ServeConfig, directory: Path) -> ServerSettings:
+    """What `serve --config` runs: the file's engine, storage, limits and index settings."""
+    return ServerSettings(
+        directory,
+        configured.engine,
+        fsync=configured.fsync,
+        admin_token=configured.admin_token,
+        delivery=configured.delivery,
+        limits=configured.limits,
+        idempotency_capacity=configured.idempotency_capacity,
+    )
+
+
 def serve_configured(arguments: argparse.Namespace) -> int:
     """`serve --config FILE`: the configured merchants; flags override the file."""
     try:
@@ -78,14 +91,7 @@ def serve_configured(arguments: argparse.Namespace) -> int:
     port = arguments.port or configured.port
     if problem := serving_problem(directory, host, port):
         return refuse_to_serve(problem)
-    settings = ServerSettings(
-        directory,
-        configured.engine,
-        fsync=configured.fsync,
-        admin_token=configured.admin_token,
-        delivery=configured.delivery,
-        limits=configured.limits,
-    )
+    settings = configured_settings(configured, directory)
 
     def ready(base_url: str) -> None:
         print(f"instapay serving on {base_url}, data in {directory}", flush=True)

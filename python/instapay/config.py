@@ -24,8 +24,10 @@
     in_flight_max = 64
     in_flight_per_merchant_max = 8
 
-    [idempotency]                              # optional; the default is shown
+    [idempotency]                              # optional; the defaults are shown
     merchant_share_percent = 25                # a merchant's share; more only while one stays free
+    capacity = 1000000                         # keys held (24 h each); ~59 bytes a key, allocated
+                                               # at start
 
     [[merchants]]
     id = "shop"
@@ -48,7 +50,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from instapay.engine import FsyncMode
+from instapay import _core
+from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, FsyncMode
 from instapay.http.limits import Limits
 from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.model import EngineConfig, Merchant
@@ -75,6 +78,7 @@ class ServeConfig:
     delivery: DeliveryPolicy
     limits: Limits = field(default_factory=Limits)
     tls: TlsFiles | None = None
+    idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
 
 
 def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -178,14 +182,29 @@ def _merchants(tables: list[Any], share_percent: int) -> EngineConfig:
     return EngineConfig(merchants, idempotency_share_percent=share_percent)
 
 
+_IDEMPOTENCY_KEYS = {"merchant_share_percent", "capacity"}
+
+
 def _idempotency_share_percent(data: dict[str, Any]) -> int:
     """A merchant's share of the idempotency index, so that one cannot fill it for all."""
-    table = _table(data, "idempotency", {"merchant_share_percent"})
+    table = _table(data, "idempotency", _IDEMPOTENCY_KEYS)
     default = EngineConfig().idempotency_share_percent
     share = _typed("idempotency", table, "merchant_share_percent", int, default)
     if not 1 <= share <= 100:
         raise ConfigError("idempotency.merchant_share_percent must be from 1 to 100")
     return int(share)
+
+
+def _idempotency_capacity(data: dict[str, Any]) -> int:
+    """How many keys the index holds: its table is allocated whole at start (about 59 bytes a
+    key when full), so the bound is what the machine's memory allows, not what traffic asks."""
+    table = _table(data, "idempotency", _IDEMPOTENCY_KEYS)
+    capacity = _typed("idempotency", table, "capacity", int, IDEMPOTENCY_CAPACITY_DEFAULT)
+    if not 1 <= capacity <= _core.IDEMPOTENCY_CAPACITY_MAX:
+        raise ConfigError(
+            f"idempotency.capacity must be from 1 to {_core.IDEMPOTENCY_CAPACITY_MAX} keys"
+        )
+    return int(capacity)
 
 
 def _delivery(data: dict[str, Any]) -> DeliveryPolicy:
@@ -266,4 +285,5 @@ def load(path: Path) -> ServeConfig:
         delivery=delivery,
         limits=_limits(server),
         tls=_tls(server),
+        idempotency_capacity=_idempotency_capacity(data),
     )

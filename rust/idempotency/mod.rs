@@ -254,9 +254,14 @@ impl IdempotencyIndex {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (data, tenant_share_percent = None))]
-    fn load(py: Python<'_>, data: &[u8], tenant_share_percent: Option<u64>) -> PyResult<Self> {
-        let index = py.detach(|| snapshot::decode(data, tenant_share_percent))?;
+    #[pyo3(signature = (data, tenant_share_percent = None, capacity_max = None))]
+    fn load(
+        py: Python<'_>,
+        data: &[u8],
+        tenant_share_percent: Option<u64>,
+        capacity_max: Option<u64>,
+    ) -> PyResult<Self> {
+        let index = py.detach(|| snapshot::decode(data, tenant_share_percent, capacity_max))?;
         Ok(Self::from_index(index))
     }
 

@@ -179,7 +179,7 @@ fn restore_tenants(body: &[u8], index: &mut Index) -> CoreResult<usize> {
 /// # Errors
 /// `CorruptDump` for anything but an intact dump; `OutOfRange` for impossible settings.
 /// `share_percent` replaces the dump's share (None keeps it).
-pub fn decode(data: &[u8], share_percent: Option<u64>) -> CoreResult<Index> {
+pub fn decode(data: &[u8], share_percent: Option<u64>, capacity_max: Option<u64>) -> CoreResult<Index> {
     let (version, body) = checked_body(data)?;
     let seed: Seed = array(body, SEED_AT);
     let dumped_share = if version == VERSION {
@@ -188,13 +188,20 @@ pub fn decode(data: &[u8], share_percent: Option<u64>) -> CoreResult<Index> {
         TENANT_SHARE_PERCENT_DEFAULT
     };
     let share = share_percent.unwrap_or(dumped_share);
-    let mut index = Index::new(u64_at(body, CAPACITY_AT), u64_at(body, TTL_AT), share, seed)?;
+    let count = u64_at(body, COUNT_AT);
+    let capacity = capacity_max.unwrap_or_else(|| u64_at(body, CAPACITY_AT));
+    if count > capacity {
+        return Err(CoreError::IndexTooSmall {
+            held: count,
+            capacity,
+        });
+    }
+    let mut index = Index::new(capacity, u64_at(body, TTL_AT), share, seed)?;
     let entries_at = if version == VERSION {
         restore_tenants(body, &mut index)?
     } else {
         HEADER_V1_LEN
     };
-    let count = u64_at(body, COUNT_AT);
     let entries_len = body.len() - entries_at;
     if count.checked_mul(FINISHED_LEN as u64) != Some(entries_len as u64) {
         return Err(corrupt(format!(
@@ -232,9 +239,20 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_loads_into_the_capacity_configured_now_if_its_keys_fit() {
+        let dump = encode(&sample());
+        let resized = decode(&dump, None, Some(2)).expect("two keys fit in two");
+        assert_eq!((resized.capacity_max(), resized.len()), (2, 2));
+        assert_eq!(
+            decode(&dump, None, Some(1)).err(),
+            Some(CoreError::IndexTooSmall { held: 2, capacity: 1 })
+        );
+    }
+
+    #[test]
     fn a_dump_loads_back_to_the_same_finished_entries_without_reservations() {
         let index = sample();
-        let loaded = decode(&encode(&index), None).expect("intact dump");
+        let loaded = decode(&encode(&index), None, None).expect("intact dump");
         assert_eq!(
             loaded.finished().collect::<Vec<_>>(),
             index.finished().collect::<Vec<_>>()
@@ -250,7 +268,7 @@ mod tests {
             "its finished key, not its reservation"
         );
         assert_eq!(encode(&loaded), encode(&index));
-        let reshared = decode(&encode(&index), Some(50)).expect("intact dump");
+        let reshared = decode(&encode(&index), Some(50), None).expect("intact dump");
         assert_eq!(reshared.tenants().share_percent(), 50);
     }
 
@@ -262,12 +280,12 @@ mod tests {
                 let mut corrupted = dump.clone();
                 corrupted[at] ^= flip;
                 assert!(
-                    decode(&corrupted, None).is_err(),
+                    decode(&corrupted, None, None).is_err(),
                     "flip {flip:#x} at byte {at} was accepted"
                 );
             }
             assert!(
-                decode(&dump[..at], None).is_err(),
+                decode(&dump[..at], None, None).is_err(),
                 "truncation to {at} bytes was accepted"
             );
         }
@@ -283,7 +301,7 @@ mod tests {
         let crc = crc32c::crc32c(&doubled);
         doubled.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(
-            decode(&doubled, None).err(),
+            decode(&doubled, None, None).err(),
             Some(CoreError::CorruptDump("a key appears twice".into()))
         );
     }

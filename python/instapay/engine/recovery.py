@@ -153,8 +153,10 @@ def restore(state: State, lsn: int, payload: bytes) -> None:
             account_id, Status(status), failure_of(failure), balance
         )
     state.outbox.restore(saved.get("deliveries", []))
-    # The configured share, not the one the snapshot was taken with.
-    state.index = _core.IdempotencyIndex.load(payload[start:], state.index.tenant_share_percent)
+    # The configured share and capacity, not the ones the snapshot was taken with.
+    state.index = _core.IdempotencyIndex.load(
+        payload[start:], state.index.tenant_share_percent, state.index.capacity_max
+    )
     state.lsn_next = lsn + 1
 
 
