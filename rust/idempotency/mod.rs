@@ -97,7 +97,58 @@ pub struct IdempotencyIndex {
     index: Mutex<Index>,
 }
 
+/// An idempotency key as a logged record holds it, read back by a replay: restored finished,
+/// with the record's LSN as its reference (`IdempotencyIndex::restore_logged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedKey<'a> {
+    pub key: &'a [u8],
+    pub fingerprint: Fingerprint,
+    pub created_s: u32,
+    /// Whose share the key counts in: the merchant of the record.
+    pub tenant: &'a [u8],
+    pub lsn: u64,
+}
+
 impl IdempotencyIndex {
+    /// Re-reserves and completes keys read back from the log, in log order, a run of equal
+    /// reservation times at a time, as `recovery._restore_keys` does: a key already held (a
+    /// replayed or in-flight one) is left as it is, and over a share (changed since) a key is
+    /// kept all the same, or a retry of its request would apply twice.
+    ///
+    /// # Errors
+    /// A key or tenant name of a length the index refuses (nothing of that run is reserved).
+    pub(crate) fn restore_logged(&self, keys: &[LoggedKey<'_>]) -> CoreResult<()> {
+        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        for run in keys.chunk_by(|one, next| one.created_s == next.created_s) {
+            let mut hashes = Vec::with_capacity(run.len());
+            let mut fingerprints = Vec::with_capacity(run.len());
+            let mut tenants = Vec::with_capacity(run.len());
+            for (at, logged) in run.iter().enumerate() {
+                check_key(at, logged.key)?;
+                hashes.push(self.key_hasher.hash(logged.key));
+                fingerprints.push(logged.fingerprint);
+                tenants.push(index.tenants_mut().intern(at, logged.tenant)?);
+            }
+            let outcomes = index.reserve_batch(
+                &hashes,
+                &fingerprints,
+                &tenants,
+                run[0].created_s,
+                Shares::Ignored,
+            );
+            let (slots, lsns): (Vec<u64>, Vec<u64>) = outcomes
+                .iter()
+                .zip(run)
+                .filter_map(|(outcome, logged)| match outcome {
+                    Outcome::New(slot) => Some((*slot, logged.lsn)),
+                    _ => None,
+                })
+                .unzip();
+            index.complete_batch(&slots, &lsns)?;
+        }
+        Ok(())
+    }
+
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
         Ok(use_index(&mut index))

@@ -1,0 +1,340 @@
+//! Recovery's hot path: a run of logged payments and refunds replayed natively, straight from the
+//! bytes of a scanned WAL segment, with no Python object per record. Each record is decoded
+//! (`records`, strings borrowed), applied to the ledger by the rules `handlers._apply_payment`
+//! and `_apply_refund` apply, checked against its logged outcome, and its result added to the
+//! result store; the idempotency keys and events it leaves are gathered for the caller to
+//! restore in one go at the end of the run.
+//!
+//! A run stops at a record this module does not replay: any other operation, a version-0 (JSON)
+//! record, and any payment or refund whose replay would end in an error (a payload that does not
+//! decode, a ledger change refused, a key the index would refuse). Those the Python path applies
+//! (`recovery.replay_records`), which names the problem in today's words; the state is unchanged
+//! by the refused record, since the ledger refuses before it changes anything.
+
+use super::ledger::PaymentRequest;
+use super::records::{
+    self, logged_type, Metadata, PaymentRecord, RefundRecord, OPERATION_PAYMENT,
+    OPERATION_PAYMENT_WITH_CONSENT, OPERATION_REFUND,
+};
+use super::results::{Code, Durable, PaymentFields, RefundFields, Results};
+use super::{lsn_in_id, Decline, Ledger, Outcome, PAYMENT_ID_PREFIX};
+use crate::body::ID_LEN_MAX;
+use crate::digest::decode_hex_mac;
+use crate::error::{CoreError, CoreResult};
+use crate::idempotency::{Fingerprint, LoggedKey, KEY_LEN_MAX};
+use crate::wal::{frame_at, Frame};
+
+const PAYMENT: u16 = logged_type(OPERATION_PAYMENT);
+const PAYMENT_WITH_CONSENT: u16 = logged_type(OPERATION_PAYMENT_WITH_CONSENT);
+const REFUND: u16 = logged_type(OPERATION_REFUND);
+const MS_PER_S: i64 = 1000;
+
+/// A replayed result's event: whose it is, and when its webhook is due (if its merchant has
+/// one: `State.remember`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub lsn: u64,
+    pub merchant_id: &'a str,
+    pub at_ms: i64,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Every record up to the end was replayed.
+    End,
+    /// The record in this frame is the Python path's to apply (it was not applied).
+    Foreign(Frame),
+    /// The record does not replay to its logged outcome: what differs, in
+    /// `handlers._mismatch`'s words.
+    Mismatch(String),
+}
+
+/// What a run replayed: the keys and events of its records in log order, where it stopped (the
+/// offset after the last record it replayed) and why, and the LSN the next record must have.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub keys: Vec<LoggedKey<'a>>,
+    pub events: Vec<Event<'a>>,
+    pub at: usize,
+    pub lsn_next: u64,
+    pub stop: Stop,
+}
+
+/// Where a run reads: the records of `data[at..end]` (a scan's valid frames), those with an LSN
+/// above `lsn_after` replayed (a snapshot holds the others).
+#[derive(Debug, Clone, Copy)]
+pub struct Span<'a> {
+    pub data: &'a [u8],
+    pub at: usize,
+    pub end: usize,
+    pub lsn_after: u64,
+}
+
+/// What replaying one record came to.
+enum Replayed<'a> {
+    Applied(Option<LoggedKey<'a>>, Event<'a>),
+    Foreign,
+    Mismatch(String),
+}
+
+/// Replays the payments and refunds of `span` from its start, the first one expected at
+/// `lsn_next`, until its end or a record the Python path must apply.
+///
+/// # Errors
+/// `LsnOutOfOrder` for a record not numbered `lsn_next`; `InvalidState` for a span that is not
+/// of scanned frames, or a result the store refuses.
+pub fn replay_run<'a>(
+    ledger: &mut Ledger,
+    results: &mut Results,
+    span: Span<'a>,
+    lsn_next: u64,
+) -> CoreResult<Run<'a>> {
+    if span.at > span.end || span.end > span.data.len() {
+        return Err(CoreError::InvalidState(format!(
+            "no records at {}..{} of {} bytes",
+            span.at,
+            span.end,
+            span.data.len()
+        )));
+    }
+    let data = &span.data[..span.end];
+    let mut run = Run {
+        keys: Vec::new(),
+        events: Vec::new(),
+        at: span.at,
+        lsn_next,
+        stop: Stop::End,
+    };
+    let mut json = Vec::new();
+    while run.at < data.len() {
+        let frame = frame_at(data, run.at)
+            .map_err(|_| CoreError::InvalidState(format!("no valid record at byte offset {}", run.at)))?;
+        let next = frame.payload_at + frame.payload_len;
+        if frame.lsn <= span.lsn_after {
+            run.at = next;
+            continue;
+        }
+        if frame.lsn != run.lsn_next {
+            return Err(CoreError::LsnOutOfOrder {
+                expected: run.lsn_next,
+                got: frame.lsn,
+            });
+        }
+        let payload = &data[frame.payload_at..next];
+        let replayed = match frame.record_type {
+            PAYMENT | PAYMENT_WITH_CONSENT => {
+                let consent = frame.record_type == PAYMENT_WITH_CONSENT;
+                replay_payment(ledger, results, consent, frame.lsn, payload, &mut json)?
+            }
+            REFUND => replay_refund(ledger, results, frame.lsn, payload)?,
+            _ => Replayed::Foreign,
+        };
+        match replayed {
+            Replayed::Applied(key, event) => {
+                run.keys.extend(key);
+                run.events.push(event);
+                run.at = next;
+                run.lsn_next += 1;
+            }
+            Replayed::Foreign => {
+                run.stop = Stop::Foreign(frame);
+                return Ok(run);
+            }
+            Replayed::Mismatch(detail) => {
+                run.stop = Stop::Mismatch(detail);
+                return Ok(run);
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// The record's key as the index restores it (`records._key`, `recovery._restore_keys`), or
+/// `Err(())` when the index would refuse it: the Python path then names the problem.
+fn logged_key<'a>(
+    key: Option<&'a str>,
+    fingerprint: &str,
+    created_s: i64,
+    tenant: &'a str,
+    lsn: u64,
+) -> Result<Option<LoggedKey<'a>>, ()> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let digest = decode_hex_mac(fingerprint).map_err(|_| ())?;
+    let created_s = u32::try_from(created_s).map_err(|_| ())?;
+    if key.is_empty() || key.len() > KEY_LEN_MAX || tenant.is_empty() || tenant.len() > ID_LEN_MAX {
+        return Err(());
+    }
+    // The index keeps the first half of the digest (`idempotency::Fingerprint`).
+    let fingerprint: Fingerprint = digest[..size_of::<Fingerprint>()]
+        .try_into()
+        .expect("sliced to length");
+    Ok(Some(LoggedKey {
+        key: key.as_bytes(),
+        fingerprint,
+        created_s,
+        tenant: tenant.as_bytes(),
+        lsn,
+    }))
+}
+
+/// The event of a result (its webhook due when it was made), or `Err(())` for a time the
+/// outbox cannot count in milliseconds.
+fn event(lsn: u64, merchant_id: &str, created_s: i64) -> Result<Event<'_>, ()> {
+    let at_ms = created_s.checked_mul(MS_PER_S).ok_or(())?;
+    Ok(Event {
+        lsn,
+        merchant_id,
+        at_ms,
+    })
+}
+
+fn failure_of(outcome: Outcome) -> Option<&'static str> {
+    outcome.err().map(Decline::code)
+}
+
+/// `handlers._mismatch` for a failure that is not the logged one.
+fn failure_mismatch(lsn: u64, gave: Option<&str>, said: Option<&str>) -> String {
+    format!(
+        "replay of LSN {lsn} gave {}, the log says {}",
+        gave.unwrap_or("success"),
+        said.unwrap_or("it succeeded")
+    )
+}
+
+/// `handlers._apply_payment` and its `settle` check, then `State.remember`'s result.
+fn replay_payment<'a>(
+    ledger: &mut Ledger,
+    results: &mut Results,
+    consent: bool,
+    lsn: u64,
+    payload: &'a [u8],
+    json: &mut Vec<u8>,
+) -> CoreResult<Replayed<'a>> {
+    let Ok(record) = records::decode::<PaymentRecord>("payment", payload) else {
+        return Ok(Replayed::Foreign);
+    };
+    let merchant_id = record.merchant_id;
+    let key = logged_key(
+        record.idempotency_key,
+        record.fingerprint,
+        record.created_s,
+        merchant_id,
+        lsn,
+    );
+    let (Ok(key), Ok(event)) = (key, event(lsn, merchant_id, record.created_s)) else {
+        return Ok(Replayed::Foreign);
+    };
+    let request = PaymentRequest::new(
+        lsn,
+        record.payer,
+        record.settlement_account,
+        record.amount,
+        record.currency,
+    );
+    let outcome = if consent {
+        ledger.pay(&request, merchant_id, record.created_s)
+    } else {
+        ledger.pay_as_before_consent(&request)
+    };
+    let Ok(outcome) = outcome else {
+        return Ok(Replayed::Foreign);
+    };
+    let failure = failure_of(outcome);
+    if failure != record.failure_code {
+        return Ok(Replayed::Mismatch(failure_mismatch(
+            lsn,
+            failure,
+            record.failure_code,
+        )));
+    }
+    if let Some(metadata) = &record.metadata {
+        metadata_json(metadata, json);
+    }
+    let payment = PaymentFields {
+        merchant_id,
+        order_id: record.order_id,
+        payer: record.payer,
+        amount: record.amount,
+        currency: record.currency,
+        code: Code::new(failure.is_none(), failure)?,
+        created_s: record.created_s,
+        description: record.description,
+        metadata: record.metadata.as_ref().map(|_| json.as_slice()),
+    };
+    results.add(lsn, &Durable::Payment(payment))?;
+    Ok(Replayed::Applied(key, event))
+}
+
+/// `handlers._apply_refund` and its `settle` check, then `State.remember`'s result.
+fn replay_refund<'a>(
+    ledger: &mut Ledger,
+    results: &mut Results,
+    lsn: u64,
+    payload: &'a [u8],
+) -> CoreResult<Replayed<'a>> {
+    let Ok(record) = records::decode::<RefundRecord>("refund", payload) else {
+        return Ok(Replayed::Foreign);
+    };
+    let merchant_id = record.merchant_id;
+    let key = logged_key(
+        record.idempotency_key,
+        record.fingerprint,
+        record.created_s,
+        merchant_id,
+        lsn,
+    );
+    let (Ok(key), Ok(event)) = (key, event(lsn, merchant_id, record.created_s)) else {
+        return Ok(Replayed::Foreign);
+    };
+    let paid = lsn_in_id(record.payment_id, PAYMENT_ID_PREFIX);
+    let Ok((amount, outcome)) = ledger.refund(paid, record.amount_requested) else {
+        return Ok(Replayed::Foreign);
+    };
+    let failure = failure_of(outcome);
+    if amount != record.amount {
+        let said = record.amount;
+        return Ok(Replayed::Mismatch(format!(
+            "replay of LSN {lsn} refunded {amount}, the log says {said}"
+        )));
+    }
+    if failure != record.failure_code {
+        return Ok(Replayed::Mismatch(failure_mismatch(
+            lsn,
+            failure,
+            record.failure_code,
+        )));
+    }
+    let entry = paid.and_then(|paid| ledger.find_payment(paid));
+    let currency = entry.map_or("", |entry| {
+        ledger.accounts().currency_of(ledger.payment(entry).payer)
+    });
+    let refund = RefundFields {
+        payment_id: record.payment_id,
+        merchant_id,
+        amount,
+        currency,
+        code: Code::new(failure.is_none(), failure)?,
+        created_s: record.created_s,
+        reason: record.reason,
+    };
+    results.add(lsn, &Durable::Refund(refund))?;
+    Ok(Replayed::Applied(key, event))
+}
+
+/// The metadata's JSON as `results.py` stores it (`orjson.dumps` of the dict msgspec decodes):
+/// a repeated key keeps its last value, where it first appeared.
+fn metadata_json(metadata: &Metadata<'_>, out: &mut Vec<u8>) {
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(metadata.0.len());
+    for &(key, value) in &metadata.0 {
+        match pairs.iter_mut().find(|(held, _)| *held == key) {
+            Some(pair) => pair.1 = value,
+            None => pairs.push((key, value)),
+        }
+    }
+    out.clear();
+    // Writing strings into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, &Metadata(pairs)).expect("strings always encode");
+}
