@@ -30,6 +30,7 @@ from instapay.engine.state import State
 from instapay.model import EngineConfig, Failure, Merchant, PaymentResult, Status
 from instapay.outbox import DeliveryOutcome
 from instapay.protocol import PAYMENTS_PATH
+from instapay.signing import SignedRequest
 from instapay.storage import wal
 
 DEMO = DemoMerchant()
@@ -55,7 +56,7 @@ def config() -> EngineConfig:
     return EngineConfig((demo, other))
 
 
-def described_payment(order_id: str, payer: str, amount: int) -> object:
+def described_payment(order_id: str, payer: str, amount: int) -> SignedRequest:
     body = {
         "merchant_id": DEMO.merchant_id,
         "order_id": order_id,
@@ -131,9 +132,20 @@ def pre_consent_records() -> tuple[list[int], list[bytes]]:
         AccountRecord("old-payer", "EUR", 10, False),
     ]
     types = [logged_type(RecordType.OPEN_ACCOUNT)] * 2 + [logged_type(RecordType.DEPOSIT)]
-    head = (DEMO.merchant_id, "old-", "old-payer", "old.settlement", 1, "EUR", None, None)
     payments = [
-        PaymentRecord(*head[:1], f"old-{n}", *head[2:], created_s, None, "00" * 32)
+        PaymentRecord(
+            DEMO.merchant_id,
+            f"old-{n}",
+            "old-payer",
+            "old.settlement",
+            1,
+            "EUR",
+            None,
+            None,
+            created_s,
+            None,
+            "00" * 32,
+        )
         for n in range(2)
     ]
     unknown = PaymentRecord(
@@ -253,8 +265,7 @@ def test_native_replay_after_a_snapshot_skips_what_it_holds(log: Path) -> None:
     lsn_after = 40
     upto = fresh_state()
     for segment in wal.replay_segments(log, 0):
-        records = [r for r in segment.records if r.lsn <= lsn_after]
-        recovery.replay_records(upto, records)
+        recovery.replay_records(upto, [r for r in segment.records if r.lsn <= lsn_after])
     payload = recovery.snapshot_payload(upto)
     states = []
     for native in (True, False):
@@ -262,7 +273,8 @@ def test_native_replay_after_a_snapshot_skips_what_it_holds(log: Path) -> None:
         recovery.restore(state, lsn_after, payload)
         states.append(replayed(log, native=native, lsn_after=lsn_after, state=state))
     assert states[0].lsn_next == replayed(log, native=False).lsn_next
-    assert_same_state(*states, log)
+    from_native, from_python = states
+    assert_same_state(from_native, from_python, log)
 
 
 def tampered(directory: Path, tmp_path: Path, lsn: int, change: dict[str, object]) -> Path:
@@ -340,7 +352,7 @@ def test_a_tampered_outcome_is_refused_in_the_words_of_the_python_path(
     assert errors[0].startswith(message.format(lsn=lsn) + "; was a configured merchant")
 
 
-def test_a_payment_that_does_not_decode_is_refused_naming_its_type_and_lsn(
+def test_a_payment_that_does_not_decode_is_refused_naming_its_type(
     log: Path, tmp_path: Path
 ) -> None:
     entries = [entry for batch in wal.replay(log, 0) for entry in batch]

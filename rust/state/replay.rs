@@ -338,3 +338,209 @@ fn metadata_json(metadata: &Metadata<'_>, out: &mut Vec<u8>) {
     // Writing strings into a Vec cannot fail.
     serde_json::to_writer(&mut *out, &Metadata(pairs)).expect("strings always encode");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::ledger::tests::{shop_ledger, NOW_S};
+    use crate::wal::{encode_into, HEADER_LEN};
+
+    const FINGERPRINT: &str = "abababababababababababababababababababababababababababababababab";
+    const DEPOSIT: u16 = 258;
+
+    fn payment(order_id: &str, amount: i64, failure_code: Option<&'static str>) -> Vec<u8> {
+        records::encode(&PaymentRecord {
+            merchant_id: "shop",
+            order_id,
+            payer: "alice",
+            settlement_account: "shop",
+            amount,
+            currency: "EUR",
+            description: Some("desc"),
+            metadata: Some(Metadata(vec![("b", "1"), ("a", "\"\n"), ("b", "2")])),
+            created_s: NOW_S,
+            idempotency_key: Some("shop\0o:1"),
+            fingerprint: FINGERPRINT,
+            failure_code,
+        })
+    }
+
+    fn refund(
+        payment_id: &str,
+        amount_requested: Option<i64>,
+        amount: i64,
+        failure_code: Option<&'static str>,
+    ) -> Vec<u8> {
+        records::encode(&RefundRecord {
+            payment_id,
+            merchant_id: "shop",
+            amount_requested,
+            reason: None,
+            created_s: NOW_S + 1,
+            idempotency_key: None,
+            fingerprint: FINGERPRINT,
+            amount,
+            failure_code,
+        })
+    }
+
+    /// Frames the records as a segment's records, numbered from 2 (the shop ledger's mandate is 1).
+    fn frames(records: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (lsn, (record_type, payload)) in (2..).zip(records) {
+            encode_into(&mut data, lsn, *record_type, payload);
+        }
+        data
+    }
+
+    fn replay<'a>(ledger: &mut Ledger, results: &mut Results, data: &'a [u8], at: usize) -> Run<'a> {
+        let span = Span {
+            data,
+            at,
+            end: data.len(),
+            lsn_after: 1,
+        };
+        replay_run(ledger, results, span, 2).unwrap()
+    }
+
+    #[test]
+    fn payments_and_refunds_replay_to_their_logged_outcomes() {
+        let data = frames(&[
+            (PAYMENT_WITH_CONSENT, payment("o-1", 300, None)),
+            (
+                PAYMENT_WITH_CONSENT,
+                payment("o-2", 501, Some("mandate_amount_exceeded")),
+            ),
+            (REFUND, refund("pay_2", Some(100), 100, None)),
+            (REFUND, refund("pay_2", None, 200, None)),
+            (REFUND, refund("pay_2", None, 0, Some("refund_exceeds_payment"))),
+            (PAYMENT, payment("o-3", 2000, Some("insufficient_funds"))),
+        ]);
+        let (mut ledger, mut results) = (shop_ledger(), Results::default());
+        let run = replay(&mut ledger, &mut results, &data, 0);
+        assert_eq!((run.stop, run.at, run.lsn_next), (Stop::End, data.len(), 8));
+        assert_eq!(
+            ledger.accounts().get(0).balance,
+            1000,
+            "paid 300, refunded all of it"
+        );
+        assert_eq!(results.len(), 6);
+        let Some(Durable::Payment(paid)) = results.get(2) else {
+            panic!("no payment at 2");
+        };
+        assert_eq!((paid.order_id, paid.description), ("o-1", Some("desc")));
+        // msgspec keeps the last value of a repeated key, where the key first came.
+        assert_eq!(paid.metadata, Some(&br#"{"b":"2","a":"\"\n"}"#[..]));
+        let Some(Durable::Refund(declined)) = results.get(6) else {
+            panic!("no refund at 6");
+        };
+        assert_eq!(
+            (declined.currency, declined.code.failure()),
+            ("EUR", Some("refund_exceeds_payment"))
+        );
+        let keyed: Vec<u64> = run.keys.iter().map(|key| key.lsn).collect();
+        assert_eq!(keyed, [2, 3, 7], "the refunds are unkeyed");
+        assert_eq!(run.keys[0].tenant, b"shop");
+        assert_eq!(run.keys[0].fingerprint, [0xab; 16]);
+        assert_eq!(run.events.len(), 6);
+        assert_eq!(run.events[2].at_ms, (NOW_S + 1) * 1000);
+    }
+
+    #[test]
+    fn another_record_stops_the_run_unapplied_and_the_next_run_goes_on_after_it() {
+        let data = frames(&[
+            (PAYMENT_WITH_CONSENT, payment("o-1", 300, None)),
+            (DEPOSIT, b"\x94".to_vec()),
+            (PAYMENT_WITH_CONSENT, payment("o-2", 300, None)),
+        ]);
+        let (mut ledger, mut results) = (shop_ledger(), Results::default());
+        let run = replay(&mut ledger, &mut results, &data, 0);
+        let Stop::Foreign(frame) = run.stop else {
+            panic!("the deposit is Python's: {:?}", run.stop);
+        };
+        assert_eq!((frame.lsn, frame.record_type, run.lsn_next), (3, DEPOSIT, 3));
+        assert_eq!((run.at, results.len()), (frame.payload_at - HEADER_LEN, 1));
+        let after = frame.payload_at + frame.payload_len;
+        let span = Span {
+            data: &data,
+            at: after,
+            end: data.len(),
+            lsn_after: 1,
+        };
+        let rest = replay_run(&mut ledger, &mut results, span, 4).unwrap();
+        assert_eq!((rest.stop, rest.lsn_next, results.len()), (Stop::End, 5, 2));
+    }
+
+    #[test]
+    fn what_would_end_in_an_error_is_left_to_python_with_nothing_changed() {
+        let too_late = records::encode(&PaymentRecord {
+            created_s: i64::MAX,
+            ..records::decode::<PaymentRecord>("payment", &payment("o", 1, None)).unwrap()
+        });
+        for record in [
+            (PAYMENT_WITH_CONSENT, b"\x93\x01\x02\x03".to_vec()),
+            (PAYMENT_WITH_CONSENT, payment("o", -1, None)),
+            (REFUND, refund("pay_2", Some(-1), 0, None)),
+            (PAYMENT_WITH_CONSENT, too_late),
+            (logged_type(OPERATION_PAYMENT) & 0xff, payment("o", 1, None)),
+        ] {
+            let data = frames(&[record]);
+            let (mut ledger, mut results) = (shop_ledger(), Results::default());
+            let run = replay(&mut ledger, &mut results, &data, 0);
+            assert!(matches!(run.stop, Stop::Foreign(_)), "{:?}", run.stop);
+            assert_eq!((ledger, results.len()), (shop_ledger(), 0));
+        }
+    }
+
+    #[test]
+    fn an_outcome_the_replay_does_not_reach_is_a_mismatch() {
+        let cases = [
+            (
+                (PAYMENT_WITH_CONSENT, payment("o", 501, None)),
+                "replay of LSN 2 gave mandate_amount_exceeded, the log says it succeeded",
+            ),
+            (
+                (PAYMENT_WITH_CONSENT, payment("o", 1, Some("insufficient_funds"))),
+                "replay of LSN 2 gave success, the log says insufficient_funds",
+            ),
+            (
+                (
+                    REFUND,
+                    refund("pay_9", Some(5), 4, Some("payment_not_refundable")),
+                ),
+                "replay of LSN 2 refunded 5, the log says 4",
+            ),
+        ];
+        for (record, detail) in cases {
+            let data = frames(&[record]);
+            let (mut ledger, mut results) = (shop_ledger(), Results::default());
+            let run = replay(&mut ledger, &mut results, &data, 0);
+            assert_eq!(run.stop, Stop::Mismatch(detail.to_owned()));
+            assert_eq!(results.len(), 0);
+        }
+    }
+
+    #[test]
+    fn records_a_snapshot_holds_are_skipped_and_a_gap_is_refused() {
+        let data = frames(&[
+            (PAYMENT_WITH_CONSENT, payment("o-1", 1, None)),
+            (PAYMENT_WITH_CONSENT, payment("o-2", 1, None)),
+        ]);
+        let (mut ledger, mut results) = (shop_ledger(), Results::default());
+        let span = Span {
+            data: &data,
+            at: 0,
+            end: data.len(),
+            lsn_after: 2,
+        };
+        let run = replay_run(&mut ledger, &mut results, span, 3).unwrap();
+        assert_eq!((run.lsn_next, results.lsns().collect::<Vec<_>>()), (4, vec![3]));
+        let error = replay_run(&mut shop_ledger(), &mut Results::default(), span, 5).unwrap_err();
+        assert_eq!(error.to_string(), "replay expected LSN 5, got 3");
+        let beyond = Span {
+            end: data.len() + 1,
+            ..span
+        };
+        assert!(replay_run(&mut ledger, &mut results, beyond, 3).is_err());
+    }
+}
