@@ -23,6 +23,7 @@ use crate::digest::decode_hex_mac;
 use crate::error::{CoreError, CoreResult};
 use crate::idempotency::{Fingerprint, LoggedKey, KEY_LEN_MAX};
 use crate::wal::{frame_at, Frame};
+use serde::Deserialize;
 
 const PAYMENT: u16 = logged_type(OPERATION_PAYMENT);
 const PAYMENT_WITH_CONSENT: u16 = logged_type(OPERATION_PAYMENT_WITH_CONSENT);
@@ -180,15 +181,53 @@ fn logged_key<'a>(
     }))
 }
 
-/// The event of a result (its webhook due when it was made), or `Err(())` for a time the
-/// outbox cannot count in milliseconds.
-fn event(lsn: u64, merchant_id: &str, created_s: i64) -> Result<Event<'_>, ()> {
-    let at_ms = created_s.checked_mul(MS_PER_S).ok_or(())?;
-    Ok(Event {
+/// What payment and refund records share: whose they are, when they were made, the key they
+/// reserved.
+trait Logged<'a> {
+    /// (merchant id, created, idempotency key, fingerprint)
+    fn logged(&self) -> (&'a str, i64, Option<&'a str>, &'a str);
+}
+
+impl<'a> Logged<'a> for PaymentRecord<'a> {
+    fn logged(&self) -> (&'a str, i64, Option<&'a str>, &'a str) {
+        (
+            self.merchant_id,
+            self.created_s,
+            self.idempotency_key,
+            self.fingerprint,
+        )
+    }
+}
+
+impl<'a> Logged<'a> for RefundRecord<'a> {
+    fn logged(&self) -> (&'a str, i64, Option<&'a str>, &'a str) {
+        (
+            self.merchant_id,
+            self.created_s,
+            self.idempotency_key,
+            self.fingerprint,
+        )
+    }
+}
+
+/// The record in `payload`, the key it reserved (if any) and the event of its result (its
+/// webhook due when it was made); None when the Python path must apply it: a payload that does
+/// not decode, a key the index would refuse, a time beyond counting in milliseconds.
+fn read<'a, T: Logged<'a> + Deserialize<'a>>(
+    what: &'static str,
+    payload: &'a [u8],
+    lsn: u64,
+) -> Option<(T, Option<LoggedKey<'a>>, Event<'a>)> {
+    let record: T = records::decode(what, payload).ok()?;
+    let (merchant_id, created_s, key, fingerprint) = record.logged();
+    let key = logged_key(key, fingerprint, created_s, merchant_id, lsn).ok()?;
+    let at_ms = created_s.checked_mul(MS_PER_S)?;
+    let event = Event {
         lsn,
         merchant_id,
         at_ms,
-    })
+    };
+    Some((record, key, event))
 }
 
 fn failure_of(outcome: Outcome) -> Option<&'static str> {
@@ -213,20 +252,10 @@ fn replay_payment<'a>(
     payload: &'a [u8],
     json: &mut Vec<u8>,
 ) -> CoreResult<Replayed<'a>> {
-    let Ok(record) = records::decode::<PaymentRecord>("payment", payload) else {
+    let Some((record, key, event)) = read::<PaymentRecord>("payment", payload, lsn) else {
         return Ok(Replayed::Foreign);
     };
     let merchant_id = record.merchant_id;
-    let key = logged_key(
-        record.idempotency_key,
-        record.fingerprint,
-        record.created_s,
-        merchant_id,
-        lsn,
-    );
-    let (Ok(key), Ok(event)) = (key, event(lsn, merchant_id, record.created_s)) else {
-        return Ok(Replayed::Foreign);
-    };
     let request = PaymentRequest::new(
         lsn,
         record.payer,
@@ -275,20 +304,10 @@ fn replay_refund<'a>(
     lsn: u64,
     payload: &'a [u8],
 ) -> CoreResult<Replayed<'a>> {
-    let Ok(record) = records::decode::<RefundRecord>("refund", payload) else {
+    let Some((record, key, event)) = read::<RefundRecord>("refund", payload, lsn) else {
         return Ok(Replayed::Foreign);
     };
     let merchant_id = record.merchant_id;
-    let key = logged_key(
-        record.idempotency_key,
-        record.fingerprint,
-        record.created_s,
-        merchant_id,
-        lsn,
-    );
-    let (Ok(key), Ok(event)) = (key, event(lsn, merchant_id, record.created_s)) else {
-        return Ok(Replayed::Foreign);
-    };
     let paid = lsn_in_id(record.payment_id, PAYMENT_ID_PREFIX);
     let Ok((amount, outcome)) = ledger.refund(paid, record.amount_requested) else {
         return Ok(Replayed::Foreign);
