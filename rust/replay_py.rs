@@ -15,9 +15,9 @@ use crate::state::replay::{self, Event, Run, Span, Stop};
 
 /// A record the Python path applies: LSN, type, payload.
 type ForeignRecord<'py> = (u64, u16, Bound<'py, PyBytes>);
-/// What a run answers: the offset after the last record it took (the foreign one included),
+/// What a run answers: the offset after the last record it took (the foreign ones included),
 /// the LSN expected next, the event LSNs of each merchant, the webhooks to schedule (LSN,
-/// merchant id, due at ms) in log order, and why it stopped: None at the end, the record the
+/// merchant id, due at ms) in log order, and why it stopped: None at the end, the records the
 /// Python path must apply, or a mismatch (the `ReplayMismatchError` detail).
 type RunAnswer<'py> = (
     usize,
@@ -68,11 +68,15 @@ pub fn replay_run<'py>(
     let scheduled = scheduled(py, &run.events, &webhook_merchants);
     let (at, stop) = match run.stop {
         Stop::End => (run.at, None),
-        Stop::Foreign(frame) => {
-            let after = frame.payload_at + frame.payload_len;
-            let payload = PyBytes::new(py, &data[frame.payload_at..after]);
-            let record: ForeignRecord<'py> = (frame.lsn, frame.record_type, payload);
-            (after, Some(record.into_pyobject(py)?.into_any()))
+        Stop::Foreign(frames) => {
+            let last = frames.last().expect("a foreign run holds its first record");
+            let records = frames.iter().map(|frame| {
+                let payload = &data[frame.payload_at..frame.payload_at + frame.payload_len];
+                (frame.lsn, frame.record_type, PyBytes::new(py, payload))
+            });
+            let records: Vec<ForeignRecord<'py>> = records.collect();
+            let after = last.payload_at + last.payload_len;
+            (after, Some(records.into_pyobject(py)?.into_any()))
         }
         Stop::Mismatch(detail) => (run.at, Some(PyString::new(py, &detail).into_any())),
     };

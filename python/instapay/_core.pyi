@@ -544,7 +544,7 @@ def replay_run(
     int,
     dict[str, list[int]],
     list[tuple[int, str, int]],
-    tuple[int, int, bytes] | str | None,
+    list[tuple[int, int, bytes]] | str | None,
 ]:
     """Replays the payments and refunds of the WAL frames in ``data[offset:end]`` (a scan found
     them valid; those at or below ``lsn_after`` are skipped), the first expected at ``lsn_next``,
@@ -552,6 +552,7 @@ def replay_run(
     Python path must apply (any other operation, a version-0 record, one that does not replay
     without an error). Returns ``(offset after the records taken, LSN expected next, event LSNs
     by merchant, (LSN, merchant id, due at ms) of the events of ``webhook_merchants``, stop)``;
-    stop is None at the end, ``(lsn, type, payload)`` of the record for Python to apply (taken:
-    the offset is after it), or the detail of a ``ReplayMismatchError``. AssertionError for a
-    record not numbered ``lsn_next``."""
+    stop is None at the end, ``[(lsn, type, payload), ...]`` of the records for Python to apply
+    (that record and the records of other operations right after it; taken: the offset is after
+    them), or the detail of a ``ReplayMismatchError``. AssertionError for a record not numbered
+    ``lsn_next``."""

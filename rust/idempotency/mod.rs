@@ -123,11 +123,18 @@ impl IdempotencyIndex {
             let mut hashes = Vec::with_capacity(run.len());
             let mut fingerprints = Vec::with_capacity(run.len());
             let mut tenants = Vec::with_capacity(run.len());
+            // A run is mostly one merchant's: its id is looked up once.
+            let mut last: Option<(&[u8], TenantId)> = None;
             for (at, logged) in run.iter().enumerate() {
                 check_key(at, logged.key)?;
                 hashes.push(self.key_hasher.hash(logged.key));
                 fingerprints.push(logged.fingerprint);
-                tenants.push(index.tenants_mut().intern(at, logged.tenant)?);
+                let tenant = match last {
+                    Some((name, id)) if name == logged.tenant => id,
+                    _ => index.tenants_mut().intern(at, logged.tenant)?,
+                };
+                last = Some((logged.tenant, tenant));
+                tenants.push(tenant);
             }
             let outcomes = index.reserve_batch(
                 &hashes,

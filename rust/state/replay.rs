@@ -44,8 +44,10 @@ pub struct Event<'a> {
 pub enum Stop {
     /// Every record up to the end was replayed.
     End,
-    /// The record in this frame is the Python path's to apply (it was not applied).
-    Foreign(Frame),
+    /// The records in these frames are the Python path's to apply (none was applied): the one
+    /// the run stopped at, and the records of other operations right after it (one call of the
+    /// Python path for a run of them, as for the set-up of accounts and mandates).
+    Foreign(Vec<Frame>),
     /// The record does not replay to its logged outcome: what differs, in
     /// `handlers._mismatch`'s words.
     Mismatch(String),
@@ -139,7 +141,7 @@ pub fn replay_run<'a>(
                 run.lsn_next += 1;
             }
             Replayed::Foreign => {
-                run.stop = Stop::Foreign(frame);
+                run.stop = Stop::Foreign(foreign_run(data, frame));
                 return Ok(run);
             }
             Replayed::Mismatch(detail) => {
@@ -149,6 +151,20 @@ pub fn replay_run<'a>(
         }
     }
     Ok(run)
+}
+
+/// The frame `first` and the frames right after it that are not of payments or refunds.
+fn foreign_run(data: &[u8], first: Frame) -> Vec<Frame> {
+    let mut frames = vec![first];
+    let mut at = first.payload_at + first.payload_len;
+    while let Ok(frame) = frame_at(data, at) {
+        if matches!(frame.record_type, PAYMENT | PAYMENT_WITH_CONSENT | REFUND) {
+            break;
+        }
+        at = frame.payload_at + frame.payload_len;
+        frames.push(frame);
+    }
+    frames
 }
 
 /// The record's key as the index restores it (`records._key`, `recovery._restore_keys`), or
@@ -466,28 +482,35 @@ mod tests {
     }
 
     #[test]
-    fn another_record_stops_the_run_unapplied_and_the_next_run_goes_on_after_it() {
+    fn other_records_stop_the_run_unapplied_and_the_next_run_goes_on_after_them() {
         let data = frames(&[
             (PAYMENT_WITH_CONSENT, payment("o-1", 300, None)),
+            (DEPOSIT, b"\x94".to_vec()),
             (DEPOSIT, b"\x94".to_vec()),
             (PAYMENT_WITH_CONSENT, payment("o-2", 300, None)),
         ]);
         let (mut ledger, mut results) = (shop_ledger(), Results::default());
         let run = replay(&mut ledger, &mut results, &data, 0);
-        let Stop::Foreign(frame) = run.stop else {
-            panic!("the deposit is Python's: {:?}", run.stop);
+        let Stop::Foreign(frames) = run.stop else {
+            panic!("the deposits are Python's: {:?}", run.stop);
         };
-        assert_eq!((frame.lsn, frame.record_type, run.lsn_next), (3, DEPOSIT, 3));
-        assert_eq!((run.at, results.len()), (frame.payload_at - HEADER_LEN, 1));
-        let after = frame.payload_at + frame.payload_len;
+        let lsns: Vec<(u64, u16)> = frames
+            .iter()
+            .map(|frame| (frame.lsn, frame.record_type))
+            .collect();
+        assert_eq!(lsns, [(3, DEPOSIT), (4, DEPOSIT)]);
+        assert_eq!(
+            (run.lsn_next, run.at, results.len()),
+            (3, frames[0].payload_at - HEADER_LEN, 1)
+        );
         let span = Span {
             data: &data,
-            at: after,
+            at: frames[1].payload_at + frames[1].payload_len,
             end: data.len(),
             lsn_after: 1,
         };
-        let rest = replay_run(&mut ledger, &mut results, span, 4).unwrap();
-        assert_eq!((rest.stop, rest.lsn_next, results.len()), (Stop::End, 5, 2));
+        let rest = replay_run(&mut ledger, &mut results, span, 5).unwrap();
+        assert_eq!((rest.stop, rest.lsn_next, results.len()), (Stop::End, 6, 2));
     }
 
     #[test]

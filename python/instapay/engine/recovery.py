@@ -32,8 +32,8 @@ def replay_segment(state: State, segment: wal.SegmentScan, lsn_after: int) -> in
     """Applies a scanned segment's records above `lsn_after` in order, as `replay_records`
     does: runs of payments and refunds natively, from the segment's bytes (`_core.replay_run`:
     the ledger, the results and their idempotency keys in one call a run), any other record,
-    and one the native replay leaves to Python, by `replay_records`. Returns how many records
-    it applied."""
+    and one the native replay leaves to Python, by `replay_records`, a run of them at a time.
+    Returns how many records it applied."""
     lsn_first = state.lsn_next
     offset = wal.SEGMENT_HEADER.size
     while True:
@@ -57,7 +57,7 @@ def replay_segment(state: State, segment: wal.SegmentScan, lsn_after: int) -> in
             return state.lsn_next - lsn_first
         if isinstance(stop, str):
             raise ReplayMismatchError(stop)
-        replay_records(state, [wal.Record(*stop)])
+        replay_records(state, [wal.Record(*entry) for entry in stop])
 
 
 def replay_records(state: State, logged: list[wal.Record]) -> None:
