@@ -22,6 +22,7 @@ pub use self::index::{
     Index, KeyHasher, Outcome, Shares, RESERVE_FULL, RESERVE_IN_FLIGHT, RESERVE_MISMATCH, RESERVE_NEW,
     RESERVE_REPLAY, RESERVE_TENANT_FULL,
 };
+use self::ring::Finished;
 use self::tenants::{TenantId, NO_TENANT};
 pub use self::tenants::{TENANT_KEYS_MIN, TENANT_SHARE_PERCENT_DEFAULT};
 use crate::convert::{read_bytes_items, read_items, same_lengths, typed_item, u64_items};
@@ -110,49 +111,33 @@ pub struct LoggedKey<'a> {
 }
 
 impl IdempotencyIndex {
-    /// Re-reserves and completes keys read back from the log, in log order, a run of equal
-    /// reservation times at a time, as `recovery._restore_keys` does: a key already held (a
-    /// replayed or in-flight one) is left as it is, and over a share (changed since) a key is
-    /// kept all the same, or a retry of its request would apply twice.
+    /// Restores keys read back from the log, in log order, as `recovery._restore_keys` does
+    /// (`Index::restore_logged`): a key already held is left as it is, and over a share
+    /// (changed since) a key is kept all the same, or a retry of its request would apply twice.
     ///
     /// # Errors
-    /// A key or tenant name of a length the index refuses (nothing of that run is reserved).
+    /// A key or tenant name of a length the index refuses (nothing is restored).
     pub(crate) fn restore_logged(&self, keys: &[LoggedKey<'_>]) -> CoreResult<()> {
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
-        for run in keys.chunk_by(|one, next| one.created_s == next.created_s) {
-            let mut hashes = Vec::with_capacity(run.len());
-            let mut fingerprints = Vec::with_capacity(run.len());
-            let mut tenants = Vec::with_capacity(run.len());
-            // A run is mostly one merchant's: its id is looked up once.
-            let mut last: Option<(&[u8], TenantId)> = None;
-            for (at, logged) in run.iter().enumerate() {
-                check_key(at, logged.key)?;
-                hashes.push(self.key_hasher.hash(logged.key));
-                fingerprints.push(logged.fingerprint);
-                let tenant = match last {
-                    Some((name, id)) if name == logged.tenant => id,
-                    _ => index.tenants_mut().intern(at, logged.tenant)?,
-                };
-                last = Some((logged.tenant, tenant));
-                tenants.push(tenant);
-            }
-            let outcomes = index.reserve_batch(
-                &hashes,
-                &fingerprints,
-                &tenants,
-                run[0].created_s,
-                Shares::Ignored,
-            );
-            let (slots, lsns): (Vec<u64>, Vec<u64>) = outcomes
-                .iter()
-                .zip(run)
-                .filter_map(|(outcome, logged)| match outcome {
-                    Outcome::New(slot) => Some((*slot, logged.lsn)),
-                    _ => None,
-                })
-                .unzip();
-            index.complete_batch(&slots, &lsns)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        // The keys are mostly one merchant's: its id is looked up once.
+        let mut last: Option<(&[u8], TenantId)> = None;
+        for (at, logged) in keys.iter().enumerate() {
+            check_key(at, logged.key)?;
+            let tenant = match last {
+                Some((name, id)) if name == logged.tenant => id,
+                _ => index.tenants_mut().intern(at, logged.tenant)?,
+            };
+            last = Some((logged.tenant, tenant));
+            entries.push(Finished {
+                key: self.key_hasher.hash(logged.key),
+                fingerprint: logged.fingerprint,
+                reference: logged.lsn,
+                created_s: logged.created_s,
+                tenant,
+            });
         }
+        index.restore_logged(entries);
         Ok(())
     }
 
