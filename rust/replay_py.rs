@@ -85,11 +85,13 @@ pub fn replay_run<'py>(
 
 fn events_by_merchant(events: &[Event<'_>]) -> HashMap<String, Vec<u64>> {
     let mut by_merchant: HashMap<String, Vec<u64>> = HashMap::new();
-    for event in events {
-        match by_merchant.get_mut(event.merchant_id) {
-            Some(lsns) => lsns.push(event.lsn),
+    // One merchant's events one after the other are the rule: its list is found once a run.
+    for run in events.chunk_by(|one, next| one.merchant_id == next.merchant_id) {
+        let lsns = run.iter().map(|event| event.lsn);
+        match by_merchant.get_mut(run[0].merchant_id) {
+            Some(held) => held.extend(lsns),
             None => {
-                by_merchant.insert(event.merchant_id.to_owned(), vec![event.lsn]);
+                by_merchant.insert(run[0].merchant_id.to_owned(), lsns.collect());
             }
         }
     }
