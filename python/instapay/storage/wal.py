@@ -119,7 +119,8 @@ class SegmentScan:
 
     @property
     def records(self) -> list[Record]:
-        raw, _, _ = _core.wal_scan(self.data[: self.end], SEGMENT_HEADER.size, self.first_lsn)
+        # The scan that found `end` stops there again.
+        raw, _, _ = _core.wal_scan(self.data, SEGMENT_HEADER.size, self.first_lsn)
         return [Record(lsn, kind, payload) for lsn, kind, payload in raw]
 
 
