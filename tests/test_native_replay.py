@@ -378,3 +378,18 @@ def test_an_lsn_out_of_sequence_is_refused(log: Path) -> None:
     state.lsn_next = 2
     with pytest.raises(AssertionError, match="replay expected LSN 2, got 1"):
         recovery.replay_segment(state, first, 0)
+
+
+def test_a_record_that_no_longer_applies_is_refused_in_the_words_of_the_python_path(
+    log: Path, tmp_path: Path
+) -> None:
+    """The ledger refuses it before changing anything: the Python path applies it again and
+    names the problem."""
+    lsn = lsn_of(log, RecordType.PAYMENT_WITH_CONSENT, lambda r: r.failure_code is None)
+    copy = tampered(log, tmp_path, lsn, {"amount": -1})
+    errors = []
+    for native in (True, False):
+        with pytest.raises(ValueError, match=f"record at LSN {lsn} does not apply") as raised:
+            replayed(copy, native=native)
+        errors.append(str(raised.value))
+    assert errors[0] == errors[1]
