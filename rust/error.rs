@@ -104,6 +104,11 @@ pub enum CoreError {
     UnknownMandate(String),
     NegativeAmount(i64),
     InvalidOwner(String),
+    /// A replayed record whose LSN is not the one the state expects next.
+    LsnOutOfOrder {
+        expected: u64,
+        got: u64,
+    },
     /// More names or mandates than a u32 index counts.
     StateFull {
         what: &'static str,
@@ -183,6 +188,9 @@ impl fmt::Display for CoreError {
             Self::InvalidOwner(name) => {
                 write!(f, "an owner is \"customer\" or \"merchant\", not {name:?}")
             }
+            Self::LsnOutOfOrder { expected, got } => {
+                write!(f, "replay expected LSN {expected}, got {got}")
+            }
             Self::StateFull { what } => write!(f, "the ledger holds the most {what} it can"),
             Self::NoEntropy(reason) => write!(f, "no randomness for the hash seed: {reason}"),
             Self::Poisoned => write!(f, "the native state is unusable after a panic in an earlier call"),
@@ -200,7 +208,9 @@ impl From<CoreError> for PyErr {
             CoreError::UnknownKid { .. } | CoreError::UnknownAccount(_) | CoreError::UnknownMandate(_) => {
                 PyKeyError::new_err(message)
             }
-            CoreError::InvariantBroken(_) => PyAssertionError::new_err(message),
+            CoreError::InvariantBroken(_) | CoreError::LsnOutOfOrder { .. } => {
+                PyAssertionError::new_err(message)
+            }
             CoreError::LengthMismatch { .. }
             | CoreError::BatchTooLarge { .. }
             | CoreError::InvalidKid { .. }

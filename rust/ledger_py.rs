@@ -5,11 +5,10 @@
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyBytes;
 
-use crate::convert::BATCH_LEN_MAX;
 use crate::error::{CoreError, CoreResult};
+use crate::results_py::ResultsPy;
 use crate::state::accounts::Owner;
 use crate::state::ledger::{Grant, PaymentRequest};
 use crate::state::mandates::MandateIndex;
@@ -69,24 +68,6 @@ fn mandate_row(state: &State, index: MandateIndex) -> MandateRow {
     )
 }
 
-/// The length all parallel lists of one batch call share.
-fn batch_len(names: &'static str, lengths: &[usize]) -> CoreResult<usize> {
-    let len = lengths[0];
-    if lengths.iter().any(|&other| other != len) {
-        return Err(CoreError::LengthMismatch {
-            names,
-            lengths: lengths.to_vec(),
-        });
-    }
-    if len > BATCH_LEN_MAX {
-        return Err(CoreError::BatchTooLarge {
-            len,
-            max: BATCH_LEN_MAX,
-        });
-    }
-    Ok(len)
-}
-
 /// The native ledger. Thread-safe: frozen, with the state behind a mutex (a snapshot is
 /// encoded in the engine's log thread); no call releases the GIL while holding it.
 #[pyclass(frozen, module = "instapay._core", name = "Ledger")]
@@ -95,7 +76,7 @@ pub struct LedgerPy {
 }
 
 impl LedgerPy {
-    fn state(&self) -> CoreResult<MutexGuard<'_, State>> {
+    pub(crate) fn state(&self) -> CoreResult<MutexGuard<'_, State>> {
         self.state.lock().map_err(|_| CoreError::Poisoned)
     }
 
@@ -282,25 +263,18 @@ impl LedgerPy {
         Ok(self.state()?.check_invariants()?)
     }
 
-    /// Raises `AssertionError` unless each succeeded payment (parallel lists: LSN, merchant id,
-    /// created time), if made under a mandate, was made by its merchant before its expiry.
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "pyo3 extracts lists into owned vectors"
-    )]
-    fn check_payments_made(
-        &self,
-        lsns: Vec<u64>,
-        merchant_ids: Vec<PyBackedStr>,
-        created_s: Vec<i64>,
-    ) -> PyResult<()> {
-        let names = "lsns, merchant_ids and created_s";
-        let len = batch_len(names, &[lsns.len(), merchant_ids.len(), created_s.len()])?;
-        let state = self.state()?;
-        for at in 0..len {
-            state.check_made(lsns[at], &merchant_ids[at], created_s[at])?;
-        }
-        Ok(())
+    /// Raises `AssertionError` unless each succeeded payment of `results`, if made under a
+    /// mandate, was made by its merchant before its expiry: read where both are, in one call,
+    /// without a Python object per payment.
+    fn check_payments_made(&self, py: Python<'_>, results: &ResultsPy) -> PyResult<()> {
+        py.detach(|| {
+            let state = self.state()?;
+            let results = results.state()?;
+            for (lsn, merchant_id, created_s) in results.payments_made() {
+                state.check_made(lsn, merchant_id, created_s)?;
+            }
+            Ok(())
+        })
     }
 
     /// The whole state in the native snapshot format (`state/snapshot.rs`).

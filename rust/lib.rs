@@ -12,6 +12,7 @@ mod idempotency;
 mod keyring;
 mod ledger_py;
 pub mod parallel;
+mod replay_py;
 mod results_py;
 mod signature;
 pub mod state;
@@ -124,7 +125,9 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wal::crc32c, module)?)?;
     module.add_function(wrap_pyfunction!(wal::wal_encode, module)?)?;
     module.add_function(wrap_pyfunction!(wal::wal_scan, module)?)?;
+    module.add_function(wrap_pyfunction!(wal::wal_scan_extent, module)?)?;
     module.add_function(wrap_pyfunction!(wal::wal_next_valid, module)?)?;
+    module.add_function(wrap_pyfunction!(replay_py::replay_run, module)?)?;
     module.add("WAL_HEADER_LEN", wal::HEADER_LEN)?;
     module.add("WAL_RECORD_LEN_MAX", wal::RECORD_LEN_MAX)?;
     module.add("SCAN_END", wal::SCAN_END)?;

@@ -180,6 +180,15 @@ pub fn wal_scan<'py>(
     Ok((records, end, reason))
 }
 
+/// Scans `data` from `offset` as `wal_scan` does, without a Python object per record (recovery
+/// replays them from `data`): `(record count, end_offset, reason)`.
+#[pyfunction]
+pub fn wal_scan_extent(py: Python<'_>, data: &[u8], offset: usize, lsn_next: u64) -> (usize, usize, u8) {
+    let start = offset.min(data.len());
+    let (frames, end, reason) = py.detach(|| scan(data, start, lsn_next));
+    (frames.len(), end, reason)
+}
+
 /// The first offset after `offset` where a valid record with LSN >= `lsn_min` starts, if any.
 #[pyfunction]
 pub fn wal_next_valid(py: Python<'_>, data: &[u8], offset: usize, lsn_min: u64) -> Option<usize> {

@@ -5,7 +5,7 @@ Batches whose hashing work is large enough release the GIL, and larger ones are 
 thread pool (see ``set_parallelism``). Nothing here ever prints or returns key material.
 """
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Final, TypeAlias, final
 
 __all__ = [
@@ -76,12 +76,14 @@ __all__ = [
     "parse_refund_bodies",
     "parse_signature_header",
     "payload_signature",
+    "replay_run",
     "set_parallelism",
     "sha256",
     "sha256_batch",
     "wal_encode",
     "wal_next_valid",
     "wal_scan",
+    "wal_scan_extent",
 ]
 
 _Buffer: TypeAlias = bytes | bytearray
@@ -228,6 +230,10 @@ def wal_scan(
 
     Returns ``([(lsn, type, payload), ...], end_offset, SCAN_* reason)``.
     """
+
+def wal_scan_extent(data: bytes, offset: int, lsn_next: int) -> tuple[int, int, int]:
+    """``wal_scan`` without a Python object per record: ``(record count, end_offset, SCAN_*
+    reason)``."""
 
 def wal_next_valid(data: bytes, offset: int, lsn_min: int) -> int | None:
     """The first offset after ``offset`` where a valid record with LSN >= ``lsn_min`` starts."""
@@ -458,9 +464,7 @@ class Ledger:
     def mandates_of(self, account_id: str) -> list[_MandateRow]: ...
     def current_mandate(self, account_id: str, merchant_id: str) -> _MandateRow | None: ...
     def check_invariants(self) -> None: ...
-    def check_payments_made(
-        self, lsns: Sequence[int], merchant_ids: Sequence[str], created_s: Sequence[int]
-    ) -> None: ...
+    def check_payments_made(self, results: Results) -> None: ...
     def to_snapshot(self) -> bytes: ...
     @staticmethod
     def from_snapshot(data: bytes) -> Ledger: ...
@@ -526,3 +530,31 @@ class Results:
     def to_snapshot(self) -> bytes: ...
     @staticmethod
     def from_snapshot(data: bytes) -> Results: ...
+
+def replay_run(
+    ledger: Ledger,
+    results: Results,
+    index: IdempotencyIndex,
+    data: bytes,
+    offset: int,
+    end: int,
+    lsn_after: int,
+    lsn_next: int,
+    webhook_merchants: Set[str],
+) -> tuple[
+    int,
+    int,
+    dict[str, list[int]],
+    list[tuple[int, str, int]],
+    list[tuple[int, int, bytes]] | str | None,
+]:
+    """Replays the payments and refunds of the WAL frames in ``data[offset:end]`` (a scan found
+    them valid; those at or below ``lsn_after`` are skipped), the first expected at ``lsn_next``,
+    into the ledger, the results and the index (their keys), until the end or a record the
+    Python path must apply (any other operation, a version-0 record, one that does not replay
+    without an error). Returns ``(offset after the records taken, LSN expected next, event LSNs
+    by merchant, (LSN, merchant id, due at ms) of the events of ``webhook_merchants``, stop)``;
+    stop is None at the end, ``[(lsn, type, payload), ...]`` of the records for Python to apply
+    (that record and the records of other operations right after it; taken: the offset is after
+    them), or the detail of a ``ReplayMismatchError``. AssertionError for a record not numbered
+    ``lsn_next``."""

@@ -16,7 +16,6 @@ it: operations return a `Failure` or None, reads return frozen views built on de
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -76,6 +75,11 @@ class Ledger:
 
     def __init__(self, native: _core.Ledger | None = None) -> None:
         self._native = _core.Ledger() if native is None else native
+
+    @property
+    def native(self) -> _core.Ledger:
+        """The native state, for the native calls that change it in bulk (a replay)."""
+        return self._native
 
     def open_account(
         self,
@@ -189,13 +193,11 @@ class Ledger:
         consent. Raises AssertionError naming the breach."""
         self._native.check_invariants()
 
-    def check_payments_made(
-        self, lsns: Sequence[int], merchant_ids: Sequence[str], created_s: Sequence[int]
-    ) -> None:
+    def check_payments_made(self, results: _core.Results) -> None:
         """What only the payments' results tell (the ledger knows neither whose a payment is nor
-        when it was made): each succeeded payment (parallel lists), if made under a mandate, was
+        when it was made): each succeeded payment of `results`, if made under a mandate, was
         made by the mandate's merchant before its expiry. Raises AssertionError."""
-        self._native.check_payments_made(lsns, merchant_ids, created_s)
+        self._native.check_payments_made(results)
 
     def to_snapshot(self) -> bytes:
         """The whole state in the native snapshot format (`rust/state/snapshot.rs`)."""

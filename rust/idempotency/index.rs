@@ -378,11 +378,32 @@ impl Index {
         let Probe::Vacant(bucket) = self.probe(&entry.key) else {
             return Err(CoreError::CorruptDump("a key appears twice".into()));
         };
+        self.insert_finished(bucket, entry);
+        Ok(())
+    }
+
+    /// Adds keys read back from the log, in log order, each finished with its record's LSN
+    /// (`reference`), to the state reserving and completing them with shares ignored would leave
+    /// (`recovery._restore_keys`), without passing through the in-flight reservations: a key
+    /// already held, or one a full index has no room for, is left out.
+    pub fn restore_logged(&mut self, entries: impl IntoIterator<Item = Finished>) {
+        for entry in entries {
+            assert!(self.tenants.is_known(entry.tenant), "tenants are interned first");
+            match self.probe(&entry.key) {
+                Probe::Vacant(bucket) if self.len() < self.capacity_max => {
+                    self.insert_finished(bucket, entry);
+                }
+                Probe::Vacant(_) | Probe::Found(_) => {}
+            }
+        }
+        self.assert_counts();
+    }
+
+    fn insert_finished(&mut self, bucket: usize, entry: Finished) {
         let seq = self.entries.finished.push(entry);
         self.table
             .insert(bucket, table_hash(&entry.key), finished_handle(seq));
         self.tenants.add(entry.tenant);
-        Ok(())
     }
 
     /// The table holds exactly the entries, each counted by its tenant; cheap enough to check
@@ -453,6 +474,56 @@ mod tests {
             .collect();
         index.complete_batch(&slots, &slots).expect("in flight");
         slots
+    }
+
+    #[test]
+    fn logged_keys_restore_as_reserving_and_completing_them_would() {
+        let (mut restored, mut reserved) = (index(3), index(3));
+        let mut logged = Vec::new();
+        for (lsn, name, byte) in [
+            (10, "a", 1),
+            (11, "b", 2),
+            (12, "a", 3),
+            (13, "c", 4),
+            (14, "d", 5),
+        ] {
+            let key = restored.key_hasher().hash(name.as_bytes());
+            logged.push(Finished {
+                key,
+                fingerprint: fingerprint(byte),
+                reference: lsn,
+                created_s: 5,
+                tenant: NO_TENANT,
+            });
+            // What `recovery._restore_keys` does, one key at a time.
+            if let Outcome::New(slot) =
+                reserved.reserve(key, &fingerprint(byte), NO_TENANT, 5, Shares::Ignored)
+            {
+                reserved.complete_batch(&[slot], &[lsn]).expect("in flight");
+            }
+        }
+        restored.restore_logged(logged);
+        assert_eq!(
+            restored.len(),
+            3,
+            "a key held already and one past capacity are left out"
+        );
+        for (name, byte, answer) in [
+            ("a", 1, Outcome::Replay(10)),
+            ("a", 3, Outcome::Mismatch),
+            ("c", 4, Outcome::Replay(13)),
+        ] {
+            for index in [&mut restored, &mut reserved] {
+                assert_eq!(
+                    reserve(index, name.as_bytes(), &fingerprint(byte), 6),
+                    answer,
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(reserve(&mut restored, b"d", &fingerprint(5), 6), Outcome::Full);
+        let finished = |index: &Index| index.finished().copied().collect::<Vec<_>>();
+        assert_eq!(finished(&restored), finished(&reserved));
     }
 
     #[test]

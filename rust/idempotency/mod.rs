@@ -22,6 +22,7 @@ pub use self::index::{
     Index, KeyHasher, Outcome, Shares, RESERVE_FULL, RESERVE_IN_FLIGHT, RESERVE_MISMATCH, RESERVE_NEW,
     RESERVE_REPLAY, RESERVE_TENANT_FULL,
 };
+use self::ring::Finished;
 use self::tenants::{TenantId, NO_TENANT};
 pub use self::tenants::{TENANT_KEYS_MIN, TENANT_SHARE_PERCENT_DEFAULT};
 use crate::convert::{read_bytes_items, read_items, same_lengths, typed_item, u64_items};
@@ -97,7 +98,49 @@ pub struct IdempotencyIndex {
     index: Mutex<Index>,
 }
 
+/// An idempotency key as a logged record holds it, read back by a replay: restored finished,
+/// with the record's LSN as its reference (`IdempotencyIndex::restore_logged`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedKey<'a> {
+    pub key: &'a [u8],
+    pub fingerprint: Fingerprint,
+    pub created_s: u32,
+    /// Whose share the key counts in: the merchant of the record.
+    pub tenant: &'a [u8],
+    pub lsn: u64,
+}
+
 impl IdempotencyIndex {
+    /// Restores keys read back from the log, in log order, as `recovery._restore_keys` does
+    /// (`Index::restore_logged`): a key already held is left as it is, and over a share
+    /// (changed since) a key is kept all the same, or a retry of its request would apply twice.
+    ///
+    /// # Errors
+    /// A key or tenant name of a length the index refuses (nothing is restored).
+    pub(crate) fn restore_logged(&self, keys: &[LoggedKey<'_>]) -> CoreResult<()> {
+        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        // The keys are mostly one merchant's: its id is looked up once.
+        let mut last: Option<(&[u8], TenantId)> = None;
+        for (at, logged) in keys.iter().enumerate() {
+            check_key(at, logged.key)?;
+            let tenant = match last {
+                Some((name, id)) if name == logged.tenant => id,
+                _ => index.tenants_mut().intern(at, logged.tenant)?,
+            };
+            last = Some((logged.tenant, tenant));
+            entries.push(Finished {
+                key: self.key_hasher.hash(logged.key),
+                fingerprint: logged.fingerprint,
+                reference: logged.lsn,
+                created_s: logged.created_s,
+                tenant,
+            });
+        }
+        index.restore_logged(entries);
+        Ok(())
+    }
+
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
         Ok(use_index(&mut index))

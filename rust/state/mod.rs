@@ -16,7 +16,8 @@ pub mod legacy;
 pub mod mandates;
 pub mod names;
 pub mod payments;
-pub(crate) mod records;
+pub mod records;
+pub mod replay;
 pub mod results;
 pub mod snapshot;
 

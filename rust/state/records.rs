@@ -74,8 +74,11 @@ pub struct RefundRecord<'a> {
 }
 
 /// Appends the record's `MessagePack` array to `out` (one WAL payload).
+///
+/// # Panics
+/// Never: writing into a `Vec` cannot fail, and every field of these records has a
+/// `MessagePack` form.
 pub fn encode_into<T: Serialize>(record: &T, out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail, and every field of these records has a MessagePack form.
     rmp_serde::encode::write(out, record).expect("a record always encodes");
 }
 
@@ -86,8 +89,10 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     out
 }
 
-/// The record in `payload`, its strings borrowed from it; `CoreError::CorruptRecord` naming the
-/// record type when the payload is not one.
+/// The record in `payload`, its strings borrowed from it.
+///
+/// # Errors
+/// `CoreError::CorruptRecord`, naming the record type, when the payload is not one.
 pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> CoreResult<T> {
     rmp_serde::from_slice(payload).map_err(|error| CoreError::CorruptRecord {
         what,

@@ -455,9 +455,8 @@ class Engine(EngineApi):
         # The newest snapshot's name says how far the log reached, even when its content is
         # damaged and recovery falls back to an older one: a log ending earlier lost records.
         lsn_reached = snapshots.newest_snapshot_lsn(self.directory)
-        for records in wal.replay(self.directory, lsn_after, lsn_reached):
-            recovery.replay_records(self.state, records)
-            replayed += len(records)
+        for segment in wal.replay_segments(self.directory, lsn_after, lsn_reached):
+            replayed += recovery.replay_segment(self.state, segment, lsn_after)
         self.check_invariants()
         self.state.index.expire(int(time.time()))
         self._log = wal.WalWriter(

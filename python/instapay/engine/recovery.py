@@ -28,9 +28,41 @@ from instapay.storage import wal
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 
+def replay_segment(state: State, segment: wal.SegmentScan, lsn_after: int) -> int:
+    """Applies a scanned segment's records above `lsn_after` in order, as `replay_records`
+    does: runs of payments and refunds natively, from the segment's bytes (`_core.replay_run`:
+    the ledger, the results and their idempotency keys in one call a run), any other record,
+    and one the native replay leaves to Python, by `replay_records`, a run of them at a time.
+    Returns how many records it applied."""
+    lsn_first = state.lsn_next
+    offset = wal.SEGMENT_HEADER.size
+    while True:
+        webhooks = {m.id for m in state.merchants.by_id.values() if m.webhook_url is not None}
+        offset, state.lsn_next, events, scheduled, stop = _core.replay_run(
+            state.ledger.native,
+            state.results.native,
+            state.index,
+            segment.data,
+            offset,
+            segment.end,
+            lsn_after,
+            state.lsn_next,
+            webhooks,
+        )
+        # Before the record that stopped the run: a delivery record reads these events.
+        state.outbox.index_events(events)
+        for lsn, merchant_id, at_ms in scheduled:
+            state.outbox.schedule_new(merchant_id, lsn, at_ms)
+        if stop is None:
+            return state.lsn_next - lsn_first
+        if isinstance(stop, str):
+            raise ReplayMismatchError(stop)
+        replay_records(state, [wal.Record(*entry) for entry in stop])
+
+
 def replay_records(state: State, logged: list[wal.Record]) -> None:
-    """Applies logged records in order: the state, the durable results, and the idempotency keys
-    they reserved (re-reserved in one go at the end)."""
+    """Applies logged records in order, one at a time in Python: the state, the durable
+    results, and the idempotency keys they reserved (re-reserved in one go at the end)."""
     keys: list[tuple[bytes, bytes, int, int]] = []
     for entry in logged:
         lsn = entry.lsn

@@ -120,4 +120,4 @@ class State:
         self.ledger.check_invariants()
         # From the durable results (payments not yet durable have none): the ledger holds every
         # payment that succeeded, and checks them all in one native call.
-        self.ledger.check_payments_made(*self.results.payments_made())
+        self.ledger.check_payments_made(self.results.native)

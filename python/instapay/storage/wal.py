@@ -105,15 +105,23 @@ def _cut_torn_tail(path: Path, offset: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SegmentScan:
-    """What reading one segment found: its records end at byte `end`, where a torn tail starts
-    when `torn_at` is set."""
+    """What reading one segment found: its bytes (`data`), whose records, from byte
+    `SEGMENT_HEADER.size` on, end at byte `end`, where a torn tail starts when `torn_at` is set.
+    Recovery replays the records from the bytes (`recovery.replay_segment`); `records` reads
+    them as objects."""
 
     path: Path
     first_lsn: int
-    records: list[Record]
+    data: bytes
     lsn_next: int
     end: int
     torn_at: int | None
+
+    @property
+    def records(self) -> list[Record]:
+        # The scan that found `end` stops there again.
+        raw, _, _ = _core.wal_scan(self.data, SEGMENT_HEADER.size, self.first_lsn)
+        return [Record(lsn, kind, payload) for lsn, kind, payload in raw]
 
 
 def scan_segment(path: Path, first_lsn: int, *, last: bool) -> SegmentScan:
@@ -123,17 +131,16 @@ def scan_segment(path: Path, first_lsn: int, *, last: bool) -> SegmentScan:
     if len(data) < SEGMENT_HEADER.size:
         if not last:
             raise WalCorruptError(path, len(data), "segment shorter than its header")
-        return SegmentScan(path, first_lsn, [], first_lsn, 0, 0)
+        return SegmentScan(path, first_lsn, b"", first_lsn, 0, 0)
     _check_segment_header(path, data)
-    raw, end, reason = _core.wal_scan(data, SEGMENT_HEADER.size, first_lsn)
-    lsn_next = first_lsn + len(raw)
+    count, end, reason = _core.wal_scan_extent(data, SEGMENT_HEADER.size, first_lsn)
+    lsn_next = first_lsn + count
     torn_at = None
     if reason != _core.SCAN_END:
         if not last or _core.wal_next_valid(data, end, lsn_next) is not None:
             raise WalCorruptError(path, end, SCAN_REASONS[reason])
         torn_at = end
-    records = [Record(lsn, kind, payload) for lsn, kind, payload in raw]
-    return SegmentScan(path, first_lsn, records, lsn_next, end, torn_at)
+    return SegmentScan(path, first_lsn, data, lsn_next, end, torn_at)
 
 
 def scan_log(
@@ -170,10 +177,10 @@ def scan_log(
         yield scan
 
 
-def replay(
+def replay_segments(
     directory: Path, lsn_after: int, lsn_reached: int | None = None
-) -> Iterator[list[Record]]:
-    """The records with an LSN above `lsn_after`, a segment's worth at a time, for recovery.
+) -> Iterator[SegmentScan]:
+    """The segments holding records with an LSN above `lsn_after`, oldest first, for recovery.
 
     A torn tail of the last segment is cut off (and kept aside); any other damage, a gap in
     the LSNs or a log that ends before `lsn_reached` (see `scan_log`) raises `WalCorruptError`
@@ -182,6 +189,15 @@ def replay(
     for scan in scan_log(directory, lsn_after, lsn_reached):
         if scan.torn_at is not None:
             _cut_torn_tail(scan.path, scan.torn_at)
+        yield scan
+
+
+def replay(
+    directory: Path, lsn_after: int, lsn_reached: int | None = None
+) -> Iterator[list[Record]]:
+    """The records with an LSN above `lsn_after`, a segment's worth at a time (see
+    `replay_segments`)."""
+    for scan in replay_segments(directory, lsn_after, lsn_reached):
         yield [record for record in scan.records if record.lsn > lsn_after]
 
 
