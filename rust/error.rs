@@ -81,8 +81,10 @@ pub enum CoreError {
         slot: u64,
     },
     CorruptDump(String),
-    /// A dump holds more keys than the capacity the index is loaded into.
+    /// A snapshot's dump or the log holds more keys than the capacity of the index they are
+    /// loaded into.
     IndexTooSmall {
+        what: &'static str,
         held: u64,
         capacity: u64,
     },
@@ -170,9 +172,9 @@ impl fmt::Display for CoreError {
                  or released, or twice in the batch); nothing in the batch was applied"
             ),
             Self::CorruptDump(reason) => write!(f, "not a valid idempotency index dump: {reason}"),
-            Self::IndexTooSmall { held, capacity } => write!(
+            Self::IndexTooSmall { what, held, capacity } => write!(
                 f,
-                "the snapshot holds {held} idempotency keys, more than the capacity of {capacity}: \
+                "{what} holds {held} idempotency keys, more than the capacity of {capacity}: \
                  dropping any would let a retry of its request apply twice; raise the capacity \
                  ([idempotency] capacity) to at least {held}"
             ),

@@ -383,20 +383,35 @@ impl Index {
     }
 
     /// Adds keys read back from the log, in log order, each finished with its record's LSN
-    /// (`reference`), to the state reserving and completing them with shares ignored would leave
-    /// (`recovery._restore_keys`), without passing through the in-flight reservations: a key
-    /// already held, or one a full index has no room for, is left out.
-    pub fn restore_logged(&mut self, entries: impl IntoIterator<Item = Finished>) {
+    /// (`reference`), to the state the live index was in: a key already held is left as it is,
+    /// and before the first key of each new reservation time the keys past their TTL expire, as
+    /// the engine expires them before each batch of a new second. A key the index has no room
+    /// for is refused: it was accepted once, and dropping it would let a retry of its request
+    /// apply twice (the capacity must have shrunk since).
+    ///
+    /// # Errors
+    /// `IndexTooSmall` when a key does not fit; the keys before it are restored.
+    pub fn restore_logged(&mut self, entries: impl IntoIterator<Item = Finished>) -> CoreResult<()> {
+        let mut expired_at_s = None;
         for entry in entries {
             assert!(self.tenants.is_known(entry.tenant), "tenants are interned first");
-            match self.probe(&entry.key) {
-                Probe::Vacant(bucket) if self.len() < self.capacity_max => {
-                    self.insert_finished(bucket, entry);
+            if expired_at_s != Some(entry.created_s) {
+                self.expire(u64::from(entry.created_s));
+                expired_at_s = Some(entry.created_s);
+            }
+            if let Probe::Vacant(bucket) = self.probe(&entry.key) {
+                if self.len() >= self.capacity_max {
+                    return Err(CoreError::IndexTooSmall {
+                        what: "the log",
+                        held: self.len() as u64 + 1,
+                        capacity: self.capacity_max as u64,
+                    });
                 }
-                Probe::Vacant(_) | Probe::Found(_) => {}
+                self.insert_finished(bucket, entry);
             }
         }
         self.assert_counts();
+        Ok(())
     }
 
     fn insert_finished(&mut self, bucket: usize, entry: Finished) {
@@ -502,12 +517,16 @@ mod tests {
                 reserved.complete_batch(&[slot], &[lsn]).expect("in flight");
             }
         }
-        restored.restore_logged(logged);
         assert_eq!(
-            restored.len(),
-            3,
-            "a key held already and one past capacity are left out"
+            restored.restore_logged(logged.clone()).err(),
+            Some(CoreError::IndexTooSmall {
+                what: "the log",
+                held: 4,
+                capacity: 3
+            }),
+            "a key past capacity is refused, never left out"
         );
+        assert_eq!(restored.len(), 3, "a key held already is left as it is");
         for (name, byte, answer) in [
             ("a", 1, Outcome::Replay(10)),
             ("a", 3, Outcome::Mismatch),
@@ -524,6 +543,30 @@ mod tests {
         assert_eq!(reserve(&mut restored, b"d", &fingerprint(5), 6), Outcome::Full);
         let finished = |index: &Index| index.finished().copied().collect::<Vec<_>>();
         assert_eq!(finished(&restored), finished(&reserved));
+    }
+
+    #[test]
+    fn logged_keys_past_their_ttl_make_room_for_later_ones_as_they_did_live() {
+        let mut restored = index(2);
+        let hasher = restored.key_hasher();
+        let logged: Vec<Finished> = (0u8..4)
+            .map(|n| Finished {
+                key: hasher.hash(&[n]),
+                fingerprint: fingerprint(n),
+                reference: u64::from(n),
+                // Two keys a day: the first day's are past their TTL when the second day's come.
+                created_s: if n < 2 { 10 } else { 10 + TTL_S as u32 + 1 },
+                tenant: NO_TENANT,
+            })
+            .collect();
+        restored
+            .restore_logged(logged)
+            .expect("the second day's keys fit");
+        assert_eq!(
+            reserve(&mut restored, &[3], &fingerprint(3), 120),
+            Outcome::Replay(3)
+        );
+        assert_eq!(restored.len(), 2);
     }
 
     #[test]

@@ -116,7 +116,8 @@ impl IdempotencyIndex {
     /// (changed since) a key is kept all the same, or a retry of its request would apply twice.
     ///
     /// # Errors
-    /// A key or tenant name of a length the index refuses (nothing is restored).
+    /// A key or tenant name of a length the index refuses (nothing is restored), or a key the
+    /// index has no room for (`Index::restore_logged`).
     pub(crate) fn restore_logged(&self, keys: &[LoggedKey<'_>]) -> CoreResult<()> {
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
         let mut entries = Vec::with_capacity(keys.len());
@@ -137,8 +138,7 @@ impl IdempotencyIndex {
                 tenant,
             });
         }
-        index.restore_logged(entries);
-        Ok(())
+        index.restore_logged(entries)
     }
 
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {

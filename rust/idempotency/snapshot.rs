@@ -192,6 +192,7 @@ pub fn decode(data: &[u8], share_percent: Option<u64>, capacity_max: Option<u64>
     let capacity = capacity_max.unwrap_or_else(|| u64_at(body, CAPACITY_AT));
     if count > capacity {
         return Err(CoreError::IndexTooSmall {
+            what: "the snapshot",
             held: count,
             capacity,
         });
@@ -245,7 +246,11 @@ mod tests {
         assert_eq!((resized.capacity_max(), resized.len()), (2, 2));
         assert_eq!(
             decode(&dump, None, Some(1)).err(),
-            Some(CoreError::IndexTooSmall { held: 2, capacity: 1 })
+            Some(CoreError::IndexTooSmall {
+                what: "the snapshot",
+                held: 2,
+                capacity: 1
+            })
         );
     }
 

@@ -94,13 +94,16 @@ def _replay(state: State, kind: RecordType, lsn: int, record: Record) -> Applied
 
 
 def _restore_keys(state: State, keys: list[tuple[bytes, bytes, int, int]]) -> None:
-    """Re-reserves and completes logged idempotency keys, a run of equal times at a time."""
+    """Re-reserves and completes logged idempotency keys, a run of equal times at a time, each
+    run after the keys past their TTL at its time expired, as they did live
+    (`Index::restore_logged` does the same natively)."""
     start = 0
     while start < len(keys):
         end = start
         while end < len(keys) and keys[end][2] == keys[start][2]:
             end += 1
         run = keys[start:end]
+        state.index.expire(run[0][2])
         # Logged keys were accepted once: over a share (changed since) they are kept all the
         # same, or a retry of their request would apply twice.
         answers = state.index.reserve_batch(
@@ -110,6 +113,12 @@ def _restore_keys(state: State, keys: list[tuple[bytes, bytes, int, int]]) -> No
             [_tenant_of(state, lsn) for _, _, _, lsn in run],
             enforce_shares=False,
         )
+        if any(status == _core.RESERVE_FULL for status, _ in answers):
+            # Accepted once: dropping it would let a retry of its request apply twice.
+            raise ValueError(
+                f"the log holds more idempotency keys than the capacity of "
+                f"{state.index.capacity_max}: raise the capacity ([idempotency] capacity)"
+            )
         slots = [slot for status, slot in answers if status == _core.RESERVE_NEW]
         refs = [
             lsn
