@@ -183,8 +183,14 @@ class GatedConnection(asyncio.Protocol):
         handshake_over = loop.create_future()
         limits = self.gate.limits
         timeout_s = limits.idle_timeout_s if self.admitted else REFUSAL_HANDSHAKE_TIMEOUT_S
+        # typeshed says an int; the timeout is any number of seconds (it goes to call_later).
         layer = sslproto.SSLProtocol(
-            loop, self, context, handshake_over, server_side=True, ssl_handshake_timeout=timeout_s
+            loop,
+            self,
+            context,
+            handshake_over,
+            server_side=True,
+            ssl_handshake_timeout=timeout_s,  # type: ignore[arg-type]
         )
         transport.set_protocol(layer)
         layer.connection_made(transport)
