@@ -26,7 +26,8 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.
 
 def _buckets(histogram: BucketCounts) -> list[tuple[str, float]]:
     """Prometheus's buckets: each bound with the count of values at or under it."""
-    cumulative, buckets = 0, []
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
     for bound, count in zip([*map(str, histogram.bounds), "+Inf"], histogram.counts, strict=True):
         cumulative += count
         buckets.append((bound, cumulative))
