@@ -169,49 +169,45 @@ HTTP_ERROR_CODES = {
 async def every_request(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Gives every request an id, turns every refusal into the API's JSON error, and counts the
-    request by route template (never the raw path) and status, with its latency. One middleware
-    rather than one per concern: each layer costs every request a coroutine and a call."""
+    """Gives every request an id; answers it, or refuses it in the API's error format (beyond
+    the requests in flight, of an unimplemented coding, or raised by the handler); gives the
+    body's share of the budget back once the answer is ready; counts the request by route
+    template (never the raw path) and status, with its latency. One middleware and one
+    coroutine rather than one per concern: each layer costs every request a coroutine and a
+    call."""
     started_s = time.perf_counter()
     request_id = request[REQUEST_ID] = next(REQUEST_IDS)
-    response = await answer_or_refusal(request, handler)
+    app = request.app
+    runtime = app[RUNTIME]
+    response: web.StreamResponse
+    if runtime.requests_in_flight >= app[SETTINGS].requests_in_flight_max:
+        response = error_response(request, 429, "too_many_requests", "too many requests in flight")
+    else:
+        runtime.requests_in_flight += 1
+        app[BODY_BUDGET].open(request)
+        try:
+            check_codings(request)
+            response = await handler(request)
+        except RequestError as error:
+            response = error_response(request, error.http_status, error.code, error.message)
+        except Overloaded as error:
+            response = error_response(request, 503, "overloaded", str(error))
+        except EngineFailedError:
+            response = error_response(request, 503, "unavailable", "the engine has stopped")
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
+            response = error_response(request, error.status, code, error.reason)
+        finally:
+            runtime.requests_in_flight -= 1
+            app[BODY_BUDGET].give_back(request)
     if not response.prepared:  # a streamed response sets its own before it starts
         response.headers[REQUEST_ID_HEADER] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
+    app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
     return response
-
-
-async def answer_or_refusal(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The handler's answer, or the refusal in the API's error format: beyond the requests in
-    flight, of an unimplemented coding, or raised by the handler. The body's share of the budget
-    is given back once the answer is ready."""
-    app = request.app
-    runtime = app[RUNTIME]
-    if runtime.requests_in_flight >= app[SETTINGS].requests_in_flight_max:
-        return error_response(request, 429, "too_many_requests", "too many requests in flight")
-    runtime.requests_in_flight += 1
-    app[BODY_BUDGET].open(request)
-    try:
-        check_codings(request)
-        return await handler(request)
-    except RequestError as error:
-        return error_response(request, error.http_status, error.code, error.message)
-    except Overloaded as error:
-        return error_response(request, 503, "overloaded", str(error))
-    except EngineFailedError:
-        return error_response(request, 503, "unavailable", "the engine has stopped")
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
-        return error_response(request, error.status, code, error.reason)
-    finally:
-        runtime.requests_in_flight -= 1
-        app[BODY_BUDGET].give_back(request)
 
 
 def signed_json(merchant: Merchant, payload: object) -> web.Response:
