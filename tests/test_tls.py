@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,49 @@ def test_a_handshake_that_never_starts_is_cut_off_at_the_idle_timeout(tmp_path: 
     for sock in silent:
         sock.close()
     assert server.stop()[0] == 0
+
+
+def test_connections_in_their_tls_handshake_count_against_the_caps(tmp_path: Path) -> None:
+    """Strangers that open TLS connections and never send a hello hold slots like any other:
+    the caps hold, others are served, the sockets beyond a cap are closed within seconds, and a
+    handshake abandoned or failed gives its slot back."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    server = serve_limited(
+        tmp_path,
+        port,
+        connections_max=20,
+        peer_connections_max=10,
+        tls_cert=str(cert),
+        tls_key=str(key),
+    )
+    abandoned = [connect(port, "127.0.0.2") for _ in range(10)]
+    assert https_healthz(port, cert, "127.0.0.2") == 503, "the peer cap holds"
+    beyond = [connect(port, "127.0.0.2") for _ in range(30)]
+    assert https_healthz(port, cert, "127.0.0.3") == 200, "another client is served"
+    failing = [connect(port, "127.0.0.4") for _ in range(10)]
+    assert https_healthz(port, cert, "127.0.0.5") == 503, "the server cap holds"
+    assert not wait_until_closed(beyond), "those beyond the cap are closed"
+    for sock in abandoned:
+        sock.close()  # before a hello
+    assert https_healthz_once_freed(port, cert, "127.0.0.2") == 200, "abandoned: given back"
+    for sock in failing:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")  # not a hello: the handshake fails
+    assert not wait_until_closed(failing)
+    assert https_healthz(port, cert, "127.0.0.5") == 200, "failed: given back"
+    for sock in failing + beyond:
+        sock.close()
+    assert server.stop()[0] == 0
+
+
+def https_healthz_once_freed(port: int, cert: Path, source: str) -> int:
+    """/healthz once the server has seen connections close (503 until then)."""
+    for _ in range(100):
+        status = https_healthz(port, cert, source)
+        if status != 503:
+            return status
+        time.sleep(0.1)
+    return 503
 
 
 def https_healthz(port: int, cert: Path, source: str = "127.0.0.3") -> int:

@@ -169,64 +169,69 @@ HTTP_ERROR_CODES = {
 async def every_request(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Gives every request an id, turns every refusal into the API's JSON error, and counts the
-    request by route template (never the raw path) and status, with its latency. One middleware
-    rather than one per concern: each layer costs every request a coroutine and a call."""
+    """Gives every request an id; answers it, or refuses it in the API's error format (beyond
+    the requests in flight, of an unimplemented coding, or raised by the handler); gives the
+    body's share of the budget back once the answer is ready; counts the request by route
+    template (never the raw path) and status, with its latency. One middleware and one
+    coroutine rather than one per concern: each layer costs every request a coroutine and a
+    call."""
     started_s = time.perf_counter()
     request_id = request[REQUEST_ID] = next(REQUEST_IDS)
-    response = await answer_or_refusal(request, handler)
-    if not response.prepared:  # a streamed response sets its own before it starts
+    app = request.app
+    runtime = app[RUNTIME]
+    response: web.StreamResponse
+    if runtime.requests_in_flight >= app[SETTINGS].requests_in_flight_max:
+        response = error_response(request, 429, "too_many_requests", "too many requests in flight")
+    else:
+        runtime.requests_in_flight += 1
+        app[BODY_BUDGET].open(request)
+        try:
+            check_codings(request)
+            response = await handler(request)
+        except RequestError as error:
+            response = error_response(request, error.http_status, error.code, error.message)
+        except Overloaded as error:
+            response = error_response(request, 503, "overloaded", str(error))
+        except EngineFailedError:
+            response = error_response(request, 503, "unavailable", "the engine has stopped")
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
+            response = error_response(request, error.status, code, error.reason)
+        finally:
+            runtime.requests_in_flight -= 1
+            app[BODY_BUDGET].give_back(request)
+    # A streamed response sets its own before it starts; a signed one has it already.
+    if not response.prepared and REQUEST_ID_HEADER not in response.headers:
         response.headers[REQUEST_ID_HEADER] = request_id
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
+    app[METRICS].observe(route, response.status, time.perf_counter() - started_s)
     return response
 
 
-async def answer_or_refusal(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """The handler's answer, or the refusal in the API's error format: beyond the requests in
-    flight, of an unimplemented coding, or raised by the handler. The body's share of the budget
-    is given back once the answer is ready."""
-    app = request.app
-    runtime = app[RUNTIME]
-    if runtime.requests_in_flight >= app[SETTINGS].requests_in_flight_max:
-        return error_response(request, 429, "too_many_requests", "too many requests in flight")
-    runtime.requests_in_flight += 1
-    app[BODY_BUDGET].open(request)
-    try:
-        check_codings(request)
-        return await handler(request)
-    except RequestError as error:
-        return error_response(request, error.http_status, error.code, error.message)
-    except Overloaded as error:
-        return error_response(request, 503, "overloaded", str(error))
-    except EngineFailedError:
-        return error_response(request, 503, "unavailable", "the engine has stopped")
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = HTTP_ERROR_CODES.get(error.status, "invalid_request")
-        return error_response(request, error.status, code, error.reason)
-    finally:
-        runtime.requests_in_flight -= 1
-        app[BODY_BUDGET].give_back(request)
-
-
-def signed_json(merchant: Merchant, payload: object) -> web.Response:
+def signed_json(
+    request: web.Request, merchant: Merchant, payload: object, *, replayed: bool = False
+) -> web.Response:
     """JSON signed with the merchant's secrets (one v1 per live key)."""
     body = orjson.dumps(payload)
     signature = sign_payload(list(merchant.keys.values()), body, int(time.time()))
-    # Both headers given at once: cheaper than a content type to check and a header added.
-    return web.Response(body=body, headers={"Content-Type": JSON_TYPE, SIGNATURE_HEADER: signature})
+    # Every header in one dict: cheaper than a content type to check and headers added one by
+    # one (the middleware adds X-Request-Id only where it is missing).
+    headers = {
+        "Content-Type": JSON_TYPE,
+        SIGNATURE_HEADER: signature,
+        REQUEST_ID_HEADER: request[REQUEST_ID],
+    }
+    if replayed:
+        headers[REPLAYED_HEADER] = "true"
+    return web.Response(body=body, headers=headers)
 
 
 def merchant_response(request: web.Request, result: PaymentResult | RefundResult) -> web.Response:
-    response = signed_json(engine_of(request).merchants[result.merchant_id], result.to_json())
-    if result.replayed:
-        response.headers[REPLAYED_HEADER] = "true"
-    return response
+    merchant = engine_of(request).merchants[result.merchant_id]
+    return signed_json(request, merchant, result.to_json(), replayed=result.replayed)
 
 
 def single_header(request: web.Request, name: str, code: str, status: int) -> str | None:
@@ -399,7 +404,9 @@ async def list_payments(request: web.Request) -> web.Response:
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
     payments = engine_of(request).payments_for_order(merchant.id, order_id)
-    return signed_json(merchant, {"object": "list", "data": [p.to_json() for p in payments]})
+    return signed_json(
+        request, merchant, {"object": "list", "data": [p.to_json() for p in payments]}
+    )
 
 
 async def list_refunds(request: web.Request) -> web.Response:
@@ -421,7 +428,9 @@ async def list_refunds(request: web.Request) -> web.Response:
             f"starting_after and ending_before: one refund of {payment_id}, not both",
         ) from None
     data = [engine.results[lsn].to_json() for lsn in page.items]
-    return signed_json(merchant, {"object": "list", "data": data, "has_more": page.has_more})
+    return signed_json(
+        request, merchant, {"object": "list", "data": data, "has_more": page.has_more}
+    )
 
 
 def refund_cursor(request: web.Request, name: str) -> int | None:
@@ -708,7 +717,7 @@ async def list_events(request: web.Request) -> web.Response:
     engine = engine_of(request)
     lsns, has_more = engine.outbox.events_after(merchant.id, after_lsn, page_len(request))
     events = [engine.event(lsn) for lsn in lsns]
-    return signed_json(merchant, {"object": "list", "data": events, "has_more": has_more})
+    return signed_json(request, merchant, {"object": "list", "data": events, "has_more": has_more})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -716,7 +725,7 @@ async def get_event(request: web.Request) -> web.Response:
     merchant = await signed_reader(request)
     engine = engine_of(request)
     lsn = known_event(engine, request.match_info["event_id"], merchant.id)
-    return signed_json(merchant, event_with_delivery(engine, lsn))
+    return signed_json(request, merchant, event_with_delivery(engine, lsn))
 
 
 async def redeliver(engine: Engine, lsns: list[int]) -> None:

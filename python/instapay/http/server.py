@@ -96,19 +96,14 @@ async def listen(
     runner: web.AppRunner, limits: Limits, host: str, port: int, tls: ssl.SSLContext | None
 ) -> asyncio.AbstractServer:
     """What `web.TCPSite` does, with the `ConnectionGate` in front of aiohttp's protocol
-    factory (a site cannot take one). A TLS handshake must finish within the idle timeout: the
-    caps count a TLS connection from the end of its handshake."""
+    factory (a site cannot take one). The gate speaks TLS itself (the listener is plain TCP), so
+    the caps count a TLS connection from its first byte, its handshake included."""
     if runner.server is None:
         raise RuntimeError("runner.setup() comes first")
-    gate = ConnectionGate(runner.server, fit_descriptor_limit(limits), lambda: next(REQUEST_IDS))
+    limits = fit_descriptor_limit(limits)
+    gate = ConnectionGate(runner.server, limits, lambda: next(REQUEST_IDS), tls)
     return await asyncio.get_running_loop().create_server(
-        gate,
-        host,
-        port,
-        ssl=tls,
-        ssl_handshake_timeout=limits.idle_timeout_s if tls is not None else None,
-        backlog=BACKLOG,
-        reuse_address=True,
+        gate, host, port, backlog=BACKLOG, reuse_address=True
     )
 
 
