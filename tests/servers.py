@@ -203,8 +203,9 @@ async def serving(
         idempotency_capacity=idempotency_capacity,
     )
     app = create_app(settings)
-    server = TestServer(app, host="127.0.0.1", **HEADER_LIMITS)
-    await server.start_server()
+    server = TestServer(app, host="127.0.0.1")
+    # The parser's limits go to the runner (`TestServer` itself drops keywords it does not know).
+    await server.start_server(**HEADER_LIMITS)
     engine = await app[RUNTIME].ready()
     try:
         async with aiohttp.ClientSession() as session:
