@@ -95,7 +95,7 @@ pub struct LedgerPy {
 }
 
 impl LedgerPy {
-    fn state(&self) -> CoreResult<MutexGuard<'_, State>> {
+    pub(crate) fn state(&self) -> CoreResult<MutexGuard<'_, State>> {
         self.state.lock().map_err(|_| CoreError::Poisoned)
     }
 

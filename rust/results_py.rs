@@ -45,7 +45,7 @@ pub struct ResultsPy {
 }
 
 impl ResultsPy {
-    fn state(&self) -> CoreResult<MutexGuard<'_, Results>> {
+    pub(crate) fn state(&self) -> CoreResult<MutexGuard<'_, Results>> {
         self.state.lock().map_err(|_| CoreError::Poisoned)
     }
 }

@@ -123,7 +123,7 @@ pub fn next_valid(data: &[u8], at: usize, lsn_min: u64) -> Option<usize> {
     (at + 1..data.len()).find(|&start| frame_at(data, start).is_ok_and(|frame| frame.lsn >= lsn_min))
 }
 
-fn check_payload(index: usize, payload: &[u8]) -> CoreResult<()> {
+pub(crate) fn check_payload(index: usize, payload: &[u8]) -> CoreResult<()> {
     if payload.len() > RECORD_LEN_MAX {
         return Err(CoreError::RecordTooLarge {
             index,
@@ -184,6 +184,21 @@ pub fn wal_scan<'py>(
 #[pyfunction]
 pub fn wal_next_valid(py: Python<'_>, data: &[u8], offset: usize, lsn_min: u64) -> Option<usize> {
     py.detach(|| next_valid(data, offset, lsn_min))
+}
+
+/// How many records `data` frames, all whole and valid and numbered from `lsn_first` on: the
+/// writer's check on frames made elsewhere (the batch stage) before it writes them. Raises
+/// `ValueError` naming the offset where they stop being so.
+#[pyfunction]
+pub fn wal_count(py: Python<'_>, data: &[u8], lsn_first: u64) -> PyResult<usize> {
+    let (frames, end, reason) = py.detach(|| scan(data, 0, lsn_first));
+    if reason != SCAN_END {
+        return Err(CoreError::InvalidState(format!(
+            "the frames are not records numbered from LSN {lsn_first} at byte {end} (scan reason {reason})"
+        ))
+        .into());
+    }
+    Ok(frames.len())
 }
 
 #[pyfunction]

@@ -6,7 +6,7 @@ thread pool (see ``set_parallelism``). Nothing here ever prints or returns key m
 """
 
 from collections.abc import Sequence
-from typing import Final, TypeAlias, final
+from typing import Final, Protocol, TypeAlias, final
 
 __all__ = [
     "AMOUNT_MAX",
@@ -64,21 +64,28 @@ __all__ = [
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
+    "MerchantTable",
     "Results",
+    "StagedBatch",
     "__version__",
+    "client_key_problem",
     "crc32c",
     "hmac_sha256",
     "is_currency",
     "is_id",
+    "lsn_in_id",
     "parallelism",
     "parse_json_object",
     "parse_payment_bodies",
     "parse_refund_bodies",
     "parse_signature_header",
     "payload_signature",
+    "route",
     "set_parallelism",
     "sha256",
     "sha256_batch",
+    "stage_batch",
+    "wal_count",
     "wal_encode",
     "wal_next_valid",
     "wal_scan",
@@ -231,6 +238,94 @@ def wal_scan(
 
 def wal_next_valid(data: bytes, offset: int, lsn_min: int) -> int | None:
     """The first offset after ``offset`` where a valid record with LSN >= ``lsn_min`` starts."""
+
+def wal_count(data: bytes, lsn_first: int) -> int:
+    """How many records ``data`` frames, all whole, valid and numbered from ``lsn_first`` on;
+    ValueError naming the offset where they stop being so."""
+
+def route(method: str, path: str) -> str | tuple[str, str, int] | None:
+    """A signed request's endpoint: None for a payment (POST /v1/payments), the payment id for a
+    refund of it (POST /v1/payments/pay_<lsn>/refunds), else the refusal (code, message,
+    HTTP status)."""
+
+def client_key_problem(key: str) -> str | None:
+    """Why a client's Idempotency-Key is refused (DESIGN.md's id rule), None when it is not."""
+
+def lsn_in_id(id: str, prefix: str) -> int | None:
+    """The LSN an id such as ``pay_12`` names (the prefix, then ASCII digits without a leading
+    zero, at most a u64), None if it names none."""
+
+class _SignedRequest(Protocol):
+    """What ``stage_batch`` reads of each request (``instapay.signing.SignedRequest``)."""
+
+    @property
+    def header(self) -> str | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+
+@final
+class MerchantTable:
+    """The merchants the batch stage resolves: id, settlement account and kids, kept in step
+    with ``instapay.merchants.Merchants``. Thread-safe."""
+
+    def __new__(cls) -> MerchantTable: ...
+    def put(self, merchant_id: str, settlement_account: str, kids: list[str]) -> None:
+        """Adds a merchant, or replaces it with its current kids."""
+    def merchant_of_kid(self, kid: str) -> str | None: ...
+
+@final
+class StagedBatch:
+    """A run of signed requests applied in memory by ``stage_batch``, waiting for its frames to
+    be durable. Thread-safe."""
+
+    @property
+    def lsn_first(self) -> int: ...
+    @property
+    def lsn_next(self) -> int: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def created_s(self) -> int: ...
+    def frames(self) -> bytes:
+        """The run's records as WAL frames, numbered from ``lsn_first``."""
+    def refusals(self) -> list[tuple[int, str, str, int]]:
+        """Per refused request: (index, code, message, HTTP status)."""
+    def signature_problems(self) -> list[tuple[int, int, str]]:
+        """Per request refused for its signature: (index, ``PROBLEM_*`` code, detail)."""
+    def known(self) -> list[tuple[int, int, int]]:
+        """Per request whose key the index knew: (index, ``RESERVE_*`` status, value)."""
+    def applied(self) -> tuple[list[int], list[int]]:
+        """(indexes, LSNs) of the applied requests, in LSN order."""
+    def lsn_of_slot(self, slot: int) -> int | None:
+        """The LSN of the request of this run that reserved ``slot``, None if none did."""
+    def commit(self, results: Results, index: IdempotencyIndex) -> dict[str, list[int]]:
+        """After the frames are durable: adds the results, completes the keys (each key's
+        reference is its result's LSN); returns each merchant's new LSNs. ValueError if called
+        twice."""
+
+def stage_batch(
+    ledger: Ledger,
+    results: Results,
+    index: IdempotencyIndex,
+    ring: KeyRing,
+    merchants: MerchantTable,
+    requests: Sequence[_SignedRequest],
+    merchant_ids: Sequence[str | None],
+    lsn_first: int,
+    now_s: int,
+    tolerance_s: int,
+) -> StagedBatch:
+    """Stages a run of signed payment and refund requests as records from ``lsn_first`` on, in
+    one call: client key, signature (``merchant_ids[i]`` set: authenticated by the caller, not
+    verified), route, body, merchant, refund checks, idempotency reservation (tenant: the
+    merchant id), the ledger, the records (``rust/machine/``). Locks the ledger, the results and
+    the index in that order."""
 
 def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:

@@ -77,6 +77,11 @@ class Ledger:
     def __init__(self, native: _core.Ledger | None = None) -> None:
         self._native = _core.Ledger() if native is None else native
 
+    @property
+    def native(self) -> _core.Ledger:
+        """The native state, for the batch stage (`_core.stage_batch`)."""
+        return self._native
+
     def open_account(
         self,
         account_id: str,

@@ -98,6 +98,16 @@ pub struct IdempotencyIndex {
 }
 
 impl IdempotencyIndex {
+    /// The index, locked: for the batch stage (`machine_py`), which takes it after the ledger's
+    /// and the results' locks.
+    pub(crate) fn lock(&self) -> CoreResult<std::sync::MutexGuard<'_, Index>> {
+        self.index.lock().map_err(|_| CoreError::Poisoned)
+    }
+
+    pub(crate) fn key_hasher(&self) -> KeyHasher {
+        self.key_hasher
+    }
+
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
         let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
         Ok(use_index(&mut index))

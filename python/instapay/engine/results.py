@@ -39,6 +39,11 @@ class Results(Mapping[int, Durable]):
     def __init__(self, native: _core.Results | None = None) -> None:
         self._native = _core.Results() if native is None else native
 
+    @property
+    def native(self) -> _core.Results:
+        """The native store, for the batch stage (`_core.stage_batch`, `StagedBatch.commit`)."""
+        return self._native
+
     def add(self, lsn: int, result: Durable) -> None:
         """Keeps the result logged at `lsn`, in one native call. ValueError for an LSN not above
         every held one's, or a payment with refunds already counted in."""

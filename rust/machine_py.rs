@@ -1,0 +1,328 @@
+//! `_core.stage_batch`, `_core.StagedBatch`, `_core.MerchantTable`: the Python binding of the
+//! batch stage (`machine/`). Thin: it reads the requests, verifies their signatures with the key
+//! ring (without the GIL for large batches), takes the locks in the stage's order (ledger,
+//! results, index) and converts the answers; every rule is in `machine/`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyString};
+
+use crate::convert::{read_items, same_lengths};
+use crate::error::{CoreError, CoreResult};
+use crate::idempotency::IdempotencyIndex;
+use crate::keyring::{KeyRing, SignedParts};
+use crate::ledger_py::LedgerPy;
+use crate::machine::merchants::Merchants;
+use crate::machine::route::{client_key_problem as key_problem, route as route_of, Route};
+use crate::machine::{self, Answer, Parts, Request, Staged, Verdict};
+use crate::results_py::ResultsPy;
+use crate::state::lsn_in_id as lsn_in;
+
+/// A refused request: its index in the run, code, message, HTTP status.
+type RefusalRow = (usize, &'static str, String, u16);
+
+/// The merchants the stage resolves kids and merchant ids with (`machine::merchants`).
+#[pyclass(frozen, module = "instapay._core", name = "MerchantTable")]
+pub struct MerchantTablePy {
+    table: Mutex<Merchants>,
+}
+
+impl MerchantTablePy {
+    fn table(&self) -> CoreResult<MutexGuard<'_, Merchants>> {
+        self.table.lock().map_err(|_| CoreError::Poisoned)
+    }
+}
+
+#[pymethods]
+impl MerchantTablePy {
+    #[new]
+    fn new() -> Self {
+        Self {
+            table: Mutex::new(Merchants::default()),
+        }
+    }
+
+    /// Adds a merchant or replaces it with its current kids.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 extracts lists into owned vectors"
+    )]
+    fn put(&self, merchant_id: &str, settlement_account: &str, kids: Vec<String>) -> PyResult<()> {
+        self.table()?.put(merchant_id, settlement_account, &kids);
+        Ok(())
+    }
+
+    /// The merchant id a kid names, None if none.
+    fn merchant_of_kid(&self, kid: &str) -> PyResult<Option<String>> {
+        Ok(self.table()?.by_kid(kid).map(|merchant| merchant.id.clone()))
+    }
+}
+
+/// A run applied in memory, waiting for its frames to be durable (`machine::Staged`).
+#[pyclass(frozen, module = "instapay._core", name = "StagedBatch")]
+pub struct StagedPy {
+    staged: Mutex<Staged>,
+}
+
+impl StagedPy {
+    fn staged(&self) -> CoreResult<MutexGuard<'_, Staged>> {
+        self.staged.lock().map_err(|_| CoreError::Poisoned)
+    }
+}
+
+#[pymethods]
+impl StagedPy {
+    #[getter]
+    fn lsn_first(&self) -> PyResult<u64> {
+        Ok(self.staged()?.lsn_first)
+    }
+
+    #[getter]
+    fn lsn_next(&self) -> PyResult<u64> {
+        Ok(self.staged()?.lsn_next)
+    }
+
+    #[getter]
+    fn records(&self) -> PyResult<u64> {
+        Ok(self.staged()?.records())
+    }
+
+    #[getter]
+    fn created_s(&self) -> PyResult<i64> {
+        Ok(self.staged()?.created_s)
+    }
+
+    /// The run's records as WAL frames (`rust/wal.rs`), numbered from `lsn_first`.
+    fn frames<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(py, &self.staged()?.frames))
+    }
+
+    /// Per refused request: (index, code, message, HTTP status).
+    fn refusals(&self) -> PyResult<Vec<RefusalRow>> {
+        let staged = self.staged()?;
+        let rows = staged
+            .answers
+            .iter()
+            .enumerate()
+            .filter_map(|(at, answer)| match answer {
+                Answer::Refused(refusal) => Some((at, refusal.code, refusal.message.clone(), refusal.status)),
+                _ => None,
+            });
+        Ok(rows.collect())
+    }
+
+    /// Per request refused for its signature: (index, problem code, detail).
+    fn signature_problems(&self) -> PyResult<Vec<(usize, u8, String)>> {
+        let staged = self.staged()?;
+        let rows = staged
+            .answers
+            .iter()
+            .enumerate()
+            .filter_map(|(at, answer)| match answer {
+                Answer::Signature(problem) => Some((at, problem.code, problem.detail.clone())),
+                _ => None,
+            });
+        Ok(rows.collect())
+    }
+
+    /// Per request whose key the index knew: (index, reserve status, value).
+    fn known(&self) -> PyResult<Vec<(usize, u8, u64)>> {
+        let staged = self.staged()?;
+        let rows = staged
+            .answers
+            .iter()
+            .enumerate()
+            .filter_map(|(at, answer)| match answer {
+                Answer::Known(status, value) => Some((at, *status, *value)),
+                _ => None,
+            });
+        Ok(rows.collect())
+    }
+
+    /// (indexes, LSNs) of the applied requests, in LSN order.
+    fn applied(&self) -> PyResult<(Vec<usize>, Vec<u64>)> {
+        let staged = self.staged()?;
+        let mut applied = (Vec::new(), Vec::new());
+        for (at, answer) in staged.answers.iter().enumerate() {
+            if let Answer::Applied(lsn) = answer {
+                applied.0.push(at);
+                applied.1.push(*lsn);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The LSN of the request of this run that reserved `slot`, None if none did.
+    fn lsn_of_slot(&self, slot: u64) -> PyResult<Option<u64>> {
+        Ok(self.staged()?.lsn_of_slot(slot))
+    }
+
+    /// After the frames are durable: adds the results, completes the keys; returns each
+    /// merchant's new event LSNs (dict order: each merchant's first result).
+    fn commit(&self, results: &ResultsPy, index: &IdempotencyIndex) -> PyResult<HashMap<String, Vec<u64>>> {
+        let mut staged = self.staged()?;
+        let mut results = results.state()?;
+        let mut index = index.lock()?;
+        Ok(staged.commit(&mut results, &mut index)?.into_iter().collect())
+    }
+}
+
+/// A `str` attribute read lossily (a lone surrogate becomes U+FFFD, so it can only fail to
+/// match), None when it is None.
+fn text_attribute(item: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> PyResult<Option<String>> {
+    let value = item.getattr(name)?;
+    if value.is_none() {
+        return Ok(None);
+    }
+    let text = value.cast::<PyString>().map_err(|_| CoreError::WrongType {
+        what: format!("request.{name}"),
+        expected: "str",
+        got: value.get_type().to_string(),
+    })?;
+    Ok(Some(text.to_string_lossy().into_owned()))
+}
+
+/// A request's parts, owned for the duration of the call.
+struct Owned {
+    merchant: Option<String>,
+    header: Option<String>,
+    method: String,
+    path: String,
+    idempotency_key: Option<String>,
+    body: PyBackedBytes,
+}
+
+fn read_request(item: &Bound<'_, PyAny>, merchant: Option<String>) -> PyResult<Owned> {
+    let py = item.py();
+    Ok(Owned {
+        merchant,
+        header: text_attribute(item, intern!(py, "header"))?,
+        method: text_attribute(item, intern!(py, "method"))?.unwrap_or_default(),
+        path: text_attribute(item, intern!(py, "path"))?.unwrap_or_default(),
+        idempotency_key: text_attribute(item, intern!(py, "idempotency_key"))?,
+        body: item.getattr(intern!(py, "body"))?.extract()?,
+    })
+}
+
+/// Stages a run of signed requests (`SignedRequest`s; `merchant_ids[i]` set for one whose
+/// merchant the caller authenticated) as records from `lsn_first` on: verify, route, parse,
+/// reserve, apply, encode, in one call. See `machine::stage`.
+#[pyfunction]
+#[expect(clippy::too_many_arguments, reason = "the state a run touches, then the run")]
+#[pyo3(signature = (ledger, results, index, ring, merchants, requests, merchant_ids, lsn_first, now_s, tolerance_s))]
+pub fn stage_batch(
+    py: Python<'_>,
+    ledger: &LedgerPy,
+    results: &ResultsPy,
+    index: &IdempotencyIndex,
+    ring: &KeyRing,
+    merchants: &MerchantTablePy,
+    requests: &Bound<'_, PyAny>,
+    merchant_ids: &Bound<'_, PyAny>,
+    lsn_first: u64,
+    now_s: i64,
+    tolerance_s: i64,
+) -> PyResult<StagedPy> {
+    let ids = read_items(
+        "merchant_ids",
+        "a sequence of str or None",
+        merchant_ids,
+        |_, item| Ok(item.extract::<Option<String>>()?),
+    )?;
+    let mut ids = ids.into_iter();
+    let owned = read_items("requests", "a sequence of SignedRequest", requests, |_, item| {
+        read_request(item, ids.next().flatten())
+    })?;
+    same_lengths(
+        "requests and merchant_ids",
+        &[owned.len(), ids.len() + owned.len()],
+    )?;
+    let requests: Vec<Request<'_>> = owned
+        .iter()
+        .map(|request| Request {
+            merchant: request.merchant.as_deref(),
+            method: &request.method,
+            path: &request.path,
+            idempotency_key: request.idempotency_key.as_deref(),
+            body: &request.body,
+        })
+        .collect();
+    let verdicts = verify(py, ring, &owned, (now_s, tolerance_s));
+    // The lock order of `machine`: ledger, results, index; none is held while the GIL is
+    // released (the verification above ran before any).
+    let mut ledger = ledger.state()?;
+    let results = results.state()?;
+    let mut index_guard = index.lock()?;
+    let table = merchants.table()?;
+    let mut parts = Parts {
+        ledger: &mut ledger,
+        results: &results,
+        index: &mut index_guard,
+        key_hasher: index.key_hasher(),
+        merchants: &table,
+    };
+    let staged = machine::stage(&mut parts, &requests, &verdicts, lsn_first, now_s)?;
+    Ok(StagedPy {
+        staged: Mutex::new(staged),
+    })
+}
+
+/// The signature verdict of each request this stage verifies (None for the authenticated).
+fn verify(py: Python<'_>, ring: &KeyRing, owned: &[Owned], clock: (i64, i64)) -> Vec<Verdict> {
+    let signed: Vec<SignedParts<'_>> = owned
+        .iter()
+        .filter(|request| request.merchant.is_none())
+        .map(|request| SignedParts {
+            header: request.header.as_deref(),
+            method: &request.method,
+            path: &request.path,
+            idempotency_key: request.idempotency_key.as_deref(),
+            body: &request.body,
+        })
+        .collect();
+    let mut checked = ring.verify_parts(py, &signed, clock).into_iter();
+    owned
+        .iter()
+        .map(|request| {
+            if request.merchant.is_none() {
+                checked.next()
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// `protocol.route`'s rule: None for a payment, the payment id for a refund, or the refusal
+/// (code, message, HTTP status).
+#[pyfunction]
+pub fn route(method: &Bound<'_, PyString>, path: &Bound<'_, PyString>) -> RouteAnswer {
+    let (method, path) = (method.to_string_lossy(), path.to_string_lossy());
+    match route_of(&method, &path) {
+        Ok(Route::Payment) => RouteAnswer::Payment(None),
+        Ok(Route::Refund(paid, _)) => RouteAnswer::Payment(Some(paid.to_owned())),
+        Err(refusal) => RouteAnswer::Refused((refusal.code, refusal.message, refusal.status)),
+    }
+}
+
+#[derive(IntoPyObject)]
+pub enum RouteAnswer {
+    Payment(Option<String>),
+    Refused((&'static str, String, u16)),
+}
+
+/// Why a client's `Idempotency-Key` is refused, None when it is acceptable.
+#[pyfunction]
+pub fn client_key_problem(key: &Bound<'_, PyString>) -> Option<&'static str> {
+    key_problem(&key.to_string_lossy())
+}
+
+/// The LSN an id such as `pay_12` names (`state::lsn_in_id`), None if it names none.
+#[pyfunction]
+pub fn lsn_in_id(id: &Bound<'_, PyString>, prefix: &str) -> Option<u64> {
+    lsn_in(&id.to_string_lossy(), prefix)
+}
