@@ -212,8 +212,10 @@ class Reference:
                 continue
             entry = self.state.ledger.payment(paid)
             made_by = self.state.results.merchant_of(_old_payment_lsn(paid) or 0)
-            if entry is None or made_by != merchant.id or entry.settlement != (
-                merchant.settlement_account
+            if (
+                entry is None
+                or made_by != merchant.id
+                or entry.settlement != (merchant.settlement_account)
             ):
                 answers[at] = RequestError("not_found", f"no refundable payment {paid}", 404)
                 continue
@@ -429,7 +431,8 @@ async def submit(
     if len(signed) == len(batch):
         return list(await engine.submit_many(signed))
     merchant = batch[0][1]
-    assert merchant is not None and not signed
+    assert merchant is not None
+    assert not signed
     return list(await engine.submit_authenticated(merchant, [r.body for r, _ in batch]))
 
 
