@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,5 +489,42 @@ def test_admin_keys_keep_their_own_share_between_runs(tmp_path: Path, fixed_cloc
             assert lsns == [f"pay_{first}", f"pay_{first + 1}", f"pay_{first + 3}"]
             assert e.state.index.tenant_len(ADMIN_TENANT) == 1
         assert [r.lsn for r in logged(tmp_path)][-4:] == list(range(first, first + 4))
+
+    asyncio.run(scenario())
+
+
+class SecondWriteDoneAtOnce(ThreadPoolExecutor):
+    """A log thread whose every second write is done before the engine sees it handed over:
+    as when the GIL passes to the log thread right after the hand-over, and it writes the
+    batch before the event loop runs the task waiting for it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.calls = 0
+
+    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future[object]:
+        future = super().submit(fn, *args, **kwargs)
+        self.calls += 1
+        if self.calls % 2 == 0:
+            wait_for_futures([future])
+        return future
+
+
+def test_batches_publish_in_log_order_when_a_later_write_is_seen_done_first(
+    tmp_path: Path, fixed_clock: None
+) -> None:
+    """Two batches staged in one turn of the loop, the second's write done before its task
+    starts: it waits for the first batch's task, and results are remembered in log order."""
+
+    async def scenario() -> None:
+        opened = Engine.open(tmp_path, config=config(), idempotency_capacity=CAPACITY)
+        async with opened as e:
+            await set_up(e)
+            e._log_thread = SecondWriteDoneAtOnce()
+            e.batch_size_max = 2
+            requests = [pay(SHOP, f"x-{n}", "alice", 1 + n) for n in range(4)]
+            answers = await asyncio.wait_for(e.submit_many(requests), 60)  # guards a hang
+            assert [answer.amount for answer in answers] == [1, 2, 3, 4]
+            assert e.failed is None
 
     asyncio.run(scenario())

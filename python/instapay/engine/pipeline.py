@@ -395,7 +395,8 @@ class Engine(EngineApi):
         written = loop.run_in_executor(
             self._log_thread, self._append, staged.lsn_first, staged.frames, staged.records
         )
-        self._syncing.append(asyncio.create_task(self._finish(written, staged)))
+        previous = self._syncing[-1] if self._syncing else None
+        self._syncing.append(asyncio.create_task(self._finish(written, staged, previous)))
 
     def _append(self, lsn_first: int, frames: list[bytes], count: int) -> int:
         """Runs in the log thread: once a write failed, nothing more is written. The log must
@@ -422,10 +423,17 @@ class Engine(EngineApi):
         self.stats.log_write_latency.observe(seconds)
         return first
 
-    async def _finish(self, written: asyncio.Future[int], staged: _Staged) -> None:
-        """Answers a batch once the log thread has made it durable (or fails the engine)."""
+    async def _finish(
+        self, written: asyncio.Future[int], staged: _Staged, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Answers a batch once the log thread has made it durable (or fails the engine), after
+        the batch before it: the log thread writes in order, but this task may see its write
+        done before the previous batch's task has run (its write finished before this task's
+        first step), and results are published in log order."""
         try:
             await written
+            if previous is not None:
+                await asyncio.wait({previous})
         except Exception as error:  # any failed write stops the engine
             self._fail(error, staged)
         else:
