@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -502,7 +502,9 @@ class SecondWriteDoneAtOnce(ThreadPoolExecutor):
         super().__init__(1)
         self.calls = 0
 
-    def submit(self, fn: Callable[..., object], /, *args: object, **kwargs: object) -> Future[object]:
+    def submit(
+        self, fn: Callable[..., object], /, *args: object, **kwargs: object
+    ) -> Future[object]:
         future = super().submit(fn, *args, **kwargs)
         self.calls += 1
         if self.calls % 2 == 0:
