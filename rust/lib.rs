@@ -115,6 +115,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<results_py::ResultsPy>()?;
     module.add_class::<machine_py::MerchantTablePy>()?;
     module.add_class::<machine_py::StagedPy>()?;
+    module.add_class::<machine_py::ResultTypesPy>()?;
     module.add_function(wrap_pyfunction!(machine_py::stage_batch, module)?)?;
     module.add_function(wrap_pyfunction!(machine_py::route, module)?)?;
     module.add_function(wrap_pyfunction!(machine_py::client_key_problem, module)?)?;

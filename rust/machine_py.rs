@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
 
 use crate::convert::{read_items, same_lengths};
 use crate::error::{CoreError, CoreResult};
@@ -18,7 +18,7 @@ use crate::keyring::{KeyRing, SignedParts};
 use crate::ledger_py::LedgerPy;
 use crate::machine::merchants::Merchants;
 use crate::machine::route::{client_key_problem as key_problem, route as route_of, Route};
-use crate::machine::{self, Answer, Parts, Request, Staged, Verdict};
+use crate::machine::{self, Answer, AppliedResult, Kept, Parts, Request, Staged, Verdict};
 use crate::results_py::ResultsPy;
 use crate::state::lsn_in_id as lsn_in;
 
@@ -59,6 +59,143 @@ impl MerchantTablePy {
     /// The merchant id a kid names, None if none.
     fn merchant_of_kid(&self, kid: &str) -> PyResult<Option<String>> {
         Ok(self.table()?.by_kid(kid).map(|merchant| merchant.id.clone()))
+    }
+}
+
+/// The Python types a run's results are answered as: `PaymentResult` and `RefundResult` (named
+/// tuples of 13 and 10 fields), the `Status` members and the `Failure` members by code.
+#[pyclass(frozen, module = "instapay._core", name = "ResultTypes")]
+pub struct ResultTypesPy {
+    payment: Py<PyType>,
+    refund: Py<PyType>,
+    succeeded: Py<PyAny>,
+    failed: Py<PyAny>,
+    failures: HashMap<String, Py<PyAny>>,
+}
+
+const PAYMENT_FIELDS: usize = 13;
+const REFUND_FIELDS: usize = 10;
+
+fn check_fields(cls: &Bound<'_, PyType>, fields: usize) -> PyResult<()> {
+    let len = cls.getattr(intern!(cls.py(), "_fields"))?.len()?;
+    if len != fields {
+        let what = format!("{} has {len} fields, the stage builds {fields}", cls.name()?);
+        return Err(CoreError::InvalidState(what).into());
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl ResultTypesPy {
+    #[new]
+    fn new(
+        payment: Bound<'_, PyType>,
+        refund: Bound<'_, PyType>,
+        succeeded: Py<PyAny>,
+        failed: Py<PyAny>,
+        failures: HashMap<String, Py<PyAny>>,
+    ) -> PyResult<Self> {
+        check_fields(&payment, PAYMENT_FIELDS)?;
+        check_fields(&refund, REFUND_FIELDS)?;
+        Ok(Self {
+            payment: payment.unbind(),
+            refund: refund.unbind(),
+            succeeded,
+            failed,
+            failures,
+        })
+    }
+}
+
+impl ResultTypesPy {
+    /// The result as the named tuple `Results` would build from the store: as made, not
+    /// replayed, nothing refunded yet.
+    fn build<'py>(
+        &self,
+        py: Python<'py>,
+        applied: &AppliedResult,
+        created_s: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let status = if applied.failure.is_none() {
+            &self.succeeded
+        } else {
+            &self.failed
+        };
+        let failure = match applied.failure {
+            None => py.None(),
+            Some(code) => self
+                .failures
+                .get(code)
+                .ok_or_else(|| CoreError::InvalidState(format!("no Failure {code}")))?
+                .clone_ref(py),
+        };
+        let text = |text: &str| PyString::new(py, text).into_any();
+        let optional = |text: Option<&String>| {
+            text.map_or_else(
+                || py.None().into_bound(py),
+                |text| PyString::new(py, text).into_any(),
+            )
+        };
+        let (cls, fields): (&Py<PyType>, Vec<Bound<'py, PyAny>>) = match &applied.kept {
+            Kept::Payment {
+                order_id,
+                payer,
+                amount,
+                currency,
+                description,
+                metadata,
+            } => {
+                let metadata = match metadata {
+                    None => py.None().into_bound(py),
+                    Some(pairs) => {
+                        let dict = PyDict::new(py);
+                        for (key, value) in pairs {
+                            dict.set_item(key, value)?;
+                        }
+                        dict.into_any()
+                    }
+                };
+                let fields = vec![
+                    text(&format!("pay_{}", applied.lsn)),
+                    text(&applied.merchant_id),
+                    text(order_id),
+                    text(payer),
+                    amount.into_pyobject(py)?.into_any(),
+                    text(currency),
+                    status.bind(py).clone(),
+                    failure.into_bound(py),
+                    created_s.into_pyobject(py)?.into_any(),
+                    optional(description.as_ref()),
+                    metadata,
+                    0_i64.into_pyobject(py)?.into_any(),
+                    false.into_pyobject(py)?.to_owned().into_any(),
+                ];
+                (&self.payment, fields)
+            }
+            Kept::Refund {
+                payment_id,
+                amount,
+                currency,
+                reason,
+            } => {
+                let fields = vec![
+                    text(&format!("re_{}", applied.lsn)),
+                    text(payment_id),
+                    text(&applied.merchant_id),
+                    amount.into_pyobject(py)?.into_any(),
+                    text(currency),
+                    status.bind(py).clone(),
+                    failure.into_bound(py),
+                    created_s.into_pyobject(py)?.into_any(),
+                    optional(reason.as_ref()),
+                    false.into_pyobject(py)?.to_owned().into_any(),
+                ];
+                (&self.refund, fields)
+            }
+        };
+        // `tuple.__new__(cls, fields)`: a named tuple without its Python-level `__new__`.
+        let tuple_new = py.get_type::<PyTuple>().getattr(intern!(py, "__new__"))?;
+        tuple_new.call1((cls.bind(py), PyTuple::new(py, fields)?))
     }
 }
 
@@ -154,6 +291,17 @@ impl StagedPy {
             }
         }
         Ok(applied)
+    }
+
+    /// The applied requests' results, in LSN order (`applied()`'s), built as `types` says.
+    fn results<'py>(&self, py: Python<'py>, types: &ResultTypesPy) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let staged = self.staged()?;
+        let created_s = staged.created_s;
+        staged
+            .applied()
+            .iter()
+            .map(|applied| types.build(py, applied, created_s))
+            .collect()
     }
 
     /// The LSN of the request of this run that reserved `slot`, None if none did.

@@ -5,8 +5,8 @@ Batches whose hashing work is large enough release the GIL, and larger ones are 
 thread pool (see ``set_parallelism``). Nothing here ever prints or returns key material.
 """
 
-from collections.abc import Sequence
-from typing import Final, Protocol, TypeAlias, final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol, TypeAlias, final
 
 __all__ = [
     "AMOUNT_MAX",
@@ -65,6 +65,7 @@ __all__ = [
     "KeyRing",
     "Ledger",
     "MerchantTable",
+    "ResultTypes",
     "Results",
     "StagedBatch",
     "__version__",
@@ -280,6 +281,21 @@ class MerchantTable:
     def merchant_of_kid(self, kid: str) -> str | None: ...
 
 @final
+class ResultTypes:
+    """What ``StagedBatch.results`` builds: the ``PaymentResult`` and ``RefundResult`` named
+    tuples (13 and 10 fields: ValueError otherwise), the ``Status`` members for succeeded and
+    failed, the ``Failure`` members by code."""
+
+    def __new__(
+        cls,
+        payment: type[tuple[object, ...]],
+        refund: type[tuple[object, ...]],
+        succeeded: object,
+        failed: object,
+        failures: Mapping[str, object],
+    ) -> ResultTypes: ...
+
+@final
 class StagedBatch:
     """A run of signed requests applied in memory by ``stage_batch``, waiting for its frames to
     be durable. Thread-safe."""
@@ -302,6 +318,9 @@ class StagedBatch:
         """Per request whose key the index knew: (index, ``RESERVE_*`` status, value)."""
     def applied(self) -> tuple[list[int], list[int]]:
         """(indexes, LSNs) of the applied requests, in LSN order."""
+    def results(self, types: ResultTypes) -> list[Any]:
+        """The applied requests' results, in ``applied()``'s order, as ``types`` builds them:
+        as made (not replayed, nothing refunded)."""
     def lsn_of_slot(self, slot: int) -> int | None:
         """The LSN of the request of this run that reserved ``slot``, None if none did."""
     def commit(self, results: Results, index: IdempotencyIndex) -> dict[str, list[int]]:

@@ -61,15 +61,15 @@ pub enum Answer {
 
 /// What a result keeps until it is durable, beyond its merchant and LSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Kept {
+pub enum Kept {
     Payment {
         order_id: String,
         payer: String,
         amount: i64,
         currency: String,
         description: Option<String>,
-        /// JSON, as the results store keeps it.
-        metadata: Option<Vec<u8>>,
+        /// In the order the request gave them.
+        metadata: Option<Vec<(String, String)>>,
     },
     Refund {
         payment_id: String,
@@ -79,13 +79,14 @@ enum Kept {
     },
 }
 
+/// A result applied in memory: what the store keeps once it is durable, and the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct AppliedResult {
-    lsn: u64,
+pub struct AppliedResult {
+    pub lsn: u64,
     slot: u64,
-    merchant_id: String,
-    failure: Option<&'static str>,
-    kept: Kept,
+    pub merchant_id: String,
+    pub failure: Option<&'static str>,
+    pub kept: Kept,
 }
 
 /// A run applied in memory: its WAL frames, what each request got, and the results to keep
@@ -329,7 +330,7 @@ impl Staged {
                     amount,
                     currency: &body.currency,
                     description: body.description.as_deref(),
-                    metadata: metadata.clone(),
+                    metadata,
                     created_s: self.created_s,
                     idempotency_key: key,
                     fingerprint: &fingerprint,
@@ -343,8 +344,7 @@ impl Staged {
                     amount,
                     currency: body.currency.clone(),
                     description: body.description.clone(),
-                    metadata: metadata
-                        .map(|metadata| serde_json::to_vec(&metadata).expect("strings always encode")),
+                    metadata: body.metadata.as_ref().map(|metadata| metadata.0.clone()),
                 };
                 (failure, kept)
             }
@@ -395,6 +395,12 @@ impl Staged {
         Ok(())
     }
 
+    /// The results applied, in LSN order.
+    #[must_use]
+    pub fn applied(&self) -> &[AppliedResult] {
+        &self.applied
+    }
+
     /// How many records the run logs.
     #[must_use]
     pub fn records(&self) -> u64 {
@@ -430,7 +436,11 @@ impl Staged {
         let mut by_merchant: Vec<(String, Vec<u64>)> = Vec::new();
         let mut position: HashMap<&str, usize> = HashMap::new();
         for applied in &self.applied {
-            results.add(applied.lsn, &applied.durable(self.created_s)?)?;
+            let metadata = applied.metadata_json();
+            results.add(
+                applied.lsn,
+                &applied.durable(self.created_s, metadata.as_deref())?,
+            )?;
             let at = *position.entry(applied.merchant_id.as_str()).or_insert_with(|| {
                 by_merchant.push((applied.merchant_id.clone(), Vec::new()));
                 by_merchant.len() - 1
@@ -445,7 +455,21 @@ impl Staged {
 }
 
 impl AppliedResult {
-    fn durable(&self, created_s: i64) -> CoreResult<Durable<'_>> {
+    /// A payment's metadata as JSON, as the results store keeps it (`results.py` wrote it with
+    /// orjson: the same object, keys in the request's order).
+    fn metadata_json(&self) -> Option<Vec<u8>> {
+        let Kept::Payment {
+            metadata: Some(pairs),
+            ..
+        } = &self.kept
+        else {
+            return None;
+        };
+        let borrowed = records::Metadata(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+        Some(serde_json::to_vec(&borrowed).expect("strings always encode"))
+    }
+
+    fn durable<'a>(&'a self, created_s: i64, metadata_json: Option<&'a [u8]>) -> CoreResult<Durable<'a>> {
         let code = Code::new(self.failure.is_none(), self.failure)?;
         Ok(match &self.kept {
             Kept::Payment {
@@ -454,7 +478,7 @@ impl AppliedResult {
                 amount,
                 currency,
                 description,
-                metadata,
+                metadata: _,
             } => Durable::Payment(PaymentFields {
                 merchant_id: &self.merchant_id,
                 order_id,
@@ -464,7 +488,7 @@ impl AppliedResult {
                 code,
                 created_s,
                 description: description.as_deref(),
-                metadata: metadata.as_deref(),
+                metadata: metadata_json,
             }),
             Kept::Refund {
                 payment_id,

@@ -41,6 +41,7 @@ from instapay.engine.ops import (
     PaymentOp,
     RefundOp,
 )
+from instapay.engine.results import RESULT_TYPES
 from instapay.engine.state import State
 from instapay.engine.stats import EngineStats
 from instapay.mandates import Mandate
@@ -470,11 +471,11 @@ class Engine(EngineApi):
             merchant = state.merchants.get(merchant_id)
             if merchant is not None and merchant.webhook_url is not None:
                 state.outbox.schedule_new_many(merchant_id, lsns, at_ms)
-        results = state.results
-        for index, lsn in zip(*run.applied(), strict=True):
-            jobs[index].answer(results[lsn])
+        indexes, _ = run.applied()
+        for index, result in zip(indexes, run.results(RESULT_TYPES), strict=True):
+            jobs[index].answer(result)
         for slot, lsn in self._waiting_on(run).items():
-            replayed = _replayed(results[lsn])
+            replayed = _replayed(state.results[lsn])
             for waiter in self._waiters.pop(slot):
                 waiter.answer(replayed)
 

@@ -25,6 +25,13 @@ _LSNS = range(2**64)
 _STATUS = {True: Status.SUCCEEDED, False: Status.FAILED}
 
 
+# What the batch stage builds a run's results as (`StagedBatch.results`): the same named tuples
+# `Results` builds from the store, made natively without a Python call per result.
+RESULT_TYPES = _core.ResultTypes(
+    PaymentResult, RefundResult, Status.SUCCEEDED, Status.FAILED, _FAILURES
+)
+
+
 def _failure(code: str | None) -> Failure | None:
     return None if code is None else _FAILURES[code]
 
