@@ -379,7 +379,7 @@ pub fn stage_batch(
         "merchant_ids",
         "a sequence of str or None",
         merchant_ids,
-        |_, item| Ok(item.extract::<Option<String>>()?),
+        |_, item| item.extract::<Option<String>>(),
     )?;
     let mut ids = ids.into_iter();
     let owned = read_items("requests", "a sequence of SignedRequest", requests, |_, item| {

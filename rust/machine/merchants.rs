@@ -14,7 +14,7 @@ pub struct Merchant {
 
 #[derive(Debug, Default)]
 pub struct Merchants {
-    merchants: Vec<Merchant>,
+    entries: Vec<Merchant>,
     by_id: HashMap<String, usize>,
     by_kid: HashMap<String, usize>,
 }
@@ -23,22 +23,19 @@ impl Merchants {
     /// Adds a merchant, or replaces one with its current keys (a kid it no longer has stops
     /// naming it). The caller checked that no kid belongs to another merchant.
     pub fn put(&mut self, id: &str, settlement_account: &str, kids: &[String]) {
-        let at = match self.by_id.get(id) {
-            Some(&at) => {
-                for kid in &self.merchants[at].kids {
-                    self.by_kid.remove(kid);
-                }
-                at
+        let at = if let Some(&at) = self.by_id.get(id) {
+            for kid in &self.entries[at].kids {
+                self.by_kid.remove(kid);
             }
-            None => {
-                self.merchants.push(Merchant {
-                    id: id.to_owned(),
-                    settlement_account: String::new(),
-                    kids: Vec::new(),
-                });
-                self.by_id.insert(id.to_owned(), self.merchants.len() - 1);
-                self.merchants.len() - 1
-            }
+            at
+        } else {
+            self.entries.push(Merchant {
+                id: id.to_owned(),
+                settlement_account: String::new(),
+                kids: Vec::new(),
+            });
+            self.by_id.insert(id.to_owned(), self.entries.len() - 1);
+            self.entries.len() - 1
         };
         for kid in kids {
             let previous = self.by_kid.insert(kid.clone(), at);
@@ -47,19 +44,19 @@ impl Merchants {
                 "kid {kid} names two merchants"
             );
         }
-        let merchant = &mut self.merchants[at];
-        merchant.settlement_account = settlement_account.to_owned();
+        let merchant = &mut self.entries[at];
+        settlement_account.clone_into(&mut merchant.settlement_account);
         merchant.kids = kids.to_vec();
     }
 
     #[must_use]
     pub fn by_kid(&self, kid: &str) -> Option<&Merchant> {
-        self.by_kid.get(kid).map(|&at| &self.merchants[at])
+        self.by_kid.get(kid).map(|&at| &self.entries[at])
     }
 
     #[must_use]
     pub fn by_id(&self, id: &str) -> Option<&Merchant> {
-        self.by_id.get(id).map(|&at| &self.merchants[at])
+        self.by_id.get(id).map(|&at| &self.entries[at])
     }
 }
 

@@ -507,3 +507,250 @@ impl AppliedResult {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::{RESERVE_IN_FLIGHT, RESERVE_REPLAY};
+    use crate::signature::PROBLEM_MISMATCH;
+    use crate::state::accounts::Owner;
+    use crate::state::ledger::Grant;
+    use route::PAYMENTS_PATH;
+
+    const NOW_S: i64 = 1_800_000_000;
+
+    struct World {
+        ledger: Ledger,
+        results: Results,
+        index: Index,
+        merchants: Merchants,
+    }
+
+    fn world() -> World {
+        let mut ledger = Ledger::default();
+        for (id, owner) in [
+            ("alice", Owner::Customer),
+            ("shop.settlement", Owner::Merchant),
+            ("other.settlement", Owner::Merchant),
+        ] {
+            ledger.open_account(id, "EUR", false, owner).unwrap().unwrap();
+        }
+        ledger.deposit("alice", 1000, "EUR").unwrap().unwrap();
+        let grant = Grant {
+            account_id: "alice",
+            merchant_id: "shop",
+            amount_max_per_payment: 500,
+            amount_max_per_day: None,
+            expires_at_s: None,
+            created_s: NOW_S,
+        };
+        ledger.grant_mandate(1, &grant).unwrap();
+        let mut merchants = Merchants::default();
+        merchants.put("shop", "shop.settlement", &["shop.k1".to_owned()]);
+        merchants.put("other", "other.settlement", &["other.k1".to_owned()]);
+        let index = Index::new(1000, 3600, 50, [7; 16]).unwrap();
+        World {
+            ledger,
+            results: Results::default(),
+            index,
+            merchants,
+        }
+    }
+
+    impl World {
+        fn stage(&mut self, requests: &[Request<'_>], verdicts: &[Verdict], lsn_first: u64) -> Staged {
+            let key_hasher = self.index.key_hasher();
+            let mut parts = Parts {
+                ledger: &mut self.ledger,
+                results: &self.results,
+                index: &mut self.index,
+                key_hasher,
+                merchants: &self.merchants,
+            };
+            stage(&mut parts, requests, verdicts, lsn_first, NOW_S).unwrap()
+        }
+
+        fn commit(&mut self, staged: &mut Staged) -> Vec<(String, Vec<u64>)> {
+            staged.commit(&mut self.results, &mut self.index).unwrap()
+        }
+    }
+
+    fn payment(merchant: &str, order: &str, amount: u64) -> Vec<u8> {
+        format!(
+            r#"{{"merchant_id":"{merchant}","order_id":"{order}","payer":"alice","amount":{amount},"currency":"EUR"}}"#
+        )
+        .into_bytes()
+    }
+
+    fn signed<'a>(path: &'a str, body: &'a [u8], key: Option<&'a str>) -> Request<'a> {
+        Request {
+            merchant: None,
+            method: "POST",
+            path,
+            idempotency_key: key,
+            body,
+        }
+    }
+
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "the verdict of a request the stage verifies"
+    )]
+    fn by(kid: &str) -> Verdict {
+        Some(Ok(kid.to_owned()))
+    }
+
+    fn refused(answer: &Answer) -> (&'static str, &str, u16) {
+        match answer {
+            Answer::Refused(refusal) => (refusal.code, refusal.message.as_str(), refusal.status),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_run_applies_frames_and_commits_its_payments() {
+        let mut world = world();
+        let (good, over) = (payment("shop", "o-1", 100), payment("shop", "o-2", 600));
+        let requests = [
+            signed(PAYMENTS_PATH, &good, None),
+            signed(PAYMENTS_PATH, &over, Some("k-2")),
+        ];
+        let mut staged = world.stage(&requests, &[by("shop.k1"), by("shop.k1")], 10);
+        assert_eq!(staged.answers, [Answer::Applied(10), Answer::Applied(11)]);
+        assert_eq!((staged.lsn_first, staged.lsn_next, staged.records()), (10, 12, 2));
+        let (frames, end, reason) = wal::scan(&staged.frames, 0, 10);
+        assert_eq!(
+            (frames.len(), end, reason),
+            (2, staged.frames.len(), wal::SCAN_END)
+        );
+        let payload = |at: usize| &staged.frames[frames[at].payload_at..][..frames[at].payload_len];
+        let first: PaymentRecord = records::decode("payment", payload(0)).unwrap();
+        assert_eq!(frames[0].record_type, logged_type(OPERATION_PAYMENT_WITH_CONSENT));
+        assert_eq!(
+            (first.idempotency_key, first.failure_code),
+            (Some("shop\0o:o-1"), None)
+        );
+        assert_eq!(first.settlement_account, "shop.settlement");
+        let second: PaymentRecord = records::decode("payment", payload(1)).unwrap();
+        assert_eq!(second.idempotency_key, Some("shop\0k:k-2"));
+        assert_eq!(second.failure_code, Some("mandate_amount_exceeded"));
+        assert_eq!(world.commit(&mut staged), [("shop".to_owned(), vec![10, 11])]);
+        assert!(matches!(world.results.get(10), Some(Durable::Payment(p)) if p.amount == 100));
+        assert!(
+            staged.commit(&mut world.results, &mut world.index).is_err(),
+            "committed once"
+        );
+        let again = world.stage(&requests[..1], &[by("shop.k1")], 12);
+        assert_eq!(again.answers, [Answer::Known(RESERVE_REPLAY, 10)]);
+        assert_eq!(again.records(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_in_the_run_waits_for_the_first() {
+        let mut world = world();
+        let body = payment("shop", "o-1", 100);
+        let request = signed(PAYMENTS_PATH, &body, Some("k"));
+        let staged = world.stage(&[request, request], &[by("shop.k1"), by("shop.k1")], 5);
+        let Answer::Known(RESERVE_IN_FLIGHT, slot) = staged.answers[1] else {
+            panic!("{:?}", staged.answers);
+        };
+        assert_eq!(staged.lsn_of_slot(slot), Some(5));
+        assert_eq!(staged.records(), 1);
+    }
+
+    #[test]
+    fn refusals_come_in_the_order_the_python_intake_checked_them() {
+        let mut world = world();
+        let good = payment("shop", "o-1", 1);
+        let theirs = payment("it's", "o-1", 1);
+        let mismatch = Some(Err(Problem {
+            code: PROBLEM_MISMATCH,
+            detail: String::new(),
+        }));
+        let mut wrong_method = signed(PAYMENTS_PATH, &good, None);
+        wrong_method.method = "GET";
+        let authenticated = Request {
+            merchant: Some("nobody"),
+            ..signed(PAYMENTS_PATH, &good, None)
+        };
+        let requests = [
+            signed(PAYMENTS_PATH, &good, Some("bad key")),
+            signed(PAYMENTS_PATH, &good, None),
+            wrong_method,
+            signed("/v1/payments/pay_1/refund", &good, None),
+            signed(PAYMENTS_PATH, &theirs, None),
+            signed(PAYMENTS_PATH, b"{", None),
+            authenticated,
+        ];
+        let verdicts = [
+            mismatch.clone(),
+            mismatch,
+            by("shop.k1"),
+            by("shop.k1"),
+            by("shop.k1"),
+            by("shop.k1"),
+            None,
+        ];
+        let staged = world.stage(&requests, &verdicts, 1);
+        let key = "Idempotency-Key: 1 to 255 printable ASCII characters without spaces";
+        assert_eq!(refused(&staged.answers[0]), ("invalid_request", key, 400));
+        assert!(matches!(&staged.answers[1], Answer::Signature(p) if p.code == PROBLEM_MISMATCH));
+        assert_eq!(
+            refused(&staged.answers[2]),
+            ("method_not_allowed", "GET is not accepted here", 405)
+        );
+        assert_eq!(refused(&staged.answers[3]).0, "not_found");
+        let quoted = "merchant_id \"it's\" is not the merchant of the signing key";
+        assert_eq!(refused(&staged.answers[4]), ("merchant_mismatch", quoted, 403));
+        assert!(refused(&staged.answers[5]).1.starts_with("invalid JSON body"));
+        assert_eq!(
+            refused(&staged.answers[6]),
+            ("merchant_not_found", "no merchant nobody", 400)
+        );
+        assert_eq!(staged.records(), 0);
+    }
+
+    #[test]
+    fn refunds_need_a_key_and_a_durable_payment_of_their_merchant() {
+        let mut world = world();
+        let body = payment("shop", "o-1", 300);
+        let mut paid = world.stage(&[signed(PAYMENTS_PATH, &body, None)], &[by("shop.k1")], 10);
+        world.commit(&mut paid);
+        let undurable = payment("shop", "o-2", 50);
+        let path = "/v1/payments/pay_10/refunds";
+        let (part, too_much) = (br#"{"amount":100}"#, br#"{"amount":500}"#);
+        let requests = [
+            signed(path, part, None),
+            signed(path, part, Some("r-1")),
+            signed(path, part, Some("r-2")),
+            signed(path, too_much, Some("r-3")),
+            signed(PAYMENTS_PATH, &undurable, None),
+            signed("/v1/payments/pay_15/refunds", b"", Some("r-4")),
+        ];
+        let kids = ["shop.k1", "other.k1", "shop.k1", "shop.k1", "shop.k1", "shop.k1"];
+        let verdicts: Vec<Verdict> = kids.iter().map(|kid| by(kid)).collect();
+        let mut staged = world.stage(&requests, &verdicts, 15);
+        assert_eq!(refused(&staged.answers[0]).0, "idempotency_key_required");
+        assert_eq!(
+            refused(&staged.answers[1]),
+            ("not_found", "no refundable payment pay_10", 404)
+        );
+        assert_eq!(staged.answers[2], Answer::Applied(15));
+        assert_eq!(staged.answers[3], Answer::Applied(16));
+        assert_eq!(staged.answers[4], Answer::Applied(17));
+        assert_eq!(refused(&staged.answers[5]).0, "not_found", "not durable yet");
+        let (frames, _, _) = wal::scan(&staged.frames, 0, 15);
+        let payload = |at: usize| &staged.frames[frames[at].payload_at..][..frames[at].payload_len];
+        let refund: RefundRecord = records::decode("refund", payload(0)).unwrap();
+        assert_eq!((refund.amount, refund.failure_code), (100, None));
+        assert_eq!(refund.idempotency_key, Some("shop\0r:pay_10:r-2"));
+        let declined: RefundRecord = records::decode("refund", payload(1)).unwrap();
+        assert_eq!(
+            (declined.amount, declined.failure_code),
+            (500, Some("refund_exceeds_payment"))
+        );
+        world.commit(&mut staged);
+        assert!(matches!(world.results.get(15), Some(Durable::Refund(r)) if r.currency == "EUR"));
+        assert_eq!(world.results.amount_refunded("pay_10"), 100);
+    }
+}
