@@ -15,13 +15,16 @@ from instapay.signing import TOLERANCE_S_DEFAULT, _problem_error
 def stage(state: State, jobs: list[Job], lsn_first: int, now_s: int) -> _core.StagedBatch:
     """Stages the run's requests as records from `lsn_first` on; refused jobs are answered
     here, the others by the caller (once durable, or from the index's answer)."""
+    requests = [job.request for job in jobs if job.request is not None]
+    if len(requests) != len(jobs):
+        raise TypeError("a run of signed requests holds a job without one")
     staged = _core.stage_batch(
         state.ledger.native,
         state.results.native,
         state.index,
         state.merchants.ring,
         state.merchants.table,
-        [job.request for job in jobs],
+        requests,
         [None if job.merchant is None else job.merchant.id for job in jobs],
         lsn_first,
         now_s,

@@ -321,14 +321,17 @@ class Engine(EngineApi):
 
     def _stage_controls(self, jobs: list[Job], staged: _Staged, now_s: int) -> None:
         ops = [(job, job.control) for job in jobs if job.control is not None]
-        keyed = [(job, op) for job, op in ops if isinstance(op, AdminOp) and op.key is not None]
-        answers = self.state.index.reserve_batch(
-            [op.key for _, op in keyed],
-            [op.fingerprint for _, op in keyed],
-            now_s,
-            [ADMIN_TENANT] * len(keyed),
-        )
-        answer_of = {id(job): answer for (job, _), answer in zip(keyed, answers, strict=True)}
+        keyed: list[Job] = []
+        keys: list[bytes] = []
+        fingerprints: list[bytes] = []
+        for job, op in ops:
+            if isinstance(op, AdminOp) and op.key is not None:
+                keyed.append(job)
+                keys.append(op.key)
+                fingerprints.append(op.fingerprint)
+        tenants = [ADMIN_TENANT] * len(keyed)
+        answers = self.state.index.reserve_batch(keys, fingerprints, now_s, tenants)
+        answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
         lsn_first = self.state.lsn_next
         types: list[int] = []
         payloads: list[bytes] = []
@@ -498,8 +501,8 @@ class Engine(EngineApi):
         for jobs, run in staged.runs:
             for index in run.applied()[0]:
                 jobs[index].answer(failure)
-            for slot in self._waiting_on(run):
-                for waiter in self._waiters.pop(slot):
+            for waited in self._waiting_on(run):
+                for waiter in self._waiters.pop(waited):
                     waiter.answer(failure)
         for job, _, slot, _ in staged.done:
             job.answer(failure)
