@@ -195,9 +195,25 @@ class Engine(EngineApi):
         if self._closing:
             raise RuntimeError("the engine is closed")
         if len(self._queue) >= self.queue_depth_max:
-            raise Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
+            raise self._queue_full()
         self._queue.append(job)
         self._wakeup.set()
+
+    def _enqueue_all(self, jobs: list[Job]) -> None:
+        """`_enqueue` for many jobs in one go: those beyond the queue's depth are answered
+        Overloaded."""
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise RuntimeError("the engine is closed")
+        room = max(0, self.queue_depth_max - len(self._queue))
+        self._queue.extend(jobs[:room])
+        for job in jobs[room:]:
+            job.answer(self._queue_full())
+        self._wakeup.set()
+
+    def _queue_full(self) -> Overloaded:
+        return Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
 
     async def _one(self, **parts: Any) -> Applied:
         answers = Answers(1)
@@ -221,32 +237,26 @@ class Engine(EngineApi):
 
         Raises EngineFailedError if the engine stopped.
         """
-        return await self._submit_all([{"request": request} for request in requests])
+        return await self._submit_all(requests, None)
 
     async def submit_authenticated(
         self, merchant: Merchant, bodies: Sequence[bytes]
     ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
         """Payments of `merchant` whose signature the caller has checked: the batch endpoint,
         where one signature covers every body. Idempotency scope: (merchant, order id)."""
-        path = PAYMENTS_PATH
-        parts = [
-            {"request": SignedRequest(None, "POST", path, body), "merchant": merchant}
-            for body in bodies
-        ]
-        return await self._submit_all(parts)
+        requests = [SignedRequest(None, "POST", PAYMENTS_PATH, body) for body in bodies]
+        return await self._submit_all(requests, merchant)
 
     async def _submit_all(
-        self, parts: list[dict[str, Any]]
+        self, requests: Sequence[SignedRequest], merchant: Merchant | None
     ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
-        """Queues one job per entry of `parts` and waits for all their answers."""
-        if not parts:
+        """Queues a job per request (`merchant`: the caller authenticated them) and waits for
+        all their answers."""
+        if not requests:
             return []
-        answers = Answers(len(parts))
-        for index, job_parts in enumerate(parts):
-            try:
-                self._enqueue(Job(answers, index, **job_parts))
-            except Overloaded as error:
-                answers.put(index, error)
+        answers = Answers(len(requests))
+        jobs = [Job(answers, at, request, merchant=merchant) for at, request in enumerate(requests)]
+        self._enqueue_all(jobs)
         results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
         for answer in await answers.future:
             if isinstance(answer, EngineFailedError):
