@@ -22,8 +22,8 @@ use crate::machine::{self, Answer, AppliedResult, Kept, Parts, Request, Staged, 
 use crate::results_py::ResultsPy;
 use crate::state::lsn_in_id as lsn_in;
 
-/// A refused request: its index in the run, code, message, HTTP status.
-type RefusalRow = (usize, &'static str, String, u16);
+/// A refused request: its index in the run, then code, message, HTTP status.
+type RefusalRow = (usize, (&'static str, String, u16));
 
 /// The merchants the stage resolves kids and merchant ids with (`machine::merchants`).
 #[pyclass(frozen, module = "instapay._core", name = "MerchantTable")]
@@ -31,9 +31,14 @@ pub struct MerchantTablePy {
     table: Mutex<Merchants>,
 }
 
+/// A binding's state, locked (a panic in an earlier call leaves it unusable).
+fn locked<T>(mutex: &Mutex<T>) -> CoreResult<MutexGuard<'_, T>> {
+    mutex.lock().map_err(|_| CoreError::Poisoned)
+}
+
 impl MerchantTablePy {
     fn table(&self) -> CoreResult<MutexGuard<'_, Merchants>> {
-        self.table.lock().map_err(|_| CoreError::Poisoned)
+        locked(&self.table)
     }
 }
 
@@ -207,7 +212,16 @@ pub struct StagedPy {
 
 impl StagedPy {
     fn staged(&self) -> CoreResult<MutexGuard<'_, Staged>> {
-        self.staged.lock().map_err(|_| CoreError::Poisoned)
+        locked(&self.staged)
+    }
+
+    /// A row per request whose answer `pick` takes, with its index in the run.
+    fn rows<R>(&self, pick: impl Fn(&Answer) -> Option<R>) -> PyResult<Vec<(usize, R)>> {
+        let staged = self.staged()?;
+        let rows = staged.answers.iter().enumerate();
+        Ok(rows
+            .filter_map(|(at, answer)| Some((at, pick(answer)?)))
+            .collect())
     }
 }
 
@@ -238,46 +252,28 @@ impl StagedPy {
         Ok(PyBytes::new(py, &self.staged()?.frames))
     }
 
-    /// Per refused request: (index, code, message, HTTP status).
+    /// Per refused request: (index, (code, message, HTTP status)).
     fn refusals(&self) -> PyResult<Vec<RefusalRow>> {
-        let staged = self.staged()?;
-        let rows = staged
-            .answers
-            .iter()
-            .enumerate()
-            .filter_map(|(at, answer)| match answer {
-                Answer::Refused(refusal) => Some((at, refusal.code, refusal.message.clone(), refusal.status)),
-                _ => None,
-            });
-        Ok(rows.collect())
+        self.rows(|answer| match answer {
+            Answer::Refused(refusal) => Some((refusal.code, refusal.message.clone(), refusal.status)),
+            _ => None,
+        })
     }
 
-    /// Per request refused for its signature: (index, problem code, detail).
-    fn signature_problems(&self) -> PyResult<Vec<(usize, u8, String)>> {
-        let staged = self.staged()?;
-        let rows = staged
-            .answers
-            .iter()
-            .enumerate()
-            .filter_map(|(at, answer)| match answer {
-                Answer::Signature(problem) => Some((at, problem.code, problem.detail.clone())),
-                _ => None,
-            });
-        Ok(rows.collect())
+    /// Per request refused for its signature: (index, (problem code, detail)).
+    fn signature_problems(&self) -> PyResult<Vec<(usize, (u8, String))>> {
+        self.rows(|answer| match answer {
+            Answer::Signature(problem) => Some((problem.code, problem.detail.clone())),
+            _ => None,
+        })
     }
 
-    /// Per request whose key the index knew: (index, reserve status, value).
-    fn known(&self) -> PyResult<Vec<(usize, u8, u64)>> {
-        let staged = self.staged()?;
-        let rows = staged
-            .answers
-            .iter()
-            .enumerate()
-            .filter_map(|(at, answer)| match answer {
-                Answer::Known(status, value) => Some((at, *status, *value)),
-                _ => None,
-            });
-        Ok(rows.collect())
+    /// Per request whose key the index knew: (index, (reserve status, value)).
+    fn known(&self) -> PyResult<Vec<(usize, (u8, u64))>> {
+        self.rows(|answer| match answer {
+            Answer::Known(status, value) => Some((*status, *value)),
+            _ => None,
+        })
     }
 
     /// (indexes, LSNs) of the applied requests, in LSN order.

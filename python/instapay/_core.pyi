@@ -310,12 +310,12 @@ class StagedBatch:
     def created_s(self) -> int: ...
     def frames(self) -> bytes:
         """The run's records as WAL frames, numbered from ``lsn_first``."""
-    def refusals(self) -> list[tuple[int, str, str, int]]:
-        """Per refused request: (index, code, message, HTTP status)."""
-    def signature_problems(self) -> list[tuple[int, int, str]]:
-        """Per request refused for its signature: (index, ``PROBLEM_*`` code, detail)."""
-    def known(self) -> list[tuple[int, int, int]]:
-        """Per request whose key the index knew: (index, ``RESERVE_*`` status, value)."""
+    def refusals(self) -> list[tuple[int, tuple[str, str, int]]]:
+        """Per refused request: (index, (code, message, HTTP status))."""
+    def signature_problems(self) -> list[tuple[int, tuple[int, str]]]:
+        """Per request refused for its signature: (index, (``PROBLEM_*`` code, detail))."""
+    def known(self) -> list[tuple[int, tuple[int, int]]]:
+        """Per request whose key the index knew: (index, (``RESERVE_*`` status, value))."""
     def applied(self) -> tuple[list[int], list[int]]:
         """(indexes, LSNs) of the applied requests, in LSN order."""
     def results(self, types: ResultTypes) -> list[Any]:

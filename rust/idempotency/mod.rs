@@ -109,8 +109,7 @@ impl IdempotencyIndex {
     }
 
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
-        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
-        Ok(use_index(&mut index))
+        Ok(use_index(&mut self.lock()?))
     }
 
     fn from_index(index: Index) -> Self {

@@ -30,9 +30,9 @@ def stage(state: State, jobs: list[Job], lsn_first: int, now_s: int) -> _core.St
         now_s,
         TOLERANCE_S_DEFAULT,
     )
-    for index, code, message, status in staged.refusals():
+    for index, (code, message, status) in staged.refusals():
         jobs[index].answer(RequestError(code, message, status))
-    for index, problem, detail in staged.signature_problems():
+    for index, (problem, detail) in staged.signature_problems():
         error = _problem_error(problem, detail, now_s, TOLERANCE_S_DEFAULT)
         jobs[index].answer(RequestError(error.code, str(error), 401))
     return staged

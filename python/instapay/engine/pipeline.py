@@ -322,7 +322,7 @@ class Engine(EngineApi):
 
     def _stage_signed(self, jobs: list[Job], staged: _Staged, now_s: int) -> None:
         run = intake.stage(self.state, jobs, self.state.lsn_next, now_s)
-        for index, status, value in run.known():
+        for index, (status, value) in run.known():
             self._answer_known(jobs[index], status, value)
         if run.records:
             staged.frames.append(run.frames())
