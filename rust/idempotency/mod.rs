@@ -109,7 +109,8 @@ impl IdempotencyIndex {
     }
 
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
-        Ok(use_index(&mut self.lock()?))
+        let mut index = self.lock()?;
+        Ok(use_index(&mut index))
     }
 
     fn from_index(index: Index) -> Self {
