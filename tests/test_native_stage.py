@@ -533,3 +533,21 @@ def test_batches_publish_in_log_order_when_a_later_write_is_seen_done_first(
             assert e.failed is None
 
     asyncio.run(scenario())
+
+
+def test_the_writer_refuses_frames_not_numbered_from_its_next_lsn(tmp_path: Path) -> None:
+    """Frames made by the stage are checked before the write: misnumbered, miscounted or
+    damaged ones reach no disk."""
+    writer = wal.WalWriter(tmp_path, 1, sync=False, segment_bytes_max=1 << 20)
+    frames = _core.wal_encode(1, [271, 271], [b"a", b"b"])
+    for bad, count in (
+        (_core.wal_encode(2, [271], [b"a"]), 1),
+        (frames, 3),
+        (frames[:-1], 2),
+    ):
+        with pytest.raises(ValueError, match=r"numbered from LSN 1|expected"):
+            writer.append_frames([bad], count)
+    assert writer.bytes_written == 0
+    assert writer.append_frames([frames[: len(frames) // 2], frames[len(frames) // 2 :]], 2) == 1
+    writer.close()
+    assert [(r.lsn, r.payload) for r in logged(tmp_path)] == [(1, b"a"), (2, b"b")]
