@@ -24,7 +24,7 @@ pub const METADATA_VALUE_LEN_MAX: usize = 500;
 
 /// `metadata`: string keys to string values, each key at most once.
 #[derive(Debug, Default)]
-struct Metadata(Vec<(String, String)>);
+pub(crate) struct Metadata(pub(crate) Vec<(String, String)>);
 
 struct MetadataVisitor;
 
@@ -182,25 +182,25 @@ pub fn parse_json_object<'py>(py: Python<'py>, body: &[u8]) -> PyResult<Bound<'p
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PaymentBody {
-    merchant_id: String,
-    order_id: String,
-    payer: String,
-    amount: u64,
-    currency: String,
+pub(crate) struct PaymentBody {
+    pub(crate) merchant_id: String,
+    pub(crate) order_id: String,
+    pub(crate) payer: String,
+    pub(crate) amount: u64,
+    pub(crate) currency: String,
     #[serde(default)]
-    description: Option<String>,
+    pub(crate) description: Option<String>,
     #[serde(default)]
-    metadata: Option<Metadata>,
+    pub(crate) metadata: Option<Metadata>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RefundBody {
+pub(crate) struct RefundBody {
     #[serde(default)]
-    amount: Option<u64>,
+    pub(crate) amount: Option<u64>,
     #[serde(default)]
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// What breaks DESIGN.md's id rule (1 to 255 printable ASCII characters, no spaces), the one
@@ -305,7 +305,7 @@ fn json_error(error: &serde_json::Error) -> String {
     format!("invalid JSON body: {error}")
 }
 
-fn parse_payment(body: &[u8]) -> Result<(PaymentBody, Digest), String> {
+pub(crate) fn parse_payment(body: &[u8]) -> Result<(PaymentBody, Digest), String> {
     let payment: PaymentBody = serde_json::from_slice(body).map_err(|error| json_error(&error))?;
     check_id("merchant_id", &payment.merchant_id)?;
     check_id("order_id", &payment.order_id)?;
@@ -335,7 +335,7 @@ fn parse_payment(body: &[u8]) -> Result<(PaymentBody, Digest), String> {
     Ok((payment, canonical.digest()))
 }
 
-fn parse_refund(body: &[u8]) -> Result<(RefundBody, Digest), String> {
+pub(crate) fn parse_refund(body: &[u8]) -> Result<(RefundBody, Digest), String> {
     let refund: RefundBody = if body.iter().all(u8::is_ascii_whitespace) {
         RefundBody {
             amount: None,

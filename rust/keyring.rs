@@ -85,6 +85,58 @@ impl KeyRing {
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         change(Arc::make_mut(&mut keys))
     }
+
+    /// Per request, the authenticated kid or the `Problem` refusing it: headers parsed and
+    /// timestamps checked against `clock` (now, tolerance), then every MAC computed in one batch
+    /// (spread over threads, without the GIL, when the batch is large enough).
+    pub(crate) fn verify_parts(
+        &self,
+        py: Python<'_>,
+        requests: &[SignedParts<'_>],
+        clock: (i64, i64),
+    ) -> Vec<Result<String, Problem>> {
+        let snapshot = self.snapshot();
+        let checks: Vec<RequestCheck<'_>> = requests
+            .iter()
+            .map(|request| request_check(&snapshot, request, clock))
+            .collect();
+        let work_bytes = checks
+            .iter()
+            .map(|check| match check {
+                RequestCheck::Compare { message, .. } => hmac_work(message.len()),
+                RequestCheck::Refused(_) => 0,
+            })
+            .sum();
+        let valid = run_batch(py, work_bytes, || {
+            map_indexed(checks.len(), work_bytes, |index| match &checks[index] {
+                RequestCheck::Compare {
+                    key, mac, message, ..
+                } => key.verify(message, mac),
+                RequestCheck::Refused(_) => false,
+            })
+        });
+        checks
+            .into_iter()
+            .zip(valid)
+            .map(|(check, valid)| match check {
+                RequestCheck::Compare { kid, .. } if valid => Ok(kid),
+                RequestCheck::Compare { .. } => Err(Problem {
+                    code: PROBLEM_MISMATCH,
+                    detail: String::new(),
+                }),
+                RequestCheck::Refused(problem) => Err(problem),
+            })
+            .collect()
+    }
+}
+
+/// What a request signature covers, as received (`None`: no header, no `Idempotency-Key`).
+pub(crate) struct SignedParts<'a> {
+    pub(crate) header: Option<&'a str>,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) idempotency_key: Option<&'a str>,
+    pub(crate) body: &'a [u8],
 }
 
 /// Resolves the kids of a batch; runs of one kid (the usual case) skip the hash lookup. A kid
@@ -275,42 +327,20 @@ impl KeyRing {
                 bodies.len(),
             ],
         )?;
-        let snapshot = self.snapshot();
-        let checks: Vec<RequestCheck<'_>> = (0..headers.len())
-            .map(|index| {
+        let requests: Vec<SignedParts<'_>> = (0..headers.len())
+            .map(|index| SignedParts {
+                header: headers[index].as_deref(),
                 // Methods and paths were read with `none_allowed = false`: always `Some`.
-                let method = methods[index].as_deref().unwrap_or_default();
-                let path = paths[index].as_deref().unwrap_or_default();
-                let clock = (now_s, tolerance_s);
-                request_check(
-                    &snapshot,
-                    headers[index].as_deref(),
-                    (method, path),
-                    keys[index].as_deref(),
-                    &bodies[index],
-                    clock,
-                )
+                method: methods[index].as_deref().unwrap_or_default(),
+                path: paths[index].as_deref().unwrap_or_default(),
+                idempotency_key: keys[index].as_deref(),
+                body: &bodies[index],
             })
             .collect();
-        let work_bytes = checks
-            .iter()
-            .map(|check| match check {
-                RequestCheck::Compare { message, .. } => hmac_work(message.len()),
-                RequestCheck::Refused(_) => 0,
-            })
-            .sum();
-        let valid = run_batch(py, work_bytes, || {
-            map_indexed(checks.len(), work_bytes, |index| match &checks[index] {
-                RequestCheck::Compare {
-                    key, mac, message, ..
-                } => key.verify(message, mac),
-                RequestCheck::Refused(_) => false,
-            })
-        });
-        let answers = checks.iter().zip(valid).map(|(check, valid)| match check {
-            RequestCheck::Compare { kid, .. } if valid => Ok(PyString::new(py, kid).into_any()),
-            RequestCheck::Compare { .. } => (PROBLEM_MISMATCH, "").into_pyobject(py).map(Bound::into_any),
-            RequestCheck::Refused(problem) => (problem.code, problem.detail.as_str())
+        let verdicts = self.verify_parts(py, &requests, (now_s, tolerance_s));
+        let answers = verdicts.iter().map(|verdict| match verdict {
+            Ok(kid) => Ok(PyString::new(py, kid).into_any()),
+            Err(problem) => (problem.code, problem.detail.as_str())
                 .into_pyobject(py)
                 .map(Bound::into_any),
         });
@@ -345,10 +375,7 @@ enum RequestCheck<'k> {
 
 fn request_check<'k>(
     keys: &'k KeyMap,
-    header: Option<&str>,
-    target: (&str, &str),
-    idempotency_key: Option<&str>,
-    body: &[u8],
+    request: &SignedParts<'_>,
     (now_s, tolerance_s): (i64, i64),
 ) -> RequestCheck<'k> {
     let refused = |code, detail: &str| {
@@ -357,14 +384,16 @@ fn request_check<'k>(
             detail: detail.to_owned(),
         })
     };
-    let (timestamp_s, kid, mac) = match parse_request_header(header, now_s, tolerance_s) {
+    let (timestamp_s, kid, mac) = match parse_request_header(request.header, now_s, tolerance_s) {
         Ok(parsed) => parsed,
         Err(problem) => return RequestCheck::Refused(problem),
     };
     let Some(key) = keys.get(kid) else {
         return refused(PROBLEM_UNKNOWN_KID, kid);
     };
-    let (hex, message) = match signed_message(mac, timestamp_s, target, idempotency_key, body) {
+    let target = (request.method, request.path);
+    let signed = signed_message(mac, timestamp_s, target, request.idempotency_key, request.body);
+    let (hex, message) = match signed {
         Ok(signed) => signed,
         Err(problem) => return RequestCheck::Refused(problem),
     };

@@ -123,7 +123,7 @@ pub fn next_valid(data: &[u8], at: usize, lsn_min: u64) -> Option<usize> {
     (at + 1..data.len()).find(|&start| frame_at(data, start).is_ok_and(|frame| frame.lsn >= lsn_min))
 }
 
-fn check_payload(index: usize, payload: &[u8]) -> CoreResult<()> {
+pub(crate) fn check_payload(index: usize, payload: &[u8]) -> CoreResult<()> {
     if payload.len() > RECORD_LEN_MAX {
         return Err(CoreError::RecordTooLarge {
             index,

@@ -5,8 +5,8 @@ Batches whose hashing work is large enough release the GIL, and larger ones are 
 thread pool (see ``set_parallelism``). Nothing here ever prints or returns key material.
 """
 
-from collections.abc import Sequence, Set
-from typing import Final, TypeAlias, final
+from collections.abc import Mapping, Sequence, Set
+from typing import Any, Final, Protocol, TypeAlias, final
 
 __all__ = [
     "AMOUNT_MAX",
@@ -64,12 +64,17 @@ __all__ = [
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
+    "MerchantTable",
+    "ResultTypes",
     "Results",
+    "StagedBatch",
     "__version__",
+    "client_key_problem",
     "crc32c",
     "hmac_sha256",
     "is_currency",
     "is_id",
+    "lsn_in_id",
     "parallelism",
     "parse_json_object",
     "parse_payment_bodies",
@@ -77,9 +82,11 @@ __all__ = [
     "parse_signature_header",
     "payload_signature",
     "replay_run",
+    "route",
     "set_parallelism",
     "sha256",
     "sha256_batch",
+    "stage_batch",
     "wal_encode",
     "wal_next_valid",
     "wal_scan",
@@ -238,6 +245,108 @@ def wal_scan_extent(data: bytes, offset: int, lsn_next: int) -> tuple[int, int, 
 def wal_next_valid(data: bytes, offset: int, lsn_min: int) -> int | None:
     """The first offset after ``offset`` where a valid record with LSN >= ``lsn_min`` starts."""
 
+def route(method: str, path: str) -> str | tuple[str, str, int] | None:
+    """A signed request's endpoint: None for a payment (POST /v1/payments), the payment id for a
+    refund of it (POST /v1/payments/pay_<lsn>/refunds), else the refusal (code, message,
+    HTTP status)."""
+
+def client_key_problem(key: str) -> str | None:
+    """Why a client's Idempotency-Key is refused (DESIGN.md's id rule), None when it is not."""
+
+def lsn_in_id(id: str, prefix: str) -> int | None:
+    """The LSN an id such as ``pay_12`` names (the prefix, then ASCII digits without a leading
+    zero, at most a u64), None if it names none."""
+
+class _SignedRequest(Protocol):
+    """What ``stage_batch`` reads of each request (``instapay.signing.SignedRequest``)."""
+
+    @property
+    def header(self) -> str | None: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+
+@final
+class MerchantTable:
+    """The merchants the batch stage resolves: id, settlement account and kids, kept in step
+    with ``instapay.merchants.Merchants``. Thread-safe."""
+
+    def __new__(cls) -> MerchantTable: ...
+    def put(self, merchant_id: str, settlement_account: str, kids: list[str]) -> None:
+        """Adds a merchant, or replaces it with its current kids."""
+    def merchant_of_kid(self, kid: str) -> str | None: ...
+
+@final
+class ResultTypes:
+    """What ``StagedBatch.results`` builds: the ``PaymentResult`` and ``RefundResult`` named
+    tuples (13 and 10 fields: ValueError otherwise), the ``Status`` members for succeeded and
+    failed, the ``Failure`` members by code."""
+
+    def __new__(
+        cls,
+        payment: type[tuple[object, ...]],
+        refund: type[tuple[object, ...]],
+        succeeded: object,
+        failed: object,
+        failures: Mapping[str, object],
+    ) -> ResultTypes: ...
+
+@final
+class StagedBatch:
+    """A run of signed requests applied in memory by ``stage_batch``, waiting for its frames to
+    be durable. Thread-safe."""
+
+    @property
+    def lsn_first(self) -> int: ...
+    @property
+    def lsn_next(self) -> int: ...
+    @property
+    def records(self) -> int: ...
+    @property
+    def created_s(self) -> int: ...
+    def frames(self) -> bytes:
+        """The run's records as WAL frames, numbered from ``lsn_first``."""
+    def refusals(self) -> list[tuple[int, tuple[str, str, int]]]:
+        """Per refused request: (index, (code, message, HTTP status))."""
+    def signature_problems(self) -> list[tuple[int, tuple[int, str]]]:
+        """Per request refused for its signature: (index, (``PROBLEM_*`` code, detail))."""
+    def known(self) -> list[tuple[int, tuple[int, int]]]:
+        """Per request whose key the index knew: (index, (``RESERVE_*`` status, value))."""
+    def applied(self) -> tuple[list[int], list[int]]:
+        """(indexes, LSNs) of the applied requests, in LSN order."""
+    def results(self, types: ResultTypes) -> list[Any]:
+        """The applied requests' results, in ``applied()``'s order, as ``types`` builds them:
+        as made (not replayed, nothing refunded)."""
+    def lsn_of_slot(self, slot: int) -> int | None:
+        """The LSN of the request of this run that reserved ``slot``, None if none did."""
+    def commit(self, results: Results, index: IdempotencyIndex) -> dict[str, list[int]]:
+        """After the frames are durable: adds the results, completes the keys (each key's
+        reference is its result's LSN); returns each merchant's new LSNs. ValueError if called
+        twice."""
+
+def stage_batch(
+    ledger: Ledger,
+    results: Results,
+    index: IdempotencyIndex,
+    ring: KeyRing,
+    merchants: MerchantTable,
+    requests: Sequence[_SignedRequest],
+    merchant_ids: Sequence[str | None],
+    lsn_first: int,
+    now_s: int,
+    tolerance_s: int,
+) -> StagedBatch:
+    """Stages a run of signed payment and refund requests as records from ``lsn_first`` on, in
+    one call: client key, signature (``merchant_ids[i]`` set: authenticated by the caller, not
+    verified), route, body, merchant, refund checks, idempotency reservation (tenant: the
+    merchant id), the ledger, the records (``rust/machine/``). Locks the ledger, the results and
+    the index in that order."""
+
 def sha256(data: bytes) -> bytes: ...
 def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     """HMAC-SHA256 (RFC 2104); any key length, keys over 64 bytes are hashed first."""
@@ -394,9 +503,12 @@ class IdempotencyIndex:
 
     @staticmethod
     def load(
-        data: bytes, tenant_share_percent: int | None = None, capacity_max: int | None = None
+        data: bytes,
+        tenant_share_percent: int | None = None,
+        capacity_max: int | None = None,
+        ttl_seconds: int | None = None,
     ) -> IdempotencyIndex:
-        """The index of a dump, with the dump's share and capacity unless others are given;
+        """The index of a dump, with the dump's share, capacity and TTL unless others are given;
         version 1 dumps (before tenants) load their keys as keys of no tenant. ValueError for a
         truncated or corrupted one, or one holding more keys than `capacity_max`."""
 

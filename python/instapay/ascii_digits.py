@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from instapay import _core
+
 # An LSN (a u64) has at most 20 digits.
 DIGITS_MAX_DEFAULT = 20
 
@@ -21,10 +23,10 @@ def ascii_int(text: str, digits_max: int = DIGITS_MAX_DEFAULT) -> int | None:
 
 def number_in_id(text: str, prefix: str) -> int | None:
     """The number of an id such as `pay_12`, written as the server writes it (the prefix, then
-    ASCII digits without a leading zero), or None: one id never has two spellings."""
-    digits = text.removeprefix(prefix)
-    number = None if digits == text else ascii_int(digits)
-    return number if number is not None and digits == str(number) else None
+    ASCII digits without a leading zero), or None: one id never has two spellings. The rule is
+    the native one (`state::lsn_in_id`, which the batch stage routes refunds by); an id whose
+    number is above any LSN (a u64) names none."""
+    return _core.lsn_in_id(text, prefix)
 
 
 def argument_int(text: str) -> int:

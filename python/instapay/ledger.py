@@ -78,7 +78,8 @@ class Ledger:
 
     @property
     def native(self) -> _core.Ledger:
-        """The native state, for the native calls that change it in bulk (a replay)."""
+        """The native state, for the native calls that change it in bulk (the batch stage
+        `_core.stage_batch`, a replay)."""
         return self._native
 
     def open_account(

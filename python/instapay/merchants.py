@@ -43,6 +43,9 @@ class Merchants:
         # the previous secrets of rotations in progress sign a second v1.
         self.webhook_ring = _core.KeyRing()
         self.previous_webhook_ring = _core.KeyRing()
+        # Kid -> merchant id and settlement account, natively: what the batch stage resolves a
+        # verified request's merchant with (`_core.stage_batch`). Changed with the ring.
+        self.table = _core.MerchantTable()
         self.configured = frozenset(merchant.id for merchant in configured)
         for merchant in configured:
             self._put(merchant)
@@ -60,6 +63,7 @@ class Merchants:
                 raise ValueError(f"kid {kid!r} belongs to two merchants")
             self.ring.insert(kid, secret)
             self.by_kid[kid] = merchant
+        self.table.put(merchant.id, merchant.settlement_account, list(merchant.keys))
         if merchant.webhook_secret is not None:
             self.webhook_ring.insert(merchant.id, merchant.webhook_secret)
         if merchant.previous_webhook_secret is not None:

@@ -122,6 +122,16 @@ class Outbox:
         self._pending[lsn] = (merchant_id, at_ms)
         self._push(merchant_id, lsn, at_ms)
 
+    def schedule_new_many(self, merchant_id: str, lsns: list[int], at_ms: int) -> None:
+        """`schedule_new` for a batch's new events of one merchant, all due at `at_ms`."""
+        entry = (merchant_id, at_ms)
+        due = self._due.setdefault(merchant_id, [])
+        for lsn in lsns:
+            self._pending[lsn] = entry
+            heapq.heappush(due, (at_ms, lsn))
+        if lsns:
+            self.due.set()
+
     def schedule(self, merchant_id: str, lsn: int, at_ms: int) -> None:
         """Makes the event's delivery pending from `at_ms` on, as a fresh round of the schedule."""
         delivery = self._delivery(merchant_id, lsn)

@@ -4,9 +4,9 @@ HTTP layer, the SDK and the load harness; it imports nothing of them."""
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Final
 
+from instapay import _core
 from instapay.ascii_digits import number_in_id
 from instapay.model import RequestError
 
@@ -22,7 +22,6 @@ NDJSON_TYPE: Final = "application/x-ndjson"
 
 PAYMENTS_PATH = "/v1/payments"
 BATCH_PATH = "/v1/payments/batch"
-REFUNDS_PATH = re.compile(r"/v1/payments/(pay_[^/]+)/refunds")
 PAYMENT_ID_PREFIX = "pay_"
 REFUND_ID_PREFIX = "re_"
 
@@ -46,11 +45,9 @@ def refund_lsn(refund_id_: str) -> int | None:
 
 
 def route(request: SignedRequest) -> str | None:
-    """None for a payment; the payment id for a refund. RequestError for anything else."""
-    if request.method != "POST":
-        raise RequestError("method_not_allowed", f"{request.method} is not accepted here", 405)
-    if request.path == PAYMENTS_PATH:
-        return None
-    if (match := REFUNDS_PATH.fullmatch(request.path)) and payment_lsn(match.group(1)) is not None:
-        return match.group(1)
-    raise RequestError("not_found", f"no such endpoint: {request.path}", 404)
+    """None for a payment; the payment id for a refund. RequestError for anything else. The
+    rule is the native one the batch stage routes by (`_core.route`, rust/machine/route.rs)."""
+    answer = _core.route(request.method, request.path)
+    if isinstance(answer, tuple):
+        raise RequestError(*answer)
+    return answer

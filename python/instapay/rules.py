@@ -34,10 +34,11 @@ def check_id(name: str, value: str) -> None:
 
 
 def check_client_key(key: str) -> None:
-    if not is_id(key):
-        raise RequestError(
-            "invalid_request", "Idempotency-Key: 1 to 255 printable ASCII characters without spaces"
-        )
+    """The rule the native batch stage applies to signed requests (`_core.client_key_problem`,
+    rust/machine/route.rs), for the keys admins send."""
+    problem = _core.client_key_problem(key)
+    if problem is not None:
+        raise RequestError("invalid_request", problem)
 
 
 def check_webhook_url(url: str) -> None:

@@ -119,7 +119,7 @@ impl IdempotencyIndex {
     /// A key or tenant name of a length the index refuses (nothing is restored), or a key the
     /// index has no room for (`Index::restore_logged`).
     pub(crate) fn restore_logged(&self, keys: &[LoggedKey<'_>]) -> CoreResult<()> {
-        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut index = self.lock()?;
         let mut entries = Vec::with_capacity(keys.len());
         // The keys are mostly one merchant's: its id is looked up once.
         let mut last: Option<(&[u8], TenantId)> = None;
@@ -141,8 +141,18 @@ impl IdempotencyIndex {
         index.restore_logged(entries)
     }
 
+    /// The index, locked: for the batch stage (`machine_py`), which takes it after the ledger's
+    /// and the results' locks.
+    pub(crate) fn lock(&self) -> CoreResult<std::sync::MutexGuard<'_, Index>> {
+        self.index.lock().map_err(|_| CoreError::Poisoned)
+    }
+
+    pub(crate) fn key_hasher(&self) -> KeyHasher {
+        self.key_hasher
+    }
+
     fn with_index<R>(&self, use_index: impl FnOnce(&mut Index) -> R) -> CoreResult<R> {
-        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut index = self.lock()?;
         Ok(use_index(&mut index))
     }
 
@@ -158,7 +168,7 @@ impl IdempotencyIndex {
         let Some(tenants) = tenants else {
             return Ok(vec![NO_TENANT; len]);
         };
-        let mut index = self.index.lock().map_err(|_| CoreError::Poisoned)?;
+        let mut index = self.lock()?;
         // A batch is mostly one merchant's, one `str` object: its id is looked up once.
         let mut last: Option<(Bound<'_, PyAny>, TenantId)> = None;
         read_items("tenants", "a sequence of str", tenants, |at, item| {
@@ -297,14 +307,15 @@ impl IdempotencyIndex {
     }
 
     #[staticmethod]
-    #[pyo3(signature = (data, tenant_share_percent = None, capacity_max = None))]
+    #[pyo3(signature = (data, tenant_share_percent = None, capacity_max = None, ttl_seconds = None))]
     fn load(
         py: Python<'_>,
         data: &[u8],
         tenant_share_percent: Option<u64>,
         capacity_max: Option<u64>,
+        ttl_seconds: Option<u64>,
     ) -> PyResult<Self> {
-        let index = py.detach(|| snapshot::decode(data, tenant_share_percent, capacity_max))?;
+        let index = py.detach(|| snapshot::decode(data, tenant_share_percent, capacity_max, ttl_seconds))?;
         Ok(Self::from_index(index))
     }
 

@@ -176,10 +176,18 @@ fn restore_tenants(body: &[u8], index: &mut Index) -> CoreResult<usize> {
     Ok(at)
 }
 
+/// The index a dump holds; `share_percent`, `capacity_max` and `ttl_s` replace the dumped
+/// settings when given (the ones configured now; None keeps the dump's).
+///
 /// # Errors
-/// `CorruptDump` for anything but an intact dump; `OutOfRange` for impossible settings.
-/// `share_percent` replaces the dump's share (None keeps it).
-pub fn decode(data: &[u8], share_percent: Option<u64>, capacity_max: Option<u64>) -> CoreResult<Index> {
+/// `CorruptDump` for anything but an intact dump; `OutOfRange` for impossible settings;
+/// `IndexTooSmall` for more keys than the capacity.
+pub fn decode(
+    data: &[u8],
+    share_percent: Option<u64>,
+    capacity_max: Option<u64>,
+    ttl_s: Option<u64>,
+) -> CoreResult<Index> {
     let (version, body) = checked_body(data)?;
     let seed: Seed = array(body, SEED_AT);
     let dumped_share = if version == VERSION {
@@ -197,7 +205,8 @@ pub fn decode(data: &[u8], share_percent: Option<u64>, capacity_max: Option<u64>
             capacity,
         });
     }
-    let mut index = Index::new(capacity, u64_at(body, TTL_AT), share, seed)?;
+    let ttl_s = ttl_s.unwrap_or_else(|| u64_at(body, TTL_AT));
+    let mut index = Index::new(capacity, ttl_s, share, seed)?;
     let entries_at = if version == VERSION {
         restore_tenants(body, &mut index)?
     } else {
@@ -240,12 +249,15 @@ mod tests {
     }
 
     #[test]
-    fn a_dump_loads_into_the_capacity_configured_now_if_its_keys_fit() {
+    fn a_dump_loads_into_the_capacity_and_ttl_configured_now_if_its_keys_fit() {
         let dump = encode(&sample());
-        let resized = decode(&dump, None, Some(2)).expect("two keys fit in two");
-        assert_eq!((resized.capacity_max(), resized.len()), (2, 2));
+        let resized = decode(&dump, None, Some(2), Some(5)).expect("two keys fit in two");
         assert_eq!(
-            decode(&dump, None, Some(1)).err(),
+            (resized.capacity_max(), resized.len(), resized.ttl_s()),
+            (2, 2, 5)
+        );
+        assert_eq!(
+            decode(&dump, None, Some(1), None).err(),
             Some(CoreError::IndexTooSmall {
                 what: "the snapshot",
                 held: 2,
@@ -257,7 +269,7 @@ mod tests {
     #[test]
     fn a_dump_loads_back_to_the_same_finished_entries_without_reservations() {
         let index = sample();
-        let loaded = decode(&encode(&index), None, None).expect("intact dump");
+        let loaded = decode(&encode(&index), None, None, None).expect("intact dump");
         assert_eq!(
             loaded.finished().collect::<Vec<_>>(),
             index.finished().collect::<Vec<_>>()
@@ -273,7 +285,7 @@ mod tests {
             "its finished key, not its reservation"
         );
         assert_eq!(encode(&loaded), encode(&index));
-        let reshared = decode(&encode(&index), Some(50), None).expect("intact dump");
+        let reshared = decode(&encode(&index), Some(50), None, None).expect("intact dump");
         assert_eq!(reshared.tenants().share_percent(), 50);
     }
 
@@ -285,12 +297,12 @@ mod tests {
                 let mut corrupted = dump.clone();
                 corrupted[at] ^= flip;
                 assert!(
-                    decode(&corrupted, None, None).is_err(),
+                    decode(&corrupted, None, None, None).is_err(),
                     "flip {flip:#x} at byte {at} was accepted"
                 );
             }
             assert!(
-                decode(&dump[..at], None, None).is_err(),
+                decode(&dump[..at], None, None, None).is_err(),
                 "truncation to {at} bytes was accepted"
             );
         }
@@ -306,7 +318,7 @@ mod tests {
         let crc = crc32c::crc32c(&doubled);
         doubled.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(
-            decode(&doubled, None, None).err(),
+            decode(&doubled, None, None, None).err(),
             Some(CoreError::CorruptDump("a key appears twice".into()))
         );
     }

@@ -2,10 +2,11 @@
 
 ::
 
-    submit ─► queue ─► batch ─► verify ─► parse ─► reserve ─► apply ─► log ─► results
-                                (native)  (native) (native)  (state)  (one write + one
-                                                                       fdatasync, in the
-                                                                       log thread)
+    submit ─► queue ─► batch ─► verify ─► parse ─► reserve ─► apply ─► encode ─► log ─► results
+                                └──── one native call per run of signed requests ───┘  (one write
+                                      (control ops: their handlers, in log order)       + one
+                                                                                        fdatasync,
+                                                                                        log thread)
 
 While the log thread makes batch k durable, the event loop stages batch k+1 (at most
 `PIPELINE_BATCHES_MAX` batches wait for the disk). A result is handed back, and its idempotency key
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -39,6 +41,7 @@ from instapay.engine.ops import (
     PaymentOp,
     RefundOp,
 )
+from instapay.engine.results import RESULT_TYPES
 from instapay.engine.state import State
 from instapay.engine.stats import EngineStats
 from instapay.mandates import Mandate
@@ -79,14 +82,22 @@ FsyncMode = Literal["always", "off"]
 
 @dataclass(slots=True)
 class _Staged:
-    """One batch applied in memory, waiting for its records to be durable."""
+    """One batch applied in memory, waiting for its records to be durable: its records as WAL
+    frames in LSN order, from `lsn_first` on."""
 
-    types: list[int] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
-    # Each job with its result, its slot if it reserved a new idempotency key, and its LSN.
+    lsn_first: int
+    frames: list[bytes] = field(default_factory=list)
+    records: int = 0
+    # Each run of signed requests, staged natively: its jobs and what the stage made of them.
+    runs: list[tuple[list[Job], _core.StagedBatch]] = field(default_factory=list)
+    # Each control job with its result, its slot if it reserved a new idempotency key, and its LSN.
     done: list[tuple[Job, Applied, int | None, int]] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     refs: list[int] = field(default_factory=list)
+
+
+def _is_signed(job: Job) -> bool:
+    return job.control is None
 
 
 class Engine(EngineApi):
@@ -104,6 +115,7 @@ class Engine(EngineApi):
         idempotency_capacity: int,
         segment_bytes_max: int,
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
+        idempotency_ttl_s: int = _core.IDEMPOTENCY_TTL_SECONDS_DEFAULT,
     ) -> None:
         if fsync not in ("always", "off"):
             raise ValueError(f"fsync must be 'always' or 'off', not {fsync!r}")
@@ -120,7 +132,9 @@ class Engine(EngineApi):
             raise ValueError("snapshot_every_records must be at least 1")
         self.snapshot_every_records = snapshot_every_records
         self._snapshot_lsn = 0
-        self.state = State(config, idempotency_capacity)
+        self.state = State(config, idempotency_capacity, idempotency_ttl_s)
+        # The second up to which the index's keys past their TTL were dropped.
+        self._keys_expired_s = 0
         self.stats = EngineStats()
         self._queue: deque[Job] = deque()
         self._wakeup = asyncio.Event()
@@ -151,6 +165,7 @@ class Engine(EngineApi):
         segment_bytes_max: int = wal.SEGMENT_BYTES_MAX_DEFAULT,
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
         snapshot_on_close: bool = True,
+        idempotency_ttl_s: int = _core.IDEMPOTENCY_TTL_SECONDS_DEFAULT,
     ) -> AsyncIterator[Engine]:
         """Recovers the data directory, runs the engine, and on exit drains it and snapshots
         (`snapshot_on_close=False` leaves only the log, as a crash would: the next open replays
@@ -167,6 +182,7 @@ class Engine(EngineApi):
             idempotency_capacity=idempotency_capacity,
             segment_bytes_max=segment_bytes_max,
             snapshot_every_records=snapshot_every_records,
+            idempotency_ttl_s=idempotency_ttl_s,
         )
         try:
             await asyncio.to_thread(engine._recover)
@@ -184,9 +200,25 @@ class Engine(EngineApi):
         if self._closing:
             raise RuntimeError("the engine is closed")
         if len(self._queue) >= self.queue_depth_max:
-            raise Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
+            raise self._queue_full()
         self._queue.append(job)
         self._wakeup.set()
+
+    def _enqueue_all(self, jobs: list[Job]) -> None:
+        """`_enqueue` for many jobs in one go: those beyond the queue's depth are answered
+        Overloaded."""
+        if self._failed is not None:
+            raise self._failed
+        if self._closing:
+            raise RuntimeError("the engine is closed")
+        room = max(0, self.queue_depth_max - len(self._queue))
+        self._queue.extend(jobs[:room])
+        for job in jobs[room:]:
+            job.answer(self._queue_full())
+        self._wakeup.set()
+
+    def _queue_full(self) -> Overloaded:
+        return Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
 
     async def _one(self, **parts: Any) -> Applied:
         answers = Answers(1)
@@ -210,32 +242,26 @@ class Engine(EngineApi):
 
         Raises EngineFailedError if the engine stopped.
         """
-        return await self._submit_all([{"request": request} for request in requests])
+        return await self._submit_all(requests, None)
 
     async def submit_authenticated(
         self, merchant: Merchant, bodies: Sequence[bytes]
     ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
         """Payments of `merchant` whose signature the caller has checked: the batch endpoint,
         where one signature covers every body. Idempotency scope: (merchant, order id)."""
-        path = PAYMENTS_PATH
-        parts = [
-            {"request": SignedRequest(None, "POST", path, body), "merchant": merchant}
-            for body in bodies
-        ]
-        return await self._submit_all(parts)
+        requests = [SignedRequest(None, "POST", PAYMENTS_PATH, body) for body in bodies]
+        return await self._submit_all(requests, merchant)
 
     async def _submit_all(
-        self, parts: list[dict[str, Any]]
+        self, requests: Sequence[SignedRequest], merchant: Merchant | None
     ) -> list[PaymentResult | RefundResult | RequestError | Overloaded]:
-        """Queues one job per entry of `parts` and waits for all their answers."""
-        if not parts:
+        """Queues a job per request (`merchant`: the caller authenticated them) and waits for
+        all their answers."""
+        if not requests:
             return []
-        answers = Answers(len(parts))
-        for index, job_parts in enumerate(parts):
-            try:
-                self._enqueue(Job(answers, index, **job_parts))
-            except Overloaded as error:
-                answers.put(index, error)
+        answers = Answers(len(requests))
+        jobs = [Job(answers, at, request, merchant=merchant) for at, request in enumerate(requests)]
+        self._enqueue_all(jobs)
         results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
         for answer in await answers.future:
             if isinstance(answer, EngineFailedError):
@@ -272,7 +298,7 @@ class Engine(EngineApi):
                     self.stats.batches += 1
                     self.stats.batch_sizes.observe(len(jobs))
                     self.stats.requests += len(jobs)
-                    self.stats.records += len(staged.payloads)
+                    self.stats.records += staged.records
                 except Exception as error:  # a bug: memory may hold half a batch, so stop
                     failure = self._stop(error, "a batch could not be applied")
                     for job in jobs:
@@ -287,21 +313,52 @@ class Engine(EngineApi):
                 return
 
     def _stage(self, jobs: list[Job]) -> _Staged:
+        """Applies the batch in log order: each run of signed requests in one native call, each
+        run of control ops through their handlers; the LSNs run on from one to the next."""
         now_s = int(time.time())
-        ops = intake.parse(self.state, jobs, now_s)
+        self._expire_keys(now_s)
+        staged = _Staged(self.state.lsn_next)
+        for signed, run in itertools.groupby(jobs, key=_is_signed):
+            if signed:
+                self._stage_signed(list(run), staged, now_s)
+            else:
+                self._stage_controls(list(run), staged, now_s)
+        staged.records = self.state.lsn_next - staged.lsn_first
+        return staged
+
+    def _expire_keys(self, now_s: int) -> None:
+        """Drops the idempotency keys past their TTL, once a second, before the batch reserves:
+        a replay of the log drops them at the same points (`Index::restore_logged`), so the
+        index it rebuilds is the one the engine had."""
+        if now_s > self._keys_expired_s:
+            self.state.index.expire(now_s)
+            self._keys_expired_s = now_s
+
+    def _stage_signed(self, jobs: list[Job], staged: _Staged, now_s: int) -> None:
+        run = intake.stage(self.state, jobs, self.state.lsn_next, now_s)
+        for index, (status, value) in run.known():
+            self._answer_known(jobs[index], status, value)
+        if run.records:
+            staged.frames.append(run.frames())
+        self.state.lsn_next = run.lsn_next
+        staged.runs.append((jobs, run))
+
+    def _stage_controls(self, jobs: list[Job], staged: _Staged, now_s: int) -> None:
+        ops = [(job, job.control) for job in jobs if job.control is not None]
         keyed: list[Job] = []
         keys: list[bytes] = []
         fingerprints: list[bytes] = []
-        tenants: list[str] = []
         for job, op in ops:
-            if isinstance(op, PaymentOp | RefundOp | AdminOp) and op.key is not None:
+            if isinstance(op, AdminOp) and op.key is not None:
                 keyed.append(job)
                 keys.append(op.key)
                 fingerprints.append(op.fingerprint)
-                tenants.append(ADMIN_TENANT if isinstance(op, AdminOp) else op.merchant.id)
+        tenants = [ADMIN_TENANT] * len(keyed)
         answers = self.state.index.reserve_batch(keys, fingerprints, now_s, tenants)
         answer_of = {id(job): answer for job, answer in zip(keyed, answers, strict=True)}
-        staged = _Staged()
+        lsn_first = self.state.lsn_next
+        types: list[int] = []
+        payloads: list[bytes] = []
         for job, op in ops:
             answer = answer_of.get(id(job))
             if answer is None or answer[0] == _core.RESERVE_NEW:
@@ -311,16 +368,16 @@ class Engine(EngineApi):
                     job.answer(error)
                     continue
                 lsn = self.state.lsn_next
-                result = handlers.apply(self.state, op, now_s, staged.types, staged.payloads)
+                result = handlers.apply(self.state, op, now_s, types, payloads)
                 slot = None if answer is None else answer[1]
                 staged.done.append((job, result, slot, lsn))
                 if slot is not None:
                     staged.slots.append(slot)
                     staged.refs.append(self.state.lsn_next - 1)
-                    self._waiters[slot] = []
             else:
                 self._answer_known(job, *answer)
-        return staged
+        if payloads:
+            staged.frames.append(_core.wal_encode(lsn_first, types, payloads))
 
     def _answer_known(self, job: Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
@@ -330,7 +387,7 @@ class Engine(EngineApi):
                 stored = self.state.as_now(stored)
             job.answer(_replayed(stored))
         elif status == _core.RESERVE_IN_FLIGHT:
-            self._waiters[value].append(job)
+            self._waiters.setdefault(value, []).append(job)
         elif status == _core.RESERVE_MISMATCH:
             job.answer(
                 RequestError(
@@ -353,21 +410,23 @@ class Engine(EngineApi):
             job.answer(Overloaded("the idempotency index is full"))
 
     async def _commit(self, staged: _Staged) -> None:
-        if not staged.payloads:
+        if not staged.records:
             self._publish(staged)
             return
         while len(self._syncing) >= PIPELINE_BATCHES_MAX:
             await asyncio.wait({self._syncing[0]})
         loop = asyncio.get_running_loop()
         # The engine numbered these records as it applied them (ids carry their LSN).
-        lsn_first = self.state.lsn_next - len(staged.payloads)
+        if staged.lsn_first + staged.records != self.state.lsn_next:
+            raise AssertionError(f"a batch from LSN {staged.lsn_first} is not the newest applied")
         # The single log thread writes batches in the order they are handed over.
         written = loop.run_in_executor(
-            self._log_thread, self._append, lsn_first, staged.types, staged.payloads
+            self._log_thread, self._append, staged.lsn_first, staged.frames, staged.records
         )
-        self._syncing.append(asyncio.create_task(self._finish(written, staged)))
+        previous = self._syncing[-1] if self._syncing else None
+        self._syncing.append(asyncio.create_task(self._finish(written, staged, previous)))
 
-    def _append(self, lsn_first: int, types: list[int], payloads: list[bytes]) -> int:
+    def _append(self, lsn_first: int, frames: list[bytes], count: int) -> int:
         """Runs in the log thread: once a write failed, nothing more is written. The log must
         number the batch from `lsn_first`, as the engine did: checked before the write (nothing
         misnumbered reaches the disk) and on the LSN the writer reports."""
@@ -378,7 +437,7 @@ class Engine(EngineApi):
         bytes_before = writer.bytes_written
         try:
             _check_lsn_first(lsn_first, writer.lsn_next, "before the write")
-            first = writer.append(types, payloads)
+            first = writer.append_frames(frames, count)
             _check_lsn_first(lsn_first, first, "as written")
         except BaseException:
             self._log_broken = True
@@ -392,10 +451,17 @@ class Engine(EngineApi):
         self.stats.log_write_latency.observe(seconds)
         return first
 
-    async def _finish(self, written: asyncio.Future[int], staged: _Staged) -> None:
-        """Answers a batch once the log thread has made it durable (or fails the engine)."""
+    async def _finish(
+        self, written: asyncio.Future[int], staged: _Staged, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Answers a batch once the log thread has made it durable (or fails the engine), after
+        the batch before it: the log thread writes in order, but this task may see its write
+        done before the previous batch's task has run (its write finished before this task's
+        first step), and results are published in log order."""
         try:
             await written
+            if previous is not None:
+                await asyncio.wait({previous})
         except Exception as error:  # any failed write stops the engine
             self._fail(error, staged)
         else:
@@ -406,18 +472,44 @@ class Engine(EngineApi):
                 self._syncing.remove(task)
 
     def _publish(self, staged: _Staged) -> None:
-        """The batch is durable: remember its results, complete its keys, answer its callers."""
+        """The batch is durable: remember its results, complete its keys, answer its callers.
+        Only the runs hold payment and refund results, so these are remembered in log order."""
+        for jobs, run in staged.runs:
+            self._publish_run(jobs, run)
         for _, result, slot, lsn in staged.done:
-            if isinstance(result, PaymentResult | RefundResult):
-                self.state.remember(lsn, result)
-            elif isinstance(result, AdminResult) and slot is not None:
+            if isinstance(result, AdminResult) and slot is not None:
                 self.state.admin_results[lsn] = result
         self.state.index.complete_batch(staged.slots, staged.refs)
         for job, result, slot, _ in staged.done:
             job.answer(result)
             if slot is not None:
-                for waiter in self._waiters.pop(slot):
+                for waiter in self._waiters.pop(slot, ()):
                     waiter.answer(_replayed(result))
+
+    def _publish_run(self, jobs: list[Job], run: _core.StagedBatch) -> None:
+        """A durable run: its results and keys committed natively in one call, its events
+        indexed (and scheduled for merchants with a webhook) per merchant, its callers and the
+        retries waiting for them answered with the results built from the store."""
+        state = self.state
+        by_merchant = run.commit(state.results.native, state.index)
+        state.outbox.index_events(by_merchant)
+        at_ms = run.created_s * 1000
+        for merchant_id, lsns in by_merchant.items():
+            merchant = state.merchants.get(merchant_id)
+            if merchant is not None and merchant.webhook_url is not None:
+                state.outbox.schedule_new_many(merchant_id, lsns, at_ms)
+        indexes, _ = run.applied()
+        for index, result in zip(indexes, run.results(RESULT_TYPES), strict=True):
+            jobs[index].answer(result)
+        for slot, lsn in self._waiting_on(run).items():
+            replayed = _replayed(state.results[lsn])
+            for waiter in self._waiters.pop(slot):
+                waiter.answer(replayed)
+
+    def _waiting_on(self, run: _core.StagedBatch) -> dict[int, int]:
+        """The slots of the run that retries wait for, with their LSNs (few: only retries sent
+        while their first request was in flight)."""
+        return {slot: lsn for slot in self._waiters if (lsn := run.lsn_of_slot(slot)) is not None}
 
     def _stop(self, error: BaseException, why: str) -> EngineFailedError:
         """Fail-stop: from now on the engine answers nothing but this error."""
@@ -430,6 +522,12 @@ class Engine(EngineApi):
 
     def _fail(self, error: BaseException, staged: _Staged) -> None:
         failure = self._stop(error, "the write-ahead log failed")
+        for jobs, run in staged.runs:
+            for index in run.applied()[0]:
+                jobs[index].answer(failure)
+            for waited in self._waiting_on(run):
+                for waiter in self._waiters.pop(waited):
+                    waiter.answer(failure)
         for job, _, slot, _ in staged.done:
             job.answer(failure)
             for waiter in self._waiters.pop(slot, []) if slot is not None else []:

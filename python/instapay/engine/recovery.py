@@ -194,9 +194,10 @@ def restore(state: State, lsn: int, payload: bytes) -> None:
             account_id, Status(status), failure_of(failure), balance
         )
     state.outbox.restore(saved.get("deliveries", []))
-    # The configured share and capacity, not the ones the snapshot was taken with.
+    # The configured settings, not the ones the snapshot was taken with.
+    index = state.index
     state.index = _core.IdempotencyIndex.load(
-        payload[start:], state.index.tenant_share_percent, state.index.capacity_max
+        payload[start:], index.tenant_share_percent, index.capacity_max, index.ttl_seconds
     )
     state.lsn_next = lsn + 1
 

@@ -25,6 +25,13 @@ _LSNS = range(2**64)
 _STATUS = {True: Status.SUCCEEDED, False: Status.FAILED}
 
 
+# What the batch stage builds a run's results as (`StagedBatch.results`): the same named tuples
+# `Results` builds from the store, made natively without a Python call per result.
+RESULT_TYPES = _core.ResultTypes(
+    PaymentResult, RefundResult, Status.SUCCEEDED, Status.FAILED, _FAILURES
+)
+
+
 def _failure(code: str | None) -> Failure | None:
     return None if code is None else _FAILURES[code]
 
@@ -41,7 +48,8 @@ class Results(Mapping[int, Durable]):
 
     @property
     def native(self) -> _core.Results:
-        """The native store, for the native calls that add to it in bulk (a replay)."""
+        """The native store, for the native calls that add to it in bulk (the batch stage
+        `_core.stage_batch` and `StagedBatch.commit`, a replay)."""
         return self._native
 
     def add(self, lsn: int, result: Durable) -> None:

@@ -16,7 +16,6 @@ from instapay.merchants import Merchants
 from instapay.model import (
     AdminResult,
     EngineConfig,
-    Merchant,
     PaymentResult,
     RefundResult,
 )
@@ -27,12 +26,19 @@ from instapay.protocol import payment_lsn
 class State:
     """Everything a replay of the log rebuilds, and the reads HTTP answers from."""
 
-    def __init__(self, config: EngineConfig, idempotency_capacity: int) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        idempotency_capacity: int,
+        idempotency_ttl_s: int = _core.IDEMPOTENCY_TTL_SECONDS_DEFAULT,
+    ) -> None:
         self.merchants = Merchants(config.merchants)
         self.outbox = Outbox()
         self.ledger = Ledger()
         self.index = _core.IdempotencyIndex(
-            idempotency_capacity, tenant_share_percent=config.idempotency_share_percent
+            idempotency_capacity,
+            idempotency_ttl_s,
+            tenant_share_percent=config.idempotency_share_percent,
         )
         # Durable payment and refund results by LSN (their ids carry the LSN), native, with the
         # payments of each (merchant, order id) and the refunds of each payment.
@@ -89,18 +95,6 @@ class State:
     def refund_lsns(self, payment_id_: str) -> list[int]:
         """The LSNs of a payment's durable refunds, declined ones included, oldest first."""
         return self.results.refunds_of(payment_id_)
-
-    def refundable_by(self, paid: str, merchant: Merchant) -> bool:
-        """Whether `merchant` may refund the payment: a durable payment it made, into its
-        settlement account. The account alone does not say whose a payment is: a merchant added
-        to the configuration file may settle into an account an admin-created merchant uses."""
-        entry = self.ledger.payment(paid)
-        made_by = self.results.merchant_of(payment_lsn(paid) or 0)
-        return (
-            entry is not None
-            and made_by == merchant.id
-            and entry.settlement == merchant.settlement_account
-        )
 
     def owner_of(self, account_id: str) -> Owner:
         """A merchant's settlement account is the merchant's; any other account a customer's."""

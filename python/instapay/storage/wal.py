@@ -245,16 +245,32 @@ class WalWriter:
 
         Any OSError leaves the log in an unknown state: the caller must stop (fail-stop).
         """
+        return self.append_frames([_core.wal_encode(self.lsn_next, types, payloads)], len(types))
+
+    def append_frames(self, frames: Sequence[bytes], count: int) -> int:
+        """Writes `count` records already framed (`_core.wal_encode`, or the engine's batch stage,
+        which numbers them as it applies them) and makes them durable; returns the first LSN.
+        The frames must be exactly `count` valid records numbered from `lsn_next`: checked before
+        anything is written (ValueError), so nothing misnumbered reaches the disk.
+
+        Any OSError leaves the log in an unknown state: the caller must stop (fail-stop).
+        """
         first = self.lsn_next
-        frames = _core.wal_encode(first, types, payloads)
-        unwritten = memoryview(frames)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        framed, end, reason = _core.wal_scan_extent(data, 0, first)
+        if reason != _core.SCAN_END or framed != count:
+            raise ValueError(
+                f"the frames hold {framed} valid records numbered from LSN {first} up to byte "
+                f"{end} of {len(data)}, {count} expected"
+            )
+        unwritten = memoryview(data)
         while unwritten:
             unwritten = unwritten[os.write(self.fd, unwritten) :]
         if self.sync:
             os.fdatasync(self.fd)
-        self.segment_bytes += len(frames)
-        self.bytes_written += len(frames)
-        self.lsn_next = first + len(payloads)
+        self.segment_bytes += len(data)
+        self.bytes_written += len(data)
+        self.lsn_next = first + count
         if self.segment_bytes >= self.segment_bytes_max:
             self._roll_over()
         return first
