@@ -555,7 +555,11 @@ mod tests {
                 fingerprint: fingerprint(n),
                 reference: u64::from(n),
                 // Two keys a day: the first day's are past their TTL when the second day's come.
-                created_s: if n < 2 { 10 } else { 10 + TTL_S as u32 + 1 },
+                created_s: if n < 2 {
+                    10
+                } else {
+                    11 + u32::try_from(TTL_S).expect("a small TTL")
+                },
                 tenant: NO_TENANT,
             })
             .collect();
