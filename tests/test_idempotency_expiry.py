@@ -4,6 +4,7 @@ the index from the log the way it was live, so a key logged after older ones exp
 there after the restart: its retry is a replay, never a second charge."""
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from instapay.demo import DemoMerchant
@@ -20,7 +21,7 @@ TTL_S = 2
 AGED_S = TTL_S + 1.2
 
 
-def open_engine(directory: Path) -> Engine:
+def open_engine(directory: Path) -> AbstractAsyncContextManager[Engine]:
     return Engine.open(
         directory,
         config=DEMO.config(),
