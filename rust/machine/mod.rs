@@ -466,7 +466,9 @@ impl AppliedResult {
             return None;
         };
         let borrowed = records::Metadata(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
-        Some(serde_json::to_vec(&borrowed).expect("strings always encode"))
+        let mut json = Vec::new();
+        borrowed.write_json(&mut json);
+        Some(json)
     }
 
     fn durable<'a>(&'a self, created_s: i64, metadata_json: Option<&'a [u8]>) -> CoreResult<Durable<'a>> {

@@ -100,6 +100,28 @@ pub fn decode<'a, T: Deserialize<'a>>(what: &'static str, payload: &'a [u8]) -> 
     })
 }
 
+impl Metadata<'_> {
+    /// The metadata as the JSON object the results store keeps (what orjson wrote of the dict
+    /// Python held): keys in the request's order, a repeated key (a map no request could send,
+    /// the body parser refuses it) keeping its last value where it first appeared, as a dict
+    /// does. Written into `out`, which is cleared first (a replay reuses one buffer).
+    ///
+    /// # Panics
+    /// Never: strings always encode, into a Vec that cannot fail to grow but by aborting.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(self.0.len());
+        for &(key, value) in &self.0 {
+            match pairs.iter_mut().find(|(held, _)| *held == key) {
+                Some(pair) => pair.1 = value,
+                None => pairs.push((key, value)),
+            }
+        }
+        out.clear();
+        // Writing strings into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, &Metadata(pairs)).expect("strings always encode");
+    }
+}
+
 impl Serialize for Metadata<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;

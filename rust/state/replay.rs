@@ -13,8 +13,8 @@
 
 use super::ledger::PaymentRequest;
 use super::records::{
-    self, logged_type, Metadata, PaymentRecord, RefundRecord, OPERATION_PAYMENT,
-    OPERATION_PAYMENT_WITH_CONSENT, OPERATION_REFUND,
+    self, logged_type, PaymentRecord, RefundRecord, OPERATION_PAYMENT, OPERATION_PAYMENT_WITH_CONSENT,
+    OPERATION_REFUND,
 };
 use super::results::{Code, Durable, PaymentFields, RefundFields, Results};
 use super::{lsn_in_id, Decline, Ledger, Outcome, PAYMENT_ID_PREFIX};
@@ -296,7 +296,7 @@ fn replay_payment<'a>(
         )));
     }
     if let Some(metadata) = &record.metadata {
-        metadata_json(metadata, json);
+        metadata.write_json(json);
     }
     let payment = PaymentFields {
         merchant_id,
@@ -359,25 +359,11 @@ fn replay_refund<'a>(
     Ok(Replayed::Applied(key, event))
 }
 
-/// The metadata's JSON as `results.py` stores it (`orjson.dumps` of the dict msgspec decodes):
-/// a repeated key keeps its last value, where it first appeared.
-fn metadata_json(metadata: &Metadata<'_>, out: &mut Vec<u8>) {
-    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(metadata.0.len());
-    for &(key, value) in &metadata.0 {
-        match pairs.iter_mut().find(|(held, _)| *held == key) {
-            Some(pair) => pair.1 = value,
-            None => pairs.push((key, value)),
-        }
-    }
-    out.clear();
-    // Writing strings into a Vec cannot fail.
-    serde_json::to_writer(&mut *out, &Metadata(pairs)).expect("strings always encode");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::ledger::tests::{shop_ledger, NOW_S};
+    use crate::state::records::Metadata;
     use crate::wal::{encode_into, HEADER_LEN};
 
     const FINGERPRINT: &str = "abababababababababababababababababababababababababababababababab";
