@@ -7,6 +7,8 @@ import asyncio
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
+import pytest
+
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import Overloaded, PaymentResult
@@ -67,5 +69,30 @@ def test_a_key_logged_after_older_ones_expired_survives_a_restart(tmp_path: Path
             assert again.id == last.id
             balance = engine.state.balance(DEMO.payer(0))
             assert balance == ("EUR", 10**9 - 2 * HELD - 1)
+
+    asyncio.run(scenario())
+
+
+def test_a_log_holding_more_keys_than_the_capacity_now_refuses_to_start(tmp_path: Path) -> None:
+    """Payment keys (replayed natively) and keyed deposits (replayed by the handlers) alike:
+    a logged key is never dropped for want of room, or a retry of its request would pay twice."""
+
+    async def scenario() -> None:
+        async with open_engine(tmp_path / "payments") as engine:
+            await DEMO.set_up(engine, payers=1, balance=10**9)
+            assert all(isinstance(a, PaymentResult) for a in await pay(engine, "o", HELD))
+        async with open_engine(tmp_path / "deposits") as engine:
+            await DEMO.set_up(engine, payers=1, balance=10**9)
+            for n in range(20):
+                await engine.deposit(DEMO.payer(0), 1, "EUR", idempotency_key=f"d-{n}")
+        for directory, capacity in (("payments", HELD - 1), ("deposits", 19)):
+            with pytest.raises(ValueError, match=r"idempotency keys.*raise the capacity"):
+                async with Engine.open(
+                    tmp_path / directory,
+                    config=DEMO.config(),
+                    idempotency_capacity=capacity,
+                    snapshot_on_close=False,
+                ):
+                    pass
 
     asyncio.run(scenario())
