@@ -8,7 +8,7 @@ import secrets
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -23,6 +23,8 @@ from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.load import options as load_options
 from instapay.storage import datadir, snapshots, wal
 from instapay.storage.datadir import DataDirectoryInUseError
+from instapay.storage.history import export, history_path
+from instapay.storage.history.reads import HistoryUnavailableError
 
 ADMIN_TOKEN_ENV = "INSTAPAY_ADMIN_TOKEN"  # noqa: S105 (the name of a variable, not a token)
 # What can stop the engine from starting on a data directory (the lock, damage, the disk, a log
@@ -61,8 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("data_dir", type=Path)
     dump = wal_commands.add_parser("dump", help="print every record, one per line")
     dump.add_argument("data_dir", type=Path)
+    add_history_parser(commands)
     load_options.add_parser(commands)
     return parser
+
+
+def add_history_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    history = commands.add_parser("history", help="read a data directory's history database")
+    actions = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    exporting = actions.add_parser(
+        "export",
+        help="every payment and refund of a time window, for reconciliation (while serving too)",
+    )
+    exporting.add_argument("data_dir", type=Path)
+    moment = "unix seconds or ISO 8601 (UTC unless it says otherwise)"
+    exporting.add_argument("--since", required=True, help=f"from then on (inclusive): {moment}")
+    exporting.add_argument("--until", required=True, help=f"before then (exclusive): {moment}")
+    exporting.add_argument("--format", choices=export.FORMATS, default="csv")
+    exporting.add_argument("--merchant", help="one merchant's rows only")
+    exporting.add_argument("--output", type=Path, metavar="FILE", help="default: stdout (0600)")
 
 
 def configured_settings(configured: config.ServeConfig, directory: Path) -> ServerSettings:
@@ -220,8 +239,13 @@ def wal_action(action: str, report: Callable[[Path], int], directory: Path) -> i
     if problem := data_dir_problem(directory):
         print(f"instapay wal {action}: {problem}", file=sys.stderr)
         return 2
+    return to_stdout(lambda: report(directory))
+
+
+def to_stdout(report: Callable[[], int]) -> int:
+    """Runs a report that prints; a quiet stop when the reader of stdout goes away (`| head`)."""
     try:
-        status = report(directory)
+        status = report()
         sys.stdout.flush()  # here, where a closed pipe can still be caught
     except BrokenPipeError:
         # Nothing more reaches the reader; nor may the flush at exit raise again.
@@ -272,6 +296,45 @@ def dump_data_dir(directory: Path) -> int:
     return 0
 
 
+def export_window(arguments: argparse.Namespace) -> export.ExportWindow:
+    """The window `history export` asked for; ValueError saying what is wrong with it."""
+    since_s = export.unix_seconds(arguments.since)
+    until_s = export.unix_seconds(arguments.until)
+    if since_s >= until_s:
+        raise ValueError(f"--since ({arguments.since}) must be before --until ({arguments.until})")
+    return export.ExportWindow(since_s, until_s, arguments.merchant)
+
+
+def export_history(arguments: argparse.Namespace) -> int:
+    """`history export`: 2 for a bad window or no database; the rows to --output or stdout."""
+    try:
+        window = export_window(arguments)
+        rows = export.export_rows(history_path(arguments.data_dir), window)
+    except (ValueError, HistoryUnavailableError) as error:
+        print(f"instapay history export: {error}", file=sys.stderr)
+        return 2
+    return to_stdout(lambda: write_rows(arguments.format, rows, arguments.output))
+
+
+def write_rows(form: str, rows: Iterator[export.ExportRow], output: Path | None) -> int:
+    """Writes the rows as `form` to `output` (created owner-only) or stdout; 0."""
+    if output is None:
+        if form == "csv":
+            export.write_csv(rows, sys.stdout)
+        else:
+            export.write_ndjson(rows, sys.stdout.buffer)
+        return 0
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)  # a file that was there keeps its mode otherwise
+    if form == "csv":
+        with open(descriptor, "w", newline="", encoding="utf-8") as text:
+            export.write_csv(rows, text)
+    else:
+        with open(descriptor, "wb") as binary:
+            export.write_ndjson(rows, binary)
+    return 0
+
+
 def serve_command(directory: Path, port: int, *arguments: str) -> list[str]:
     """The command that runs `instapay serve` with this interpreter (tests, `make demo`)."""
     return [
@@ -298,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if arguments.command == "load":
         return load_options.main(arguments)
+    if arguments.command == "history":
+        return export_history(arguments)
     if arguments.wal_command == "verify":
         return wal_action("verify", verify_data_dir, arguments.data_dir)
     return wal_action("dump", dump_data_dir, arguments.data_dir)

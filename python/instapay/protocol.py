@@ -44,6 +44,19 @@ def refund_lsn(refund_id_: str) -> int | None:
     return number_in_id(refund_id_, REFUND_ID_PREFIX)
 
 
+ENTRY_ID_PREFIX = "ent_"
+
+
+def entry_id(lsn: int) -> str:
+    """An account statement entry's id: its LSN (an account changes at most once per LSN)."""
+    return f"{ENTRY_ID_PREFIX}{lsn}"
+
+
+def entry_lsn(entry_id_: str) -> int | None:
+    """The LSN an entry id names, or None when it names none."""
+    return number_in_id(entry_id_, ENTRY_ID_PREFIX)
+
+
 def route(request: SignedRequest) -> str | None:
     """None for a payment; the payment id for a refund. RequestError for anything else. The
     rule is the native one the batch stage routes by (`_core.route`, rust/machine/route.rs)."""

@@ -18,15 +18,15 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from instapay import _core, lists
-from instapay.ascii_digits import ascii_int
 from instapay.engine import IDEMPOTENCY_CAPACITY_DEFAULT, Engine, FsyncMode
+from instapay.http import queries
 from instapay.http.bodies import BODY_BUDGET, LIMITS, BodyBudget, check_codings, read_body
 from instapay.http.limits import Limits
 from instapay.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -50,6 +50,11 @@ from instapay.protocol import (
     NDJSON_TYPE,
     REPLAYED_HEADER,
     REQUEST_ID_HEADER,
+    entry_id,
+    entry_lsn,
+    payment_id,
+    payment_lsn,
+    refund_id,
     refund_lsn,
 )
 from instapay.signing import (
@@ -63,6 +68,14 @@ from instapay.signing import (
     parse_request_header,
     sign_payload,
     verify_requests,
+)
+from instapay.storage.history import history_path
+from instapay.storage.history.reads import (
+    Entry,
+    HistoryQueryError,
+    HistoryReader,
+    HistoryReads,
+    HistoryUnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -78,6 +91,9 @@ BATCH_GROUPS_AHEAD = 4
 # Enough for the engine's queue to stay full; more would only wait in memory.
 REQUESTS_IN_FLIGHT_MAX_DEFAULT = 16_384
 RETRY_AFTER_S = 1
+# How long a list waits for the history database to hold every record durable when it was
+# asked (read-your-writes) before answering 503: the projector commits every few milliseconds.
+HISTORY_CATCH_UP_TIMEOUT_S = 2.0
 
 
 # The HTTP parser's limits: a longer request line or header, or more headers, is refused with 400
@@ -132,6 +148,9 @@ class Runtime:
 SETTINGS = web.AppKey("settings", ServerSettings)
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
+# The reads of the history database (created with the app, closed after the engine).
+HISTORY: web.AppKey[HistoryReads] = web.AppKey("history")
+T = TypeVar("T")
 
 
 def engine_of(request: web.Request) -> Engine:
@@ -398,8 +417,31 @@ async def get_payment(request: web.Request) -> web.Response:
 
 
 async def list_payments(request: web.Request) -> web.Response:
-    """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
+    """`GET /v1/payments?limit=&starting_after=&ending_before=&status=&payer=&created_gte=
+    &created_lt=`: the merchant's payments, newest first (Stripe's list), from the history
+    database; with `order_id`, its payments for that order, oldest first (from memory)."""
     merchant = await signed_reader(request)
+    if "order_id" in request.query:
+        return payments_for_order(request, merchant)
+    query = request.query
+    queries.only(query, queries.PAYMENT_LIST_NAMES)
+    limit = queries.page_len(query)
+    cursors = queries.cursors(query, payment_lsn, "a payment")
+    filters = queries.payment_filters(query)
+    history = await caught_up_history(request)
+    page = await from_history(history.payments(merchant.id, limit, cursors, filters))
+    listed: dict[str, Any] = {
+        "object": "list",
+        "data": [payment.to_json() for payment in page.items],
+        "has_more": page.has_more,
+    }
+    if page.scanned_to is not None:
+        listed["scanned_to"] = payment_id(page.scanned_to)
+    return signed_json(request, merchant, listed)
+
+
+def payments_for_order(request: web.Request, merchant: Merchant) -> web.Response:
+    """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
@@ -407,6 +449,27 @@ async def list_payments(request: web.Request) -> web.Response:
     return signed_json(
         request, merchant, {"object": "list", "data": [p.to_json() for p in payments]}
     )
+
+
+async def caught_up_history(request: web.Request) -> HistoryReads:
+    """The history reads, once the database holds every record durable now: a result
+    acknowledged before the request is in the answer. 503 while the projector catches up."""
+    if not await engine_of(request).history_caught_up(HISTORY_CATCH_UP_TIMEOUT_S):
+        raise RequestError("history_catching_up", "history is catching up; retry shortly", 503)
+    return request.app[HISTORY]
+
+
+async def from_history(reading: Awaitable[T]) -> T:
+    """A read's answer; a parameter it cannot answer is 400, a database it cannot read 503."""
+    try:
+        return await reading
+    except HistoryQueryError as error:
+        raise RequestError("invalid_request", str(error)) from None
+    except HistoryUnavailableError as error:
+        log.error("history read failed: %s", error)
+        raise RequestError(
+            "history_unavailable", "the history database cannot be read; retry shortly", 503
+        ) from None
 
 
 async def list_refunds(request: web.Request) -> web.Response:
@@ -547,6 +610,41 @@ async def admin_balance(request: web.Request) -> web.Response:
         "balance": amount,
     }
     return web.Response(body=orjson.dumps(payload), content_type=JSON_TYPE)
+
+
+def entry_json(account_id: str, entry: Entry) -> dict[str, Any]:
+    """An entry of an account statement; `operation` is the id of the payment or refund it
+    belongs to (deposits and withdrawals have none)."""
+    operations = {"payment": payment_id, "refund": refund_id}
+    name = operations.get(entry.kind)
+    return {
+        "object": "entry",
+        "id": entry_id(entry.lsn),
+        "account_id": account_id,
+        "kind": entry.kind,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "balance_after": entry.balance_after,
+        "operation": None if name is None else name(entry.lsn),
+        "created": entry.created,
+    }
+
+
+async def admin_list_entries(request: web.Request) -> web.Response:
+    """`GET /v1/admin/accounts/{id}/entries?limit=&starting_after=&ending_before=`: the
+    account statement, every change of its balance newest first, from the history database."""
+    require_admin(request)
+    account_id = request.match_info["account_id"]
+    query = request.query
+    queries.only(query, ("limit", *queries.CURSOR_NAMES))
+    limit = queries.page_len(query)
+    cursors = queries.cursors(query, entry_lsn, "an entry")
+    history = await caught_up_history(request)
+    if not await from_history(history.account_exists(account_id)):
+        raise RequestError("not_found", f"no account {account_id}", 404)
+    page = await from_history(history.entries(account_id, limit, cursors))
+    data = [entry_json(account_id, entry) for entry in page.items]
+    return admin_response({"object": "list", "data": data, "has_more": page.has_more})
 
 
 def merchant_json(merchant: Merchant) -> dict[str, Any]:
@@ -701,10 +799,7 @@ def known_event(engine: Engine, event_id: str, merchant_id: str | None = None) -
 
 
 def page_len(request: web.Request) -> int:
-    limit = ascii_int(request.query.get("limit", str(EVENTS_PAGE_LEN_DEFAULT)))
-    if limit is None or not 1 <= limit <= EVENTS_PAGE_LEN_MAX:
-        raise RequestError("invalid_request", f"limit: an integer from 1 to {EVENTS_PAGE_LEN_MAX}")
-    return limit
+    return queries.page_len(request.query, EVENTS_PAGE_LEN_DEFAULT, EVENTS_PAGE_LEN_MAX)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -806,6 +901,7 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
         # Recovery runs in a thread and cannot be interrupted halfway; its failure was logged.
         await asyncio.gather(opening, return_exceptions=True)
         await engines.aclose()
+        app[HISTORY].close()
 
 
 async def webhook_dispatcher(app: web.Application) -> AsyncIterator[None]:
@@ -843,6 +939,8 @@ def create_app(settings: ServerSettings) -> web.Application:
     runtime = Runtime()
     app[RUNTIME] = runtime
     app[METRICS] = Metrics(lambda: runtime.engine, lambda: runtime.dispatcher)
+    # Connects on its first read (the projector creates the database when the engine opens).
+    app[HISTORY] = HistoryReader(history_path(settings.data_dir))
     app.cleanup_ctx.append(engine_lifetime)
     app.cleanup_ctx.append(webhook_dispatcher)
     app.router.add_post("/v1/payments", create_payment_or_refund)
@@ -857,6 +955,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app.router.add_post("/v1/admin/accounts/{account_id}/withdrawals", admin_withdraw)
     app.router.add_post("/v1/admin/accounts/{account_id}/mandates", admin_grant_mandate)
     app.router.add_get("/v1/admin/accounts/{account_id}/mandates", admin_list_mandates)
+    app.router.add_get("/v1/admin/accounts/{account_id}/entries", admin_list_entries)
     app.router.add_delete(
         "/v1/admin/accounts/{account_id}/mandates/{mandate_id}", admin_revoke_mandate
     )

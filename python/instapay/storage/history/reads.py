@@ -25,7 +25,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 import orjson
 
 from instapay.model import Failure, PaymentResult, RefundResult, Status
-from instapay.protocol import payment_id, refund_id
+from instapay.protocol import entry_id, payment_id, refund_id
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -377,14 +377,6 @@ def events_after(
     events += [Event(row[0], refund_of(row)) for row in refunds]
     events.sort(key=lambda event: event.lsn)
     return events[:limit], len(events) > limit
-
-
-ENTRY_ID_PREFIX = "ent_"
-
-
-def entry_id(lsn: int) -> str:
-    """An entry's id: its LSN (an account changes at most once per LSN)."""
-    return f"{ENTRY_ID_PREFIX}{lsn}"
 
 
 class HistoryReader:
