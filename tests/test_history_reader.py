@@ -243,3 +243,12 @@ def test_a_missing_database_is_unavailable_not_created(tmp_path: Path) -> None:
     with pytest.raises(HistoryUnavailableError, match="no history database"):
         read(path, lambda r: r.payment("shop", 1))
     assert not path.exists()
+
+
+def test_ids_beyond_sqlites_integers_name_no_row_rather_than_raise(shop: Path) -> None:
+    huge = 2**64 - 1  # the largest LSN an id can carry
+    with pytest.raises(HistoryQueryError, match="starting_after"):
+        page_of(shop, 10, Cursors(starting_after=huge))
+    assert read(shop, lambda r: r.payment("shop", huge)) is None
+    assert read(shop, lambda r: r.events_after("shop", huge, 10)) == ([], False)
+    assert read(shop, lambda r: r.refunds("shop", huge, 10, Cursors())).items == []

@@ -14,9 +14,11 @@ import orjson
 from aiohttp import web
 
 from instapay import _core
+from instapay.http.queries import LIST_LEN_DEFAULT, LIST_LEN_MAX
 from instapay.mandates import EXPIRES_AT_MAX_S, MANDATES_PER_ACCOUNT_MAX
 from instapay.model import Failure, Status
 from instapay.protocol import JSON_TYPE, NDJSON_TYPE
+from instapay.storage.history.reads import SCANNED_ROWS_MAX, SQLITE_INTEGER_MAX
 
 JSON = dict[str, Any]
 
@@ -83,6 +85,7 @@ HEX: Final[JSON] = {"type": "string", "pattern": "^[0-9a-f]+$"}
 PAYMENT_ID: Final[JSON] = {"type": "string", "pattern": "^pay_[0-9]{1,20}$", "examples": ["pay_42"]}
 REFUND_ID: Final[JSON] = {"type": "string", "pattern": "^re_[0-9]{1,20}$", "examples": ["re_43"]}
 EVENT_ID: Final[JSON] = {"type": "string", "pattern": "^evt_[0-9]{1,20}$", "examples": ["evt_7"]}
+ENTRY_ID: Final[JSON] = {"type": "string", "pattern": "^ent_[0-9]{1,20}$", "examples": ["ent_42"]}
 MANDATE_ID: Final[JSON] = {"type": "string", "pattern": "^mdt_[0-9]{1,20}$", "examples": ["mdt_5"]}
 EXPIRES_AT: Final[JSON] = {
     "type": ["integer", "null"],
@@ -209,7 +212,26 @@ SCHEMAS: Final[JSON] = {
         ),
     ),
     "PaymentList": _closed(
-        {"object": _const("list"), "data": {"type": "array", "items": _schema("Payment")}}
+        {"object": _const("list"), "data": {"type": "array", "items": _schema("Payment")}},
+        description="The payments of one order, oldest first (`order_id`).",
+    ),
+    "PaymentPage": _closed(
+        {
+            "object": _const("list"),
+            "data": {"type": "array", "items": _schema("Payment"), "maxItems": LIST_LEN_MAX},
+            "has_more": {"type": "boolean"},
+            "scanned_to": {
+                **PAYMENT_ID,
+                "description": (
+                    f"Only when a filter (`status`, `payer`, `created_*`) examined "
+                    f"{SCANNED_ROWS_MAX:,} payments without filling the page: the last one "
+                    "examined. Pass it as `starting_after` (`ending_before` when paging that "
+                    "way) to go on; `has_more` is then true."
+                ),
+            },
+        },
+        required=["object", "data", "has_more"],
+        description="A page of the merchant's payments, newest first.",
     ),
     "RefundCreate": _closed(
         {
@@ -363,6 +385,36 @@ SCHEMAS: Final[JSON] = {
             "active mandate are declined: `mandate_missing`, `mandate_expired`, "
             "`mandate_amount_exceeded`, `mandate_daily_limit_exceeded`."
         ),
+    ),
+    "Entry": _closed(
+        {
+            "object": _const("entry"),
+            "id": {**ENTRY_ID, "description": "`ent_<LSN>`: the LSN that changed the balance."},
+            "account_id": ID,
+            "kind": {"type": "string", "enum": ["deposit", "withdrawal", "payment", "refund"]},
+            "amount": {
+                "type": "integer",
+                "description": "Minor units, signed: positive credits the account.",
+            },
+            "currency": CURRENCY,
+            "balance_after": {"type": "integer", "description": "Minor units, after it."},
+            "operation": {
+                "oneOf": [PAYMENT_ID, REFUND_ID, {"type": "null"}],
+                "description": "The payment or refund it belongs to; null for a deposit or "
+                "withdrawal.",
+            },
+            "created": {
+                **_nullable(UNIX_S),
+                "description": "The payment's or refund's time; null for a deposit or withdrawal.",
+            },
+        }
+    ),
+    "EntryList": _closed(
+        {
+            "object": _const("list"),
+            "data": {"type": "array", "items": _schema("Entry"), "maxItems": LIST_LEN_MAX},
+            "has_more": {"type": "boolean"},
+        }
     ),
     "MandateList": _closed(
         {
@@ -554,7 +606,78 @@ PARAMETERS: Final[JSON] = {
     "Kid": {"name": "kid", "in": "path", "required": True, "schema": ID},
     "EventId": {"name": "event_id", "in": "path", "required": True, "schema": EVENT_ID},
     "MandateId": {"name": "mandate_id", "in": "path", "required": True, "schema": MANDATE_ID},
-    "OrderId": {"name": "order_id", "in": "query", "required": True, "schema": ID},
+    "OrderId": {
+        "name": "order_id",
+        "in": "query",
+        "required": False,
+        "description": (
+            "The payments of this order, oldest first, as a `PaymentList` (the other "
+            "parameters do not apply)."
+        ),
+        "schema": ID,
+    },
+    "ListLimit": {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": LIST_LEN_MAX,
+            "default": LIST_LEN_DEFAULT,
+        },
+    },
+    "PaymentStartingAfter": {
+        "name": "starting_after",
+        "in": "query",
+        "required": False,
+        "description": "Only payments older than this one of the merchant's (the last id of "
+        "the previous page).",
+        "schema": PAYMENT_ID,
+    },
+    "PaymentEndingBefore": {
+        "name": "ending_before",
+        "in": "query",
+        "required": False,
+        "description": "Only payments newer than this one of the merchant's (the first id of "
+        "the previous page).",
+        "schema": PAYMENT_ID,
+    },
+    "StatusFilter": {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "schema": _schema("Status"),
+    },
+    "PayerFilter": {"name": "payer", "in": "query", "required": False, "schema": ID},
+    "CreatedGte": {
+        "name": "created_gte",
+        "in": "query",
+        "required": False,
+        "description": "Only payments created at or after this unix second.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": SQLITE_INTEGER_MAX},
+    },
+    "CreatedLt": {
+        "name": "created_lt",
+        "in": "query",
+        "required": False,
+        "description": "Only payments created before this unix second.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": SQLITE_INTEGER_MAX},
+    },
+    "EntryStartingAfter": {
+        "name": "starting_after",
+        "in": "query",
+        "required": False,
+        "description": "Only entries older than this one (the last id of the previous page).",
+        "schema": ENTRY_ID,
+    },
+    "EntryEndingBefore": {
+        "name": "ending_before",
+        "in": "query",
+        "required": False,
+        "description": "Only entries newer than this one (the first id of the previous page).",
+        "schema": ENTRY_ID,
+    },
     "After": {
         "name": "after",
         "in": "query",
@@ -618,7 +741,10 @@ RESPONSES: Final[JSON] = {
     "Unavailable": _error(
         "`starting` (recovering the data directory), `overloaded` (queue full, or the "
         "merchant holds its share of the idempotency index), `unavailable` (the engine "
-        "stopped), `server_busy` (too many request bodies being received at once) or "
+        "stopped), `history_catching_up` (a list waits for the history database to hold "
+        "every result durable when it was asked, and it did not in time), "
+        "`history_unavailable` (the history database cannot be read), `server_busy` (too "
+        "many request bodies being received at once) or "
         "`too_many_connections` (the server's or this client address's connection cap, "
         "answered before the request is read); retry after `Retry-After`.",
         _RETRY,
@@ -755,16 +881,38 @@ PATHS: Final[JSON] = {
         ),
         "get": _operation(
             "listPayments",
-            "The merchant's payments for one order, oldest first",
+            "The merchant's payments, newest first (every payment ever made), or one order's",
             "payments",
             {
-                "200": _ok("The payments.", _schema("PaymentList"), _SIGNED_HEADERS),
+                "200": _ok(
+                    "A page of payments, or with `order_id` the order's payments.",
+                    {"oneOf": [_schema("PaymentPage"), _schema("PaymentList")]},
+                    _SIGNED_HEADERS,
+                ),
                 **_400,
                 **_413,
             },
-            description="Signed like a POST, over an empty body (the query string included).",
+            description=(
+                "Signed like a POST, over an empty body (the query string included). Read from "
+                "the history database once it holds every payment durable when the request "
+                "came (a payment acknowledged before is listed). Stripe's list: a cursor is "
+                "one of the merchant's payments (another's, or an unknown one, is 400); "
+                "`starting_after` and `ending_before` exclude each other; every filter given "
+                "applies. A filter on `status`, `payer` or `created_*` examines at most "
+                f"{SCANNED_ROWS_MAX:,} payments per request: see `scanned_to`. A parameter "
+                "not listed here is refused (400)."
+            ),
             security=_MERCHANT,
-            parameters=[_param("OrderId")],
+            parameters=[
+                _param("OrderId"),
+                _param("ListLimit"),
+                _param("PaymentStartingAfter"),
+                _param("PaymentEndingBefore"),
+                _param("StatusFilter"),
+                _param("PayerFilter"),
+                _param("CreatedGte"),
+                _param("CreatedLt"),
+            ],
         ),
     },
     "/v1/payments/batch": {
@@ -987,6 +1135,27 @@ PATHS: Final[JSON] = {
             {"200": _ok("The mandates.", _schema("MandateList")), **_404},
             security=_ADMIN,
             parameters=[_param("AccountId")],
+        ),
+    },
+    "/v1/admin/accounts/{account_id}/entries": {
+        "get": _operation(
+            "listAccountEntries",
+            "An account statement: every change of its balance, newest first",
+            "admin",
+            {"200": _ok("A page of entries.", _schema("EntryList")), **_400, **_404},
+            description=(
+                "Read from the history database once it holds every record durable when the "
+                "request came. Stripe's list: a cursor is one of the account's entries; "
+                "`starting_after` and `ending_before` exclude each other. Declined operations "
+                "change no balance and have no entry."
+            ),
+            security=_ADMIN,
+            parameters=[
+                _param("AccountId"),
+                _param("ListLimit"),
+                _param("EntryStartingAfter"),
+                _param("EntryEndingBefore"),
+            ],
         ),
     },
     "/v1/admin/accounts/{account_id}/mandates/{mandate_id}": {

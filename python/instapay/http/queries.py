@@ -10,7 +10,12 @@ from multidict import MultiMapping
 from instapay.ascii_digits import ascii_int
 from instapay.model import RequestError, Status
 from instapay.rules import check_id
-from instapay.storage.history.reads import Cursors, HistoryQueryError, PaymentFilters
+from instapay.storage.history.reads import (
+    SQLITE_INTEGER_MAX,
+    Cursors,
+    HistoryQueryError,
+    PaymentFilters,
+)
 
 # Stripe's page of a list: 10 items unless `limit` says otherwise, at most 100.
 LIST_LEN_DEFAULT = 10
@@ -69,8 +74,8 @@ def cursors(query: Query, lsn_of: Callable[[str], int | None], kind: str) -> Cur
 def unix_s(query: Query, name: str) -> int | None:
     text = value(query, name)
     seconds = None if text is None else ascii_int(text)
-    if text is not None and seconds is None:
-        raise invalid(name, f"unix seconds in ASCII digits, not {text!r}")
+    if text is not None and (seconds is None or seconds > SQLITE_INTEGER_MAX):
+        raise invalid(name, f"unix seconds in ASCII digits (at most {SQLITE_INTEGER_MAX})")
     return seconds
 
 

@@ -20,7 +20,7 @@ from typing import IO, NamedTuple
 import orjson
 
 from instapay.ascii_digits import ascii_int
-from instapay.storage.history.reads import connect_read_only
+from instapay.storage.history.reads import SQLITE_INTEGER_MAX, connect_read_only
 
 FORMATS = ("csv", "ndjson")
 
@@ -78,6 +78,8 @@ def unix_seconds(text: str) -> int:
     """`--since` / `--until`: unix seconds, or an ISO 8601 date or time (UTC unless it says
     otherwise: `2026-12-01`, `2026-12-01T09:30:00Z`). ValueError naming what it cannot read."""
     seconds = ascii_int(text)
+    if seconds is not None and seconds > SQLITE_INTEGER_MAX:
+        raise ValueError(f"{text!r} is past any time the database holds")
     if seconds is not None:
         return seconds
     try:

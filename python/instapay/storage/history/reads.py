@@ -37,6 +37,9 @@ READ_THREADS = 2
 # in milliseconds. Past it the page holds what was found, `has_more` is true and `scanned_to`
 # names the last payment examined, the cursor to continue from.
 SCANNED_ROWS_MAX = 100_000
+# SQLite's integers are signed 64-bit: a larger LSN (an id may carry up to a u64) or time is
+# in no row, and binding one would raise.
+SQLITE_INTEGER_MAX = 2**63 - 1
 # How long a read waits for a lock (only a WAL recovery takes one readers wait on).
 BUSY_TIMEOUT_S = 5.0
 
@@ -287,8 +290,17 @@ def check_cursors(
         ("starting_after", cursors.starting_after),
         ("ending_before", cursors.ending_before),
     ):
-        if lsn is not None and connection.execute(exists, (lsn, *params)).fetchone() is None:
+        if lsn is not None and not has_row(connection, exists, lsn, params):
             raise HistoryQueryError(parameter, f"{name(lsn)} is not in this list")
+
+
+def has_row(
+    connection: sqlite3.Connection, exists: str, lsn: int, params: tuple[object, ...]
+) -> bool:
+    """Whether `exists` finds a row at `lsn` (then `params`)."""
+    if lsn > SQLITE_INTEGER_MAX:
+        return False
+    return connection.execute(exists, (lsn, *params)).fetchone() is not None
 
 
 def scan_limit(
@@ -369,7 +381,7 @@ def events_after(
 ) -> tuple[list[Event], bool]:
     """The merchant's events after `after_lsn`, oldest first, and whether more follow: each
     table's first `limit + 1`, merged by LSN (bounded whatever the history)."""
-    params = (merchant_id, after_lsn, limit + 1)
+    params = (merchant_id, min(after_lsn, SQLITE_INTEGER_MAX), limit + 1)
     where = "WHERE merchant_id = ? AND lsn > ? ORDER BY lsn LIMIT ?"
     payments = connection.execute(f"{PAYMENT_SELECT} {where}", params)
     refunds = connection.execute(f"{REFUND_SELECT} {where}", params)
@@ -418,6 +430,8 @@ class HistoryReader:
 
     async def payment(self, merchant_id: str, lsn: int) -> PaymentResult | None:
         text = PAYMENT_SELECT + " WHERE lsn = ? AND merchant_id = ?"
+        if lsn > SQLITE_INTEGER_MAX:
+            return None
         row = await self._run(lambda c: c.execute(text, (lsn, merchant_id)).fetchone())
         return None if row is None else payment_of(row)
 
