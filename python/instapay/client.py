@@ -157,6 +157,31 @@ class Client:
         data: list[dict[str, Any]] = listing["data"]
         return data
 
+    async def list_payments(
+        self,
+        *,
+        limit: int = 10,
+        starting_after: str | None = None,
+        ending_before: str | None = None,
+        status: str | None = None,
+        payer: str | None = None,
+        created_gte: int | None = None,
+        created_lt: int | None = None,
+    ) -> dict[str, Any]:
+        """A page of the merchant's payments, newest first: `data` and `has_more` (and
+        `scanned_to` when a filter's bounded scan stopped: pass it as `starting_after`)."""
+        given = {
+            "limit": limit,
+            "starting_after": starting_after,
+            "ending_before": ending_before,
+            "status": status,
+            "payer": payer,
+            "created_gte": created_gte,
+            "created_lt": created_lt,
+        }
+        query = {name: str(value) for name, value in given.items() if value is not None}
+        return await self._call("GET", f"/v1/payments?{urlencode(query)}", b"", None)
+
     async def create_payments_batch(
         self, payments: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
