@@ -352,7 +352,9 @@ def test_payment_answers_are_the_documented_ones(api: Api) -> None:
     assert status == 404
     status, listing, _ = api.call("GET", pay, "/v1/payments?order_id=doc-1")
     assert (status, listing["data"]) == (200, [payment])
-    status, missing, _ = api.call("GET", pay)
+    status, page, _ = api.call("GET", pay, "/v1/payments?limit=2&status=failed")
+    assert (status, [p["id"] for p in page["data"]]) == (200, [declined["id"]])
+    status, missing, _ = api.call("GET", pay, "/v1/payments?limit=0")
     assert (status, error_code(missing)) == (400, "invalid_request")
 
     refunds = "/v1/payments/{payment_id}/refunds"
@@ -429,6 +431,13 @@ def test_admin_account_answers_are_the_documented_ones(api: Api) -> None:
     assert (status, balance["balance"]) == (200, 500)
     status, _, _ = api.call("GET", account, "/v1/admin/accounts/doc-nobody")
     assert status == 404
+    entries = "/v1/admin/accounts/{account_id}/entries"
+    status, statement, _ = api.call("GET", entries, "/v1/admin/accounts/doc-carol/entries")
+    assert (status, [entry["amount"] for entry in statement["data"]]) == (200, [500])
+    status, _, _ = api.call("GET", entries, "/v1/admin/accounts/doc-nobody/entries")
+    assert status == 404
+    status, _, _ = api.call("GET", entries, "/v1/admin/accounts/doc-carol/entries?limit=x")
+    assert status == 400
 
 
 def test_mandate_answers_are_the_documented_ones(api: Api) -> None:
