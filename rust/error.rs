@@ -117,6 +117,21 @@ pub enum CoreError {
     },
     /// The operating system gave no randomness for a hash seed.
     NoEntropy(String),
+    /// The history database failed (`SQLite`: a full disk, a lock held too long); the log
+    /// still holds everything, so the caller may retry.
+    HistoryStore(String),
+    /// A file that is not a history database of the schema version this code writes.
+    HistorySchema {
+        path: String,
+        /// None: no version at all (not a history database).
+        found: Option<i64>,
+        expected: i64,
+    },
+    /// Records handed to the projector that do not follow the last one it projected.
+    HistoryGap {
+        projected: u64,
+        first: u64,
+    },
     /// A panic left a lock (of the index or the ledger) poisoned; its state can no longer be trusted.
     Poisoned,
 }
@@ -195,6 +210,30 @@ impl fmt::Display for CoreError {
             }
             Self::StateFull { what } => write!(f, "the ledger holds the most {what} it can"),
             Self::NoEntropy(reason) => write!(f, "no randomness for the hash seed: {reason}"),
+            Self::HistoryStore(detail) => write!(f, "the history database failed: {detail}"),
+            Self::HistorySchema {
+                path,
+                found: Some(found),
+                expected,
+            } => write!(
+                f,
+                "{path} is a history database of schema version {found}, this code reads version \
+                 {expected}; nothing was changed (move it away to rebuild it from the log)"
+            ),
+            Self::HistorySchema {
+                path,
+                found: None,
+                expected,
+            } => write!(
+                f,
+                "{path} is not a history database (no projection row of schema version {expected}); \
+                 nothing was changed"
+            ),
+            Self::HistoryGap { projected, first } => write!(
+                f,
+                "the history is projected to LSN {projected}, the next record given is LSN {first}: \
+                 records in between are missing"
+            ),
             Self::Poisoned => write!(f, "the native state is unusable after a panic in an earlier call"),
         }
     }
@@ -234,8 +273,10 @@ impl From<CoreError> for PyErr {
             | CoreError::InvalidState(_)
             | CoreError::NegativeAmount(_)
             | CoreError::InvalidOwner(_)
-            | CoreError::StateFull { .. } => PyValueError::new_err(message),
-            CoreError::NoEntropy(_) => PyOSError::new_err(message),
+            | CoreError::StateFull { .. }
+            | CoreError::HistorySchema { .. }
+            | CoreError::HistoryGap { .. } => PyValueError::new_err(message),
+            CoreError::NoEntropy(_) | CoreError::HistoryStore(_) => PyOSError::new_err(message),
             CoreError::Poisoned => PyRuntimeError::new_err(message),
         }
     }

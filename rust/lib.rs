@@ -8,6 +8,8 @@ mod body;
 mod convert;
 pub mod digest;
 mod error;
+pub mod history;
+mod history_py;
 mod idempotency;
 mod keyring;
 mod ledger_py;
@@ -114,6 +116,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<IdempotencyIndex>()?;
     module.add_class::<ledger_py::LedgerPy>()?;
     module.add_class::<results_py::ResultsPy>()?;
+    module.add_class::<history_py::HistoryProjectorPy>()?;
+    module.add("HISTORY_SCHEMA_VERSION", history::SCHEMA_VERSION)?;
     module.add_class::<machine_py::MerchantTablePy>()?;
     module.add_class::<machine_py::StagedPy>()?;
     module.add_class::<machine_py::ResultTypesPy>()?;

@@ -6,6 +6,7 @@ thread pool (see ``set_parallelism``). Nothing here ever prints or returns key m
 """
 
 from collections.abc import Mapping, Sequence, Set
+from os import PathLike
 from typing import Any, Final, Protocol, TypeAlias, final
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "BALANCE_MAX",
     "BATCH_LEN_MAX",
     "FINGERPRINT_LEN",
+    "HISTORY_SCHEMA_VERSION",
     "IDEMPOTENCY_CAPACITY_MAX",
     "IDEMPOTENCY_KEY_LEN_MAX",
     "IDEMPOTENCY_TENANT_KEYS_MIN",
@@ -61,6 +63,7 @@ __all__ = [
     "VERIFY_WRONG_LENGTH",
     "WAL_HEADER_LEN",
     "WAL_RECORD_LEN_MAX",
+    "HistoryProjector",
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
@@ -642,6 +645,39 @@ class Results:
     def to_snapshot(self) -> bytes: ...
     @staticmethod
     def from_snapshot(data: bytes) -> Results: ...
+
+HISTORY_SCHEMA_VERSION: Final[int]
+"""The history database's schema version (``projection.schema_version``) this code writes."""
+
+@final
+class HistoryProjector:
+    """The one writer of a history database (rust/history/): opens or creates it (owner-only,
+    WAL mode, the schema in one transaction; ValueError for another schema version or a file
+    that is no history database, left unchanged; OSError when SQLite fails). Every call releases
+    the GIL. Thread-safe: frozen, with the state behind a mutex."""
+
+    def __new__(cls, path: str | PathLike[str]) -> HistoryProjector: ...
+    @property
+    def lsn(self) -> int:
+        """The last LSN applied: every record up to it is committed, none after it."""
+    @property
+    def durable_lsn(self) -> int:
+        """The last LSN applied by a synced commit (the log before it may go)."""
+    def project(
+        self, data: bytes, offset: int, records_max: int, lsn_last: int
+    ) -> tuple[int, int, int, int, int, tuple[int, int, bytes] | None]:
+        """Applies the whole WAL frames of ``data`` from ``offset`` in one transaction: at most
+        ``records_max`` records above ``lsn``, none above ``lsn_last``; those at or below ``lsn``
+        are skipped. Returns ``(offset where it stopped, lsn, durable_lsn, records, rows,
+        legacy)``: legacy is ``(lsn, type, payload)`` of the version-0 record of a projected
+        operation it stopped before (convert it to the current version, project it, go on after
+        it). ValueError for a gap (naming both LSNs) or a record that does not decode, OSError
+        when SQLite fails; either way nothing of the call is applied."""
+    def sync(self) -> int:
+        """Makes every commit durable unless a reader keeps the checkpoint from finishing;
+        returns ``durable_lsn``."""
+    def close(self) -> int:
+        """Syncs and closes the database (again: nothing); returns ``durable_lsn``."""
 
 def replay_run(
     ledger: Ledger,

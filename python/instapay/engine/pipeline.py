@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instapay import _core
-from instapay.engine import handlers, intake, recovery
+from instapay.engine import handlers, intake, records, recovery
 from instapay.engine.api import EngineApi
 from instapay.engine.jobs import Answers, Job
 from instapay.engine.ops import (
@@ -60,6 +60,7 @@ from instapay.model import (
 from instapay.protocol import PAYMENTS_PATH
 from instapay.signing import SignedRequest
 from instapay.storage import datadir, forked, snapshots, wal
+from instapay.storage.history.projector import HistoryPolicy, HistoryProjector
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class Engine(EngineApi):
         segment_bytes_max: int,
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
         idempotency_ttl_s: int = _core.IDEMPOTENCY_TTL_SECONDS_DEFAULT,
+        history: bool = True,
+        history_policy: HistoryPolicy | None = None,
     ) -> None:
         if fsync not in ("always", "off"):
             raise ValueError(f"fsync must be 'always' or 'off', not {fsync!r}")
@@ -150,6 +153,12 @@ class Engine(EngineApi):
         self._runner: asyncio.Task[None] | None = None
         # The forked child writing a snapshot, while there is one.
         self._snapshotting: asyncio.Task[None] | None = None
+        self.history_enabled = history
+        self.history_policy = history_policy or HistoryPolicy()
+        # The projector of history.db (opened with the log once recovered), and the event its
+        # thread sets after each transaction.
+        self._history: HistoryProjector | None = None
+        self._history_advanced = asyncio.Event()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -166,10 +175,13 @@ class Engine(EngineApi):
         snapshot_every_records: int = SNAPSHOT_EVERY_RECORDS_DEFAULT,
         snapshot_on_close: bool = True,
         idempotency_ttl_s: int = _core.IDEMPOTENCY_TTL_SECONDS_DEFAULT,
+        history: bool = True,
+        history_policy: HistoryPolicy | None = None,
     ) -> AsyncIterator[Engine]:
         """Recovers the data directory, runs the engine, and on exit drains it and snapshots
         (`snapshot_on_close=False` leaves only the log, as a crash would: the next open replays
-        it all)."""
+        it all). `history`: project the log into history.db (off only for a benchmark's
+        baseline); `history_policy`: its `[history]` settings."""
         directory = Path(data_dir)
         datadir.create(directory)
         lock = datadir.lock(directory)
@@ -183,9 +195,11 @@ class Engine(EngineApi):
             segment_bytes_max=segment_bytes_max,
             snapshot_every_records=snapshot_every_records,
             idempotency_ttl_s=idempotency_ttl_s,
+            history=history,
+            history_policy=history_policy,
         )
         try:
-            await asyncio.to_thread(engine._recover)
+            await asyncio.to_thread(engine._recover, asyncio.get_running_loop())
             engine._runner = asyncio.create_task(engine._run(), name="instapay-engine")
             try:
                 yield engine
@@ -201,6 +215,8 @@ class Engine(EngineApi):
             raise RuntimeError("the engine is closed")
         if len(self._queue) >= self.queue_depth_max:
             raise self._queue_full()
+        if _is_signed(job) and (lagging := self._history_lagging()) is not None:
+            raise lagging
         self._queue.append(job)
         self._wakeup.set()
 
@@ -211,14 +227,53 @@ class Engine(EngineApi):
             raise self._failed
         if self._closing:
             raise RuntimeError("the engine is closed")
-        room = max(0, self.queue_depth_max - len(self._queue))
+        lagging = self._history_lagging()
+        room = 0 if lagging is not None else max(0, self.queue_depth_max - len(self._queue))
         self._queue.extend(jobs[:room])
         for job in jobs[room:]:
-            job.answer(self._queue_full())
+            job.answer(lagging or self._queue_full())
         self._wakeup.set()
 
     def _queue_full(self) -> Overloaded:
         return Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
+
+    def _history_lagging(self) -> Overloaded | None:
+        """Backpressure: payments and refunds are refused while the history projector is more
+        than `lag_records_max` records behind the log (control ops pass: they are few, and the
+        dispatcher's delivery records must never wait on the projector)."""
+        if self._history is None:
+            return None
+        lag = self.state.lsn_next - 1 - self._history.lsn
+        if lag <= self.history_policy.lag_records_max:
+            return None
+        return Overloaded(f"the history projector is {lag} records behind")
+
+    @property
+    def history_lsn(self) -> int:
+        """Every record up to this LSN is committed in history.db (0 without a history)."""
+        return 0 if self._history is None else self._history.lsn
+
+    async def history_caught_up(self, timeout_s: float) -> bool:
+        """Waits until every record durable when called is in history.db (read-your-writes
+        for the reads of the history); False on timeout, or without a history."""
+        history = self._history
+        if history is None:
+            return False
+        target = history.log_end
+        try:
+            async with asyncio.timeout(timeout_s):
+                while history.lsn < target:
+                    self._history_advanced.clear()
+                    if history.lsn < target:
+                        await self._history_advanced.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def history(self) -> HistoryProjector | None:
+        """The history projector (its LSNs and stats, for monitoring), None without a history."""
+        return self._history
 
     async def _one(self, **parts: Any) -> Applied:
         answers = Answers(1)
@@ -449,6 +504,8 @@ class Engine(EngineApi):
         self.stats.log_write_seconds += seconds
         self.stats.log_write_seconds_max = max(self.stats.log_write_seconds_max, seconds)
         self.stats.log_write_latency.observe(seconds)
+        if self._history is not None:
+            self._history.offer(first, frames, count)
         return first
 
     async def _finish(
@@ -541,7 +598,7 @@ class Engine(EngineApi):
             for waiter in waiters:
                 waiter.answer(failure)
 
-    def _recover(self) -> None:
+    def _recover(self, loop: asyncio.AbstractEventLoop) -> None:
         datadir.warn_if_open_to_others(self.directory)
         snapshots.remove_temp_files(self.directory)
         lsn_after = 0
@@ -563,12 +620,31 @@ class Engine(EngineApi):
             sync=self.fsync == "always",
             segment_bytes_max=self.segment_bytes_max,
         )
+        if self.history_enabled:
+            self._history = self._open_history(loop)
         log.info(
             "recovered to LSN %d (snapshot %d, %d records replayed)",
             self.state.lsn_next - 1,
             lsn_after,
             replayed,
         )
+
+    def _open_history(self, loop: asyncio.AbstractEventLoop) -> HistoryProjector:
+        """Opens history.db and starts its projector, which first catches up from the log."""
+
+        def advanced() -> None:  # in the projector's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(self._history_advanced.set)
+
+        projector = HistoryProjector(
+            self.directory,
+            self.state.lsn_next - 1,
+            records.as_current,
+            notify=advanced,
+            transaction_records_max=self.history_policy.transaction_records_max,
+        )
+        projector.start()
+        return projector
 
     async def _snapshot_between_batches(self) -> None:
         """Lets the batches in flight become durable, so memory holds exactly the durable state,
@@ -614,9 +690,14 @@ class Engine(EngineApi):
         return path
 
     def _drop_unneeded_segments(self) -> None:
-        """Drops the log segments older than every kept snapshot (in the log thread, or when
-        nothing is being written)."""
-        self._writer().drop_segments_before(snapshots.oldest_kept_snapshot_lsn(self.directory) + 1)
+        """Drops the log segments that every kept snapshot and the history projector's durable
+        LSN have passed, but for `log_keep_records` more (in the log thread, or when nothing is
+        being written)."""
+        passed = snapshots.oldest_kept_snapshot_lsn(self.directory)
+        if self._history is not None:
+            passed = min(passed, self._history.durable_lsn)
+        keep = self.history_policy.log_keep_records
+        self._writer().drop_segments_before(max(0, passed - keep) + 1)
 
     def _writer(self) -> wal.WalWriter:
         if self._log is None:
@@ -635,6 +716,9 @@ class Engine(EngineApi):
             await asyncio.wait({self._syncing[0]})
         if self._snapshotting is not None:
             await self._snapshotting
+        if self._history is not None:
+            # Drained before the snapshot, so that it may drop the segments projected.
+            await asyncio.to_thread(self._history.close)
         if self._log is not None:
             if self._failed is None and snapshot:
                 await asyncio.get_running_loop().run_in_executor(self._log_thread, self.snapshot)

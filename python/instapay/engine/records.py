@@ -300,6 +300,13 @@ _LEGACY_SHAPES: dict[RecordType, Callable[[Any], Record]] = {
 }
 
 
+def as_current(logged: int, payload: bytes) -> tuple[int, bytes]:
+    """A record of any version as the current version writes it: (logged type, payload). The
+    history projector reads only these (`storage.history.projector`)."""
+    kind, record = decode(logged, payload)
+    return logged_type(kind), encode(record)
+
+
 def named(record: Record) -> dict[str, Any]:
     """A record's fields by name, nested records too."""
     return {name: _plain(getattr(record, name)) for name in record.__struct_fields__}
