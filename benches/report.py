@@ -139,6 +139,19 @@ TARGETS: dict[str, tuple[Target, ...]] = {
     "benches/test_bench_history.py::test_rss_per_payment[instapay]": (
         Target("<= 64 B per payment at 10 M payments (size measured: details)", 64, at_most=True),
     ),
+    **{
+        f"benches/test_bench_reads.py::{row}": (
+            Target(
+                "p99 <= 10 ms with 10 M payments stored (size stored: details)", 10, at_most=True
+            ),
+        )
+        for row in (
+            "test_reader[list of 100]",
+            "test_reader[oldest payment]",
+            "test_http[list of 100]",
+            "test_http[oldest payment]",
+        )
+    },
     "benches/test_bench_http.py::test_instapay_single_payment": (
         Target(
             ">= 70% of the bare handler (DESIGN.md's goal: 85%)", 0.7, versus="test_bare_aiohttp"

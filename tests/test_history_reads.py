@@ -4,6 +4,7 @@ one merchant cannot reach of another's, every bad parameter, the database's answ
 memory's for the reads that still answer from memory, and the export while a server runs."""
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -209,6 +210,30 @@ def test_each_bad_parameter_is_a_400_naming_it(tmp_path: Path) -> None:
         stranger = DemoMerchant("demo", "stranger.k1")
         status, _, _ = await call(api, "/v1/payments", stranger)
         assert status == 401
+
+    run(tmp_path, scenario)
+
+
+def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
+    tmp_path: Path,
+) -> None:
+    async def scenario(api: Running) -> None:
+        await paid(api, "before", 1)
+        assert await api.engine.history_caught_up(30.0)
+        # Another writer holds history.db's write lock: the projector cannot commit meanwhile.
+        blocker = sqlite3.connect(history_path(api.engine.directory), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            made = await paid(api, "while-locked", 2)
+            status, refused, headers = await call(api, "/v1/payments")
+            assert (status, refused["error"]["code"]) == (503, "history_catching_up")
+            assert headers["Retry-After"] == "1"
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert await api.engine.history_caught_up(60.0)
+        status, listed, _ = await call(api, "/v1/payments")
+        assert (status, ids(listed)[0]) == (200, made["id"])
 
     run(tmp_path, scenario)
 

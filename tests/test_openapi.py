@@ -352,10 +352,6 @@ def test_payment_answers_are_the_documented_ones(api: Api) -> None:
     assert status == 404
     status, listing, _ = api.call("GET", pay, "/v1/payments?order_id=doc-1")
     assert (status, listing["data"]) == (200, [payment])
-    status, page, _ = api.call("GET", pay, "/v1/payments?limit=2&status=failed")
-    assert (status, [p["id"] for p in page["data"]]) == (200, [declined["id"]])
-    status, missing, _ = api.call("GET", pay, "/v1/payments?limit=0")
-    assert (status, error_code(missing)) == (400, "invalid_request")
 
     refunds = "/v1/payments/{payment_id}/refunds"
     path = f"/v1/payments/{payment['id']}/refunds"
@@ -377,6 +373,18 @@ def test_payment_answers_are_the_documented_ones(api: Api) -> None:
     unknown = "/v1/payments/pay_999999/refunds"
     status, _, _ = api.call("POST", refunds, unknown, body=b"{}", headers=key("doc-refund-4"))
     assert status == 404
+
+
+def test_the_payments_list_is_the_documented_one(api: Api) -> None:
+    pay = "/v1/payments"
+    status, made, _ = api.call("POST", pay, body=payment_body("doc-list-1", BALANCE * 10))
+    assert (status, made["status"]) == (200, "failed")
+    status, page, _ = api.call("GET", pay, f"{pay}?limit=1&status=failed")
+    assert (status, [p["id"] for p in page["data"]]) == (200, [made["id"]])
+    status, page, _ = api.call("GET", pay, f"{pay}?limit=1&ending_before={made['id']}")
+    assert (status, page["data"], page["has_more"]) == (200, [], False)
+    status, missing, _ = api.call("GET", pay, f"{pay}?limit=0")
+    assert (status, error_code(missing)) == (400, "invalid_request")
 
 
 def test_a_batch_answer_is_the_documented_one(api: Api) -> None:
