@@ -10,12 +10,15 @@ use pyo3::types::PyBytes;
 use crate::error::{CoreError, CoreResult};
 use crate::results_py::ResultsPy;
 use crate::state::accounts::Owner;
+use crate::state::evict::{self, Recall, Recalled, Window};
 use crate::state::ledger::{Grant, PaymentRequest};
 use crate::state::mandates::MandateIndex;
 use crate::state::{
     legacy, lsn_in_id, snapshot, Decline, Ledger as State, Outcome, MANDATE_ID_PREFIX, PAYMENT_ID_PREFIX,
 };
 
+/// A payment held past the hot window: LSN, merchant, payer, settlement, amount, refunded.
+type KeptRow = (u64, String, String, String, i64, i64);
 /// An account: id, currency, overdraft, balance, owner.
 type AccountRow = (String, String, bool, i64, &'static str);
 /// A payment entry: payer, settlement account, amount, currency, refunded, mandate LSN.
@@ -221,8 +224,7 @@ impl LedgerPy {
         let state = self.state()?;
         let accounts = state.accounts();
         let lsn = lsn_in_id(payment_id, PAYMENT_ID_PREFIX);
-        Ok(lsn.and_then(|lsn| state.find_payment(lsn)).map(|index| {
-            let payment = state.payment(index);
+        Ok(lsn.and_then(|lsn| state.payment(lsn)).map(|payment| {
             (
                 accounts.id_of(payment.payer).to_owned(),
                 accounts.id_of(payment.settlement).to_owned(),
@@ -275,6 +277,91 @@ impl LedgerPy {
             }
             Ok(())
         })
+    }
+
+    /// Forgets the results and payments the hot window no longer needs (`state/evict.rs`):
+    /// history.db holds every record up to `durable_lsn`; at least `results_max` results stay,
+    /// and the payments `pinned` names (a queued refund's). Returns (results, payments) forgotten.
+    fn evict(
+        &self,
+        py: Python<'_>,
+        results: &ResultsPy,
+        durable_lsn: u64,
+        results_max: usize,
+        mut pinned: Vec<u64>,
+    ) -> PyResult<(usize, usize)> {
+        pinned.sort_unstable();
+        py.detach(|| {
+            let mut state = self.state()?;
+            let mut results = results.state()?;
+            let window = Window {
+                durable_lsn,
+                results_max,
+            };
+            let evicted = evict::evict(&mut state, &mut results, window, &pinned);
+            Ok((evicted.results, evicted.payments))
+        })
+    }
+
+    /// Puts the payment history.db holds at `lsn` (read when it was projected to `as_of`) back
+    /// into memory for a refund: "recalled", "held" (memory has it, newer), "stale" (read again)
+    /// or "unknown" (its accounts are not open).
+    #[expect(clippy::too_many_arguments, reason = "a payments row's refundable columns")]
+    fn recall(
+        &self,
+        results: &ResultsPy,
+        lsn: u64,
+        merchant_id: &str,
+        payer: &str,
+        settlement: &str,
+        amount: i64,
+        refunded: i64,
+        as_of: u64,
+    ) -> PyResult<&'static str> {
+        let mut state = self.state()?;
+        let mut results = results.state()?;
+        let recalled = Recalled {
+            lsn,
+            merchant_id,
+            payer,
+            settlement,
+            amount,
+            refunded,
+            as_of,
+        };
+        Ok(match evict::recall(&mut state, &mut results, &recalled)? {
+            Recall::Recalled => "recalled",
+            Recall::Held => "held",
+            Recall::Stale => "stale",
+            Recall::Unknown => "unknown",
+        })
+    }
+
+    /// The payments held past the hot window (which the native snapshot leaves out): LSN,
+    /// merchant, payer, settlement account, amount, refunded; for `recall` after a restart.
+    fn kept_payments(&self, results: &ResultsPy) -> PyResult<Vec<KeptRow>> {
+        let state = self.state()?;
+        let results = results.state()?;
+        let accounts = state.accounts();
+        Ok(state
+            .payments()
+            .kept()
+            .map(|payment| {
+                (
+                    payment.lsn,
+                    results.merchant_of(payment.lsn).unwrap_or_default().to_owned(),
+                    accounts.id_of(payment.payer).to_owned(),
+                    accounts.id_of(payment.settlement).to_owned(),
+                    payment.amount,
+                    payment.refunded,
+                )
+            })
+            .collect())
+    }
+
+    /// How many payments memory holds (hot, kept and recalled).
+    fn payments_held(&self) -> PyResult<usize> {
+        Ok(self.state()?.payments().len())
     }
 
     /// The whole state in the native snapshot format (`state/snapshot.rs`).

@@ -33,6 +33,7 @@ from instapay.http.app import (
 from instapay.model import EngineConfig
 from instapay.notify import DeliveryPolicy, Dispatcher
 from instapay.signing import SIGNATURE_HEADER
+from instapay.storage.history.projector import HistoryPolicy
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -186,12 +187,17 @@ async def serving(
     balance: int = 1_000_000,
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
     idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT,
+    history: HistoryPolicy | None = None,
 ) -> AsyncIterator[Running]:
     """The real application on a loopback port; on a new directory, three demo payers funded
     with `balance` each."""
+    history = history or HistoryPolicy()
     if not (directory / "wal").exists():
         async with Engine.open(
-            directory, config=config, idempotency_capacity=idempotency_capacity
+            directory,
+            config=config,
+            idempotency_capacity=idempotency_capacity,
+            history_policy=history,
         ) as engine:
             await DEMO.set_up(engine, payers=3, balance=balance)
     settings = ServerSettings(
@@ -201,6 +207,7 @@ async def serving(
         requests_in_flight_max=requests_in_flight_max,
         delivery=delivery or DeliveryPolicy(),
         idempotency_capacity=idempotency_capacity,
+        history=history,
     )
     app = create_app(settings)
     server = TestServer(app, host="127.0.0.1")

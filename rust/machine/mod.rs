@@ -267,10 +267,10 @@ fn parse<'a>(
 /// account an admin-created merchant uses. Payments not yet durable have no result: refused.
 fn refundable(parts: &Parts<'_>, lsn: u64, merchant: &Merchant) -> bool {
     let ledger = &*parts.ledger;
-    let Some(index) = ledger.find_payment(lsn) else {
+    let Some(payment) = ledger.payment(lsn) else {
         return false;
     };
-    let settlement = ledger.accounts().id_of(ledger.payment(index).settlement);
+    let settlement = ledger.accounts().id_of(payment.settlement);
     parts.results.merchant_of(lsn) == Some(merchant.id.as_str()) && settlement == merchant.settlement_account
 }
 
@@ -367,9 +367,9 @@ impl Staged {
                 };
                 records::encode_into(&record, &mut payload);
                 self.frame(lsn, logged_type(OPERATION_REFUND), &payload)?;
-                let currency = ledger.find_payment(*paid_lsn).map_or("", |index| {
-                    ledger.accounts().currency_of(ledger.payment(index).payer)
-                });
+                let currency = ledger
+                    .payment(*paid_lsn)
+                    .map_or("", |payment| ledger.accounts().currency_of(payment.payer));
                 let kept = Kept::Refund {
                     payment_id: (*paid).to_owned(),
                     amount,

@@ -187,10 +187,9 @@ impl Ledger {
         if let Some(amount) = amount {
             check_amount(amount)?;
         }
-        let Some(index) = lsn.and_then(|lsn| self.find_payment(lsn)) else {
+        let Some(payment) = lsn.and_then(|lsn| self.payments.get_mut(lsn)) else {
             return Ok((amount.unwrap_or(0), Err(Decline::PaymentNotRefundable)));
         };
-        let payment = self.payments.get(index);
         let remaining = payment.amount - payment.refunded;
         let wanted = amount.unwrap_or(remaining);
         if wanted == 0 || wanted > remaining {
@@ -198,7 +197,7 @@ impl Ledger {
         }
         let moved = self.accounts.transfer(payment.settlement, payment.payer, wanted);
         if moved.is_ok() {
-            self.payments.get_mut(index).refunded += wanted;
+            payment.refunded += wanted;
         }
         Ok((wanted, moved))
     }
@@ -230,14 +229,19 @@ impl Ledger {
         self.mandates.revoke(lsn, revoked_s)
     }
 
+    /// The succeeded payment logged at `lsn`, if held (hot, kept or recalled).
     #[must_use]
-    pub fn find_payment(&self, lsn: u64) -> Option<usize> {
-        self.payments.find(lsn)
+    pub fn payment(&self, lsn: u64) -> Option<&Payment> {
+        self.payments.get(lsn)
     }
 
     #[must_use]
-    pub fn payment(&self, index: usize) -> &Payment {
-        self.payments.get(index)
+    pub const fn payments(&self) -> &Payments {
+        &self.payments
+    }
+
+    pub fn payments_mut(&mut self) -> &mut Payments {
+        &mut self.payments
     }
 
     #[must_use]
@@ -294,6 +298,10 @@ impl Ledger {
                     payment.refunded
                 )));
             }
+        }
+        // The payments held past the hot window were checked while hot; a recalled one comes
+        // from history.db without its mandate: consent is checked on the hot ones.
+        for payment in self.payments.hot() {
             // Consent: a mandate of the payer allowed the payment, within its per-payment
             // limit (the daily one is checked on the mandate's spend).
             let Some(index) = payment.mandate else {
@@ -318,13 +326,12 @@ impl Ledger {
     /// # Errors
     /// `InvariantBroken`: no such payment, or its mandate did not allow it.
     pub fn check_made(&self, lsn: u64, merchant_id: &str, created_s: i64) -> CoreResult<()> {
-        let index = self.find_payment(lsn).ok_or_else(|| {
+        let payment = self.payment(lsn).ok_or_else(|| {
             CoreError::InvariantBroken(format!(
                 "payment {} succeeded but the ledger holds no entry for it",
                 payment_id(lsn)
             ))
         })?;
-        let payment = self.payments.get(index);
         let Some(mandate) = payment.mandate else {
             return Ok(()); // logged before consent (check_invariants: no consented one is so)
         };
@@ -383,7 +390,7 @@ pub(super) mod tests {
         assert_eq!(ledger.pay(&request(2, "alice", 400), "shop", NOW_S), Ok(Ok(())));
         let balances = [0, 1].map(|id| ledger.accounts.get(id).balance);
         assert_eq!(balances, [600, 400]);
-        assert_eq!(ledger.payment(0).mandate, Some(0));
+        assert_eq!(ledger.payment(2).unwrap().mandate, Some(0));
         assert_eq!(ledger.mandates.get(0).spent, 400);
         ledger.check_invariants().unwrap();
     }
@@ -526,8 +533,8 @@ pub(super) mod tests {
         ];
         for (corrupt, breach) in corruptions {
             let mut broken = ledger.clone();
-            let last = broken.payment_count() - 1;
-            corrupt(broken.payments.get_mut(last));
+            let last = broken.payments.last().unwrap().lsn;
+            corrupt(broken.payments.get_mut(last).unwrap());
             let error = broken.check_invariants().unwrap_err().to_string();
             assert!(error.contains(breach), "{error}");
         }

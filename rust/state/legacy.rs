@@ -249,7 +249,7 @@ mod tests {
         let ledger = decode(json).unwrap();
         assert_eq!(ledger.accounts.get(1).owner, Owner::Customer);
         assert!(!ledger.accounts.get(0).overdraft);
-        assert_eq!(ledger.payment(0).mandate, None);
+        assert_eq!(ledger.payment(1).unwrap().mandate, None);
         assert!(ledger.mandates.is_empty());
     }
 

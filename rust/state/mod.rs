@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod chunked;
 pub(crate) mod codec;
+pub mod evict;
 pub mod ledger;
 pub mod legacy;
 pub mod mandates;

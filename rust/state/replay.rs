@@ -313,6 +313,12 @@ fn replay_payment<'a>(
     Ok(Replayed::Applied(key, event))
 }
 
+/// Whether the payment at `lsn` may be one memory forgot (`state/evict.rs`): not held, and
+/// older than every result held.
+fn forgotten(ledger: &Ledger, results: &Results, lsn: u64) -> bool {
+    ledger.payment(lsn).is_none() && results.first_lsn().is_some_and(|first| lsn < first)
+}
+
 /// `handlers._apply_refund` and its `settle` check, then `State.remember`'s result.
 fn replay_refund<'a>(
     ledger: &mut Ledger,
@@ -325,6 +331,10 @@ fn replay_refund<'a>(
     };
     let merchant_id = record.merchant_id;
     let paid = lsn_in_id(record.payment_id, PAYMENT_ID_PREFIX);
+    if paid.is_some_and(|paid| forgotten(ledger, results, paid)) {
+        // Older than the hot window: the Python path recalls it from history.db first.
+        return Ok(Replayed::Foreign);
+    }
     let Ok((amount, outcome)) = ledger.refund(paid, record.amount_requested) else {
         return Ok(Replayed::Foreign);
     };
@@ -342,10 +352,8 @@ fn replay_refund<'a>(
             record.failure_code,
         )));
     }
-    let entry = paid.and_then(|paid| ledger.find_payment(paid));
-    let currency = entry.map_or("", |entry| {
-        ledger.accounts().currency_of(ledger.payment(entry).payer)
-    });
+    let entry = paid.and_then(|paid| ledger.payment(paid));
+    let currency = entry.map_or("", |entry| ledger.accounts().currency_of(entry.payer));
     let refund = RefundFields {
         payment_id: record.payment_id,
         merchant_id,

@@ -66,8 +66,10 @@ pub fn encode(ledger: &Ledger) -> Vec<u8> {
     for mandate in ledger.mandates.iter() {
         encode_mandate(&mut out, mandate);
     }
-    out.u64(ledger.payments.len() as u64);
-    for payment in ledger.payments.iter() {
+    // The hot payments only: those kept past the window are the engine's to save and recall
+    // (`Ledger::recall`), as history.db holds what they were.
+    out.u64(ledger.payments.hot().count() as u64);
+    for payment in ledger.payments.hot() {
         out.u64(payment.lsn);
         out.u32(payment.payer);
         out.u32(payment.settlement);

@@ -43,6 +43,8 @@ class Job:
     control: ControlOp | None = None
     # Set for a payment whose signature the caller checked (one signature over a whole batch).
     merchant: Merchant | None = None
+    # A refund's payment, pinned in memory until the job is staged (engine/hot.py).
+    pinned: int | None = None
 
     def answer(self, value: Answer) -> None:
         self.answers.put(self.index, value)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instapay import _core
-from instapay.engine import handlers, intake, records, recovery
+from instapay.engine import handlers, hot, intake, records, recovery
 from instapay.engine.api import EngineApi
 from instapay.engine.jobs import Answers, Job
 from instapay.engine.ops import (
@@ -57,10 +57,14 @@ from instapay.model import (
     RequestError,
     Result,
 )
-from instapay.protocol import PAYMENTS_PATH
+from instapay.outbox import event_json
+from instapay.protocol import PAYMENTS_PATH, payment_lsn
 from instapay.signing import SignedRequest
 from instapay.storage import datadir, forked, snapshots, wal
+from instapay.storage.history import history_path
+from instapay.storage.history.prefetch import HistoryPrefetcher
 from instapay.storage.history.projector import HistoryPolicy, HistoryProjector
+from instapay.storage.history.reads import HistoryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,9 @@ SNAPSHOT_EVERY_RECORDS_DEFAULT = 1_000_000
 
 # Batches applied in memory but not yet durable; bounds memory and the work a crash discards.
 PIPELINE_BATCHES_MAX = 2
+
+# How long a read of a result memory forgot waits for history.db to hold every durable record.
+HISTORY_READ_TIMEOUT_S = 5.0
 
 
 FsyncMode = Literal["always", "off"]
@@ -159,6 +166,11 @@ class Engine(EngineApi):
         # thread sets after each transaction.
         self._history: HistoryProjector | None = None
         self._history_advanced = asyncio.Event()
+        # The bounded hot state (engine/hot.py): only with a history to read the rest from.
+        self.hot = hot.HotWindow(self.history_policy.hot_results_max)
+        self._prefetcher: HistoryPrefetcher | None = None
+        # Answers read from history.db for retries of results memory forgot, while under way.
+        self._reading: set[asyncio.Task[None]] = set()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -209,30 +221,52 @@ class Engine(EngineApi):
             os.close(lock)  # releases the lock
 
     def _enqueue(self, job: Job) -> None:
-        if self._failed is not None:
-            raise self._failed
-        if self._closing:
-            raise RuntimeError("the engine is closed")
-        if len(self._queue) >= self.queue_depth_max:
-            raise self._queue_full()
-        if _is_signed(job) and (lagging := self._history_lagging()) is not None:
-            raise lagging
+        try:
+            if self._failed is not None:
+                raise self._failed
+            if self._closing:
+                raise RuntimeError("the engine is closed")
+            if len(self._queue) >= self.queue_depth_max:
+                raise self._queue_full()
+            if _is_signed(job) and (lagging := self._history_lagging()) is not None:
+                raise lagging
+        except BaseException:
+            self.hot.unpin(job.pinned)
+            raise
         self._queue.append(job)
         self._wakeup.set()
 
     def _enqueue_all(self, jobs: list[Job]) -> None:
         """`_enqueue` for many jobs in one go: those beyond the queue's depth are answered
         Overloaded."""
-        if self._failed is not None:
-            raise self._failed
-        if self._closing:
-            raise RuntimeError("the engine is closed")
+        refused = self._failed or (RuntimeError("the engine is closed") if self._closing else None)
+        if refused is not None:
+            for job in jobs:
+                self.hot.unpin(job.pinned)
+            raise refused
         lagging = self._history_lagging()
         room = 0 if lagging is not None else max(0, self.queue_depth_max - len(self._queue))
         self._queue.extend(jobs[:room])
         for job in jobs[room:]:
+            self.hot.unpin(job.pinned)
             job.answer(lagging or self._queue_full())
         self._wakeup.set()
+
+    async def _pin_refunded(self, jobs: list[Job]) -> None:
+        """Before refunds are queued: each one's payment is put back into memory if memory
+        forgot it (a read of history.db, off the event loop), then pinned there until the
+        refund is staged, so the single writer never waits on a read (engine/hot.py)."""
+        if self._prefetcher is None:
+            return
+        for job in jobs:
+            request = job.request
+            if request is None or request.method != "POST" or request.path == PAYMENTS_PATH:
+                continue
+            lsn = hot.refunded_lsn(request)
+            if lsn is not None:
+                await hot.prefetch(self.state, self._prefetcher, lsn)
+                job.pinned = lsn
+                self.hot.pin(lsn)
 
     def _queue_full(self) -> Overloaded:
         return Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
@@ -277,7 +311,9 @@ class Engine(EngineApi):
 
     async def _one(self, **parts: Any) -> Applied:
         answers = Answers(1)
-        self._enqueue(Job(answers, 0, **parts))
+        job = Job(answers, 0, **parts)
+        await self._pin_refunded([job])
+        self._enqueue(job)
         [answer] = await answers.future
         if isinstance(answer, Exception):
             raise answer
@@ -316,6 +352,8 @@ class Engine(EngineApi):
             return []
         answers = Answers(len(requests))
         jobs = [Job(answers, at, request, merchant=merchant) for at, request in enumerate(requests)]
+        if merchant is None:  # the batch endpoint's are payments
+            await self._pin_refunded(jobs)
         self._enqueue_all(jobs)
         results: list[PaymentResult | RefundResult | RequestError | Overloaded] = []
         for answer in await answers.future:
@@ -359,6 +397,9 @@ class Engine(EngineApi):
                     for job in jobs:
                         job.answer(failure)
                     break
+                finally:
+                    for job in jobs:
+                        self.hot.unpin(job.pinned)
                 await self._commit(staged)
                 if self.state.lsn_next - 1 - self._snapshot_lsn >= self.snapshot_every_records:
                     await self._snapshot_between_batches()
@@ -372,6 +413,8 @@ class Engine(EngineApi):
         run of control ops through their handlers; the LSNs run on from one to the next."""
         now_s = int(time.time())
         self._expire_keys(now_s)
+        if self._history is not None:
+            self.hot.evict_if_due(self.state, self._history.durable_lsn, now_s)
         staged = _Staged(self.state.lsn_next)
         for signed, run in itertools.groupby(jobs, key=_is_signed):
             if signed:
@@ -437,7 +480,12 @@ class Engine(EngineApi):
     def _answer_known(self, job: Job, status: int, value: int) -> None:
         """Answers a request whose idempotency key the index already knows."""
         if status == _core.RESERVE_REPLAY:
-            stored = self.state.results.get(value) or self.state.admin_results[value]
+            stored = self.state.results.get(value) or self.state.admin_results.get(value)
+            if stored is None:  # memory forgot it: history.db holds it
+                task = asyncio.create_task(self._replay_forgotten(job, value))
+                self._reading.add(task)
+                task.add_done_callback(self._reading.discard)
+                return
             if isinstance(stored, PaymentResult):
                 stored = self.state.as_now(stored)
             job.answer(_replayed(stored))
@@ -463,6 +511,62 @@ class Engine(EngineApi):
             )
         else:
             job.answer(Overloaded("the idempotency index is full"))
+
+    async def _replay_forgotten(self, job: Job, lsn: int) -> None:
+        """Answers a retry of a result memory forgot from history.db (nothing is applied)."""
+        try:
+            stored = await self.durable_result(lsn)
+        except Exception as error:  # the caller is answered whatever went wrong
+            log.error("the result at LSN %d could not be read for a retry: %s", lsn, error)
+            stored = None
+        if stored is None:
+            job.answer(Overloaded("history is catching up; retry shortly"))
+        else:
+            job.answer(_replayed(stored))
+
+    async def durable_result(self, lsn: int) -> PaymentResult | RefundResult | None:
+        """The durable payment (with its refunds so far) or refund logged at `lsn`: from memory,
+        or from history.db once it holds every record durable now."""
+        if self.state.results.get(lsn) is None and self._prefetcher is not None:
+            await self.history_caught_up(HISTORY_READ_TIMEOUT_S)
+        return await hot.durable_result(self.state, self._prefetcher, lsn)
+
+    async def payment_anywhere(self, payment_id_: str) -> PaymentResult | None:
+        """A durable payment by id, from memory or from history.db (`durable_result`)."""
+        lsn = payment_lsn(payment_id_)
+        result = None if lsn is None else await self.durable_result(lsn)
+        return result if isinstance(result, PaymentResult) else None
+
+    async def payments_for_order_anywhere(
+        self, merchant_id: str, order_id: str
+    ) -> list[PaymentResult]:
+        """The durable payments a merchant made for one order id, oldest first: those memory
+        holds and, with a history, those it forgot (history.db, once it holds every durable
+        record)."""
+        payments = {p.id: p for p in self.state.payments_for_order(merchant_id, order_id)}
+        if self._prefetcher is not None:
+            await self.history_caught_up(HISTORY_READ_TIMEOUT_S)
+            with contextlib.suppress(HistoryUnavailableError):
+                for payment in await self._prefetcher.payments_for_order(merchant_id, order_id):
+                    payments.setdefault(payment.id, payment)
+        return sorted(payments.values(), key=lambda payment: payment_lsn(payment.id) or 0)
+
+    async def event_anywhere(self, lsn: int) -> dict[str, Any] | None:
+        """The event of the result logged at `lsn` (a payment as made, without its refunds),
+        from memory or from history.db."""
+        event = self.state.event(lsn)
+        if event is not None or self._prefetcher is None:
+            return event
+        result = await self.durable_result(lsn)
+        if isinstance(result, PaymentResult):
+            result = result._replace(amount_refunded=0)
+        return None if result is None else event_json(lsn, result)
+
+    def evict(self) -> None:
+        """Forgets now what the hot window no longer needs (as the pass between batches does
+        once a second): for tests and benchmarks, between batches."""
+        if self._history is not None:
+            self.hot.evict(self.state, self._history.durable_lsn)
 
     async def _commit(self, staged: _Staged) -> None:
         if not staged.records:
@@ -593,7 +697,9 @@ class Engine(EngineApi):
     def _reject_queued(self, failure: EngineFailedError) -> None:
         """After a stop: refuses what is queued and the retries waiting for a first request."""
         while self._queue:
-            self._queue.popleft().answer(failure)
+            job = self._queue.popleft()
+            self.hot.unpin(job.pinned)
+            job.answer(failure)
         for waiters in self._waiters.values():
             for waiter in waiters:
                 waiter.answer(failure)
@@ -610,8 +716,11 @@ class Engine(EngineApi):
         # The newest snapshot's name says how far the log reached, even when its content is
         # damaged and recovery falls back to an older one: a log ending earlier lost records.
         lsn_reached = snapshots.newest_snapshot_lsn(self.directory)
+        if self.history_enabled:
+            self._prefetcher = HistoryPrefetcher(history_path(self.directory))
+        recall = self._recall_for_replay if self._prefetcher is not None else None
         for segment in wal.replay_segments(self.directory, lsn_after, lsn_reached):
-            replayed += recovery.replay_segment(self.state, segment, lsn_after)
+            replayed += recovery.replay_segment(self.state, segment, lsn_after, recall)
         self.check_invariants()
         self.state.index.expire(int(time.time()))
         self._log = wal.WalWriter(
@@ -628,6 +737,10 @@ class Engine(EngineApi):
             lsn_after,
             replayed,
         )
+
+    def _recall_for_replay(self, lsn: int, refund_lsn: int) -> None:
+        if self._prefetcher is not None:
+            hot.recall_for_replay(self.state, self._prefetcher, lsn, refund_lsn)
 
     def _open_history(self, loop: asyncio.AbstractEventLoop) -> HistoryProjector:
         """Opens history.db and starts its projector, which first catches up from the log."""
@@ -716,6 +829,10 @@ class Engine(EngineApi):
             await asyncio.wait({self._syncing[0]})
         if self._snapshotting is not None:
             await self._snapshotting
+        if self._reading:
+            await asyncio.wait(self._reading)
+        if self._prefetcher is not None:
+            await asyncio.to_thread(self._prefetcher.close)
         if self._history is not None:
             # Drained before the snapshot, so that it may drop the segments projected.
             await asyncio.to_thread(self._history.close)

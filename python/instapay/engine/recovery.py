@@ -4,6 +4,7 @@ one LSN) that lets a recovery skip the log before it. Snapshot files are instapa
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -12,12 +13,12 @@ from instapay import _core
 from instapay.engine import handlers, records
 from instapay.engine.handlers import ReplayMismatchError
 from instapay.engine.ops import ADMIN_TENANT, Applied
-from instapay.engine.records import Record, RecordType
+from instapay.engine.records import Record, RecordType, RefundRecord
 from instapay.engine.results import Results
 from instapay.engine.state import State
 from instapay.ledger import Ledger
 from instapay.model import AdminResult, Failure, PaymentResult, RefundResult, RequestError, Status
-from instapay.protocol import PAYMENT_ID_PREFIX
+from instapay.protocol import PAYMENT_ID_PREFIX, payment_lsn
 from instapay.storage import wal
 
 # Snapshot payload: length of the JSON state, the JSON state, length of the ledger state, the
@@ -28,7 +29,14 @@ from instapay.storage import wal
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 
-def replay_segment(state: State, segment: wal.SegmentScan, lsn_after: int) -> int:
+# Recovery's recall of a payment memory forgot, for the refund logged at an LSN: (payment LSN,
+# refund LSN) -> None (engine/hot.py).
+Recall = Callable[[int, int], None]
+
+
+def replay_segment(
+    state: State, segment: wal.SegmentScan, lsn_after: int, recall: Recall | None = None
+) -> int:
     """Applies a scanned segment's records above `lsn_after` in order, as `replay_records`
     does: runs of payments and refunds natively, from the segment's bytes (`_core.replay_run`:
     the ledger, the results and their idempotency keys in one call a run), any other record,
@@ -57,12 +65,13 @@ def replay_segment(state: State, segment: wal.SegmentScan, lsn_after: int) -> in
             return state.lsn_next - lsn_first
         if isinstance(stop, str):
             raise ReplayMismatchError(stop)
-        replay_records(state, [wal.Record(*entry) for entry in stop])
+        replay_records(state, [wal.Record(*entry) for entry in stop], recall)
 
 
-def replay_records(state: State, logged: list[wal.Record]) -> None:
+def replay_records(state: State, logged: list[wal.Record], recall: Recall | None = None) -> None:
     """Applies logged records in order, one at a time in Python: the state, the durable
-    results, and the idempotency keys they reserved (re-reserved in one go at the end)."""
+    results, and the idempotency keys they reserved (re-reserved in one go at the end). A
+    refund of a payment memory forgot has it recalled first (`recall`)."""
     keys: list[tuple[bytes, bytes, int, int]] = []
     for entry in logged:
         lsn = entry.lsn
@@ -70,6 +79,10 @@ def replay_records(state: State, logged: list[wal.Record]) -> None:
             raise AssertionError(f"replay expected LSN {state.lsn_next}, got {lsn}")
         state.lsn_next += 1
         kind, record = records.decode(entry.type, entry.payload)
+        if recall is not None and isinstance(record, RefundRecord):
+            paid = payment_lsn(record.payment_id)
+            if paid is not None:
+                recall(paid, lsn)
         result = _replay(state, kind, lsn, record)
         key = record.logged_key()
         if isinstance(result, PaymentResult | RefundResult):
@@ -147,6 +160,8 @@ def snapshot_payload(state: State) -> bytes:
         ],
         "merchants": state.merchants.to_snapshot(),
         "deliveries": state.outbox.to_snapshot(),
+        # The payments held past the hot window, which the native ledger section leaves out.
+        "kept_payments": state.ledger.native.kept_payments(state.results.native),
     }
     encoded = orjson.dumps(saved)
     ledger = state.ledger.to_snapshot()
@@ -194,6 +209,11 @@ def restore(state: State, lsn: int, payload: bytes) -> None:
             account_id, Status(status), failure_of(failure), balance
         )
     state.outbox.restore(saved.get("deliveries", []))
+    # Snapshots written before the hot state was bounded have none.
+    for paid, merchant_id, payer, settlement, amount, refunded in saved.get("kept_payments", []):
+        state.ledger.native.recall(
+            state.results.native, paid, merchant_id, payer, settlement, amount, refunded, lsn
+        )
     # The configured settings, not the ones the snapshot was taken with.
     index = state.index
     state.index = _core.IdempotencyIndex.load(

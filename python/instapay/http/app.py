@@ -70,7 +70,9 @@ from instapay.signing import (
     verify_requests,
 )
 from instapay.storage.history import history_path
+from instapay.storage.history.projector import HistoryPolicy
 from instapay.storage.history.reads import (
+    Cursors,
     Entry,
     HistoryQueryError,
     HistoryReader,
@@ -124,6 +126,8 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     # Keys the idempotency index holds (a test sizes it down to fill it over HTTP).
     idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
+    # The `[history]` settings (a test sizes the hot window down).
+    history: HistoryPolicy = field(default_factory=HistoryPolicy)
 
 
 @dataclass
@@ -410,7 +414,7 @@ class BatchGroups:
 async def get_payment(request: web.Request) -> web.Response:
     merchant = await signed_reader(request)
     payment_id = request.match_info["payment_id"]
-    result = engine_of(request).payment(payment_id)
+    result = await engine_of(request).payment_anywhere(payment_id)
     if result is None or result.merchant_id != merchant.id:
         raise RequestError("not_found", f"no payment {payment_id}", 404)
     return merchant_response(request, result)
@@ -422,7 +426,7 @@ async def list_payments(request: web.Request) -> web.Response:
     database; with `order_id`, its payments for that order, oldest first (from memory)."""
     merchant = await signed_reader(request)
     if "order_id" in request.query:
-        return payments_for_order(request, merchant)
+        return await payments_for_order(request, merchant)
     query = request.query
     queries.only(query, queries.PAYMENT_LIST_NAMES)
     limit = queries.page_len(query)
@@ -440,12 +444,12 @@ async def list_payments(request: web.Request) -> web.Response:
     return signed_json(request, merchant, listed)
 
 
-def payments_for_order(request: web.Request, merchant: Merchant) -> web.Response:
+async def payments_for_order(request: web.Request, merchant: Merchant) -> web.Response:
     """`GET /v1/payments?order_id=`: the merchant's payments for one order, oldest first."""
     order_id = request.query.get("order_id")
     if not order_id:
         raise RequestError("invalid_request", "order_id: the query parameter is required")
-    payments = engine_of(request).payments_for_order(merchant.id, order_id)
+    payments = await engine_of(request).payments_for_order_anywhere(merchant.id, order_id)
     return signed_json(
         request, merchant, {"object": "list", "data": [p.to_json() for p in payments]}
     )
@@ -478,10 +482,12 @@ async def list_refunds(request: web.Request) -> web.Response:
     merchant = await signed_reader(request)
     payment_id = request.match_info["payment_id"]
     engine = engine_of(request)
-    payment = engine.payment(payment_id)
+    payment = await engine.payment_anywhere(payment_id)
     if payment is None or payment.merchant_id != merchant.id:
         raise RequestError("not_found", f"no payment {payment_id}", 404)
     cursors = {name: refund_cursor(request, name) for name in ("starting_after", "ending_before")}
+    if engine.payment(payment_id) is None:  # memory forgot it, and its older refunds
+        return await refunds_from_history(request, merchant, payment_id, cursors)
     lsns = engine.refund_lsns(payment_id)
     try:
         page = lists.newest_first(lsns, page_len(request), **cursors)
@@ -491,6 +497,23 @@ async def list_refunds(request: web.Request) -> web.Response:
             f"starting_after and ending_before: one refund of {payment_id}, not both",
         ) from None
     data = [engine.results[lsn].to_json() for lsn in page.items]
+    return signed_json(
+        request, merchant, {"object": "list", "data": data, "has_more": page.has_more}
+    )
+
+
+async def refunds_from_history(
+    request: web.Request, merchant: Merchant, payment_id: str, cursors: dict[str, int | None]
+) -> web.Response:
+    """A payment's refunds read from history.db: memory no longer holds the payment."""
+    lsn = payment_lsn(payment_id)
+    if lsn is None:
+        raise RequestError("not_found", f"no payment {payment_id}", 404)
+    history = await caught_up_history(request)
+    page = await from_history(
+        history.refunds(merchant.id, lsn, page_len(request), Cursors(**cursors))
+    )
+    data = [refund.to_json() for refund in page.items]
     return signed_json(
         request, merchant, {"object": "list", "data": data, "has_more": page.has_more}
     )
@@ -782,17 +805,17 @@ EVENTS_PAGE_LEN_MAX = 1000
 REDELIVERY_LEN_MAX = 10_000
 
 
-def event_with_delivery(engine: Engine, lsn: int) -> dict[str, Any]:
-    event = engine.event(lsn)
+async def event_with_delivery(engine: Engine, lsn: int) -> dict[str, Any]:
+    event = await engine.event_anywhere(lsn)
     if event is None:
         raise RuntimeError(f"event {lsn} vanished")
     return {**event, "delivery": engine.outbox.delivery_json(lsn)}
 
 
-def known_event(engine: Engine, event_id: str, merchant_id: str | None = None) -> int:
+async def known_event(engine: Engine, event_id: str, merchant_id: str | None = None) -> int:
     """The LSN of an event (of this merchant, when given), or 404."""
     lsn = event_lsn(event_id)
-    result = None if lsn is None else engine.results.get(lsn)
+    result = None if lsn is None else await engine.durable_result(lsn)
     if lsn is None or result is None or merchant_id not in (None, result.merchant_id):
         raise RequestError("not_found", f"no event {event_id}", 404)
     return lsn
@@ -811,7 +834,7 @@ async def list_events(request: web.Request) -> web.Response:
         raise RequestError("invalid_request", f"after: not an event id: {after!r}")
     engine = engine_of(request)
     lsns, has_more = engine.outbox.events_after(merchant.id, after_lsn, page_len(request))
-    events = [engine.event(lsn) for lsn in lsns]
+    events = [await engine.event_anywhere(lsn) for lsn in lsns]
     return signed_json(request, merchant, {"object": "list", "data": events, "has_more": has_more})
 
 
@@ -819,13 +842,16 @@ async def get_event(request: web.Request) -> web.Response:
     """`GET /v1/events/{id}`: the event and its delivery attempts."""
     merchant = await signed_reader(request)
     engine = engine_of(request)
-    lsn = known_event(engine, request.match_info["event_id"], merchant.id)
-    return signed_json(request, merchant, event_with_delivery(engine, lsn))
+    lsn = await known_event(engine, request.match_info["event_id"], merchant.id)
+    return signed_json(request, merchant, await event_with_delivery(engine, lsn))
 
 
 async def redeliver(engine: Engine, lsns: list[int]) -> None:
     for lsn in lsns:
-        merchant = engine.merchants.get(engine.results[lsn].merchant_id)
+        result = await engine.durable_result(lsn)
+        if result is None:
+            raise RuntimeError(f"event {lsn} vanished")
+        merchant = engine.merchants.get(result.merchant_id)
         if merchant is None or merchant.webhook_url is None:
             raise RequestError("no_webhook_url", "the merchant has no webhook URL", 409)
     await engine.redeliver(lsns)
@@ -834,9 +860,9 @@ async def redeliver(engine: Engine, lsns: list[int]) -> None:
 async def admin_redeliver_event(request: web.Request) -> web.Response:
     require_admin(request)
     engine = engine_of(request)
-    lsn = known_event(engine, request.match_info["event_id"])
+    lsn = await known_event(engine, request.match_info["event_id"])
     await redeliver(engine, [lsn])
-    return admin_response(event_with_delivery(engine, lsn), 202)
+    return admin_response(await event_with_delivery(engine, lsn), 202)
 
 
 async def admin_redeliver_failed(request: web.Request) -> web.Response:
@@ -882,6 +908,7 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
                 config=settings.config,
                 fsync=settings.fsync,
                 idempotency_capacity=settings.idempotency_capacity,
+                history_policy=settings.history,
             )
             engine = await engines.enter_async_context(opened)
             if settings.on_first_start is not None and not engine.ledger.has_accounts:

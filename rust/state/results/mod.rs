@@ -195,6 +195,9 @@ pub struct Results {
     odd_refunds: HashMap<Box<str>, Refunded>,
     /// Seeded per process: merchants choose order ids, and must not choose collisions.
     hasher: RandomState,
+    /// The merchants of the payments held past the hot window by the ledger (their results
+    /// left memory), by LSN: whose a refund of them may be.
+    recalled: HashMap<u64, u32>,
 }
 
 fn utf8(bytes: &[u8]) -> &str {
@@ -264,7 +267,7 @@ impl Results {
             let message = format!("result LSN {} is not above every held one's", result.lsn);
             return Err(CoreError::InvalidState(message));
         }
-        let index = u32::try_from(self.entries.len())
+        let index = u32::try_from(self.entries.end_index())
             .ok()
             .filter(|&index| index != NONE)
             .ok_or(CoreError::StateFull { what: "results" })?;
@@ -362,11 +365,73 @@ impl Results {
         Some(self.view(self.entries.get(index)))
     }
 
-    /// The merchant of the result logged at `lsn` (without reading its texts).
+    /// The merchant of the result logged at `lsn` (without reading its texts), or of a payment
+    /// held past the hot window.
     #[must_use]
     pub fn merchant_of(&self, lsn: u64) -> Option<&str> {
-        let index = self.entries.find(lsn)?;
-        Some(self.merchants.name(self.entries.get(index).merchant))
+        let merchant = match self.entries.find(lsn) {
+            Some(index) => self.entries.get(index).merchant,
+            None => *self.recalled.get(&lsn)?,
+        };
+        Some(self.merchants.name(merchant))
+    }
+
+    /// The payment logged at `lsn`, older than the hot window, is the merchant's (the ledger
+    /// holds it past the window, for a refund).
+    ///
+    /// # Errors
+    /// `StateFull` past `u32::MAX` merchants.
+    pub fn recall_merchant(&mut self, lsn: u64, merchant_id: &str) -> CoreResult<()> {
+        let merchant = self.merchants.intern(merchant_id)?;
+        self.recalled.insert(lsn, merchant);
+        Ok(())
+    }
+
+    /// Forgets the merchants of the payments `keep` does not keep.
+    pub fn prune_recalled(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        self.recalled.retain(|&lsn, _| keep(lsn));
+    }
+
+    /// The LSN of the oldest result held (older ones are in history.db only).
+    #[must_use]
+    pub fn first_lsn(&self) -> Option<u64> {
+        self.entries.first().map(|first| first.lsn)
+    }
+
+    /// The LSN of the newest refund held of the payment logged at `lsn`.
+    #[must_use]
+    pub fn last_refund_of(&self, lsn: u64) -> Option<u64> {
+        let refunded = self.refunds.get(&lsn)?;
+        Some(self.entries.get(refunded.last as usize).lsn)
+    }
+
+    /// Drops the oldest chunks of results, all at or below `lsn_max`, so that at least `keep`
+    /// stay held, and what the indexes knew of them (a chain ends where its entries left);
+    /// remembers the merchant of each payment that succeeded which `held` says the ledger still
+    /// holds. Returns how many went.
+    pub fn evict(&mut self, keep: usize, lsn_max: u64, held: impl Fn(u64) -> bool) -> usize {
+        let count = self.entries.droppable(keep, lsn_max);
+        if count == 0 {
+            return 0;
+        }
+        let before = self.entries.len();
+        for entry in self.entries.drop_front(count) {
+            if !entry.refund && entry.code.failure().is_none() && held(entry.lsn) {
+                self.recalled.insert(entry.lsn, entry.merchant);
+            }
+        }
+        let first = self.first_index();
+        self.orders.retain(|_, index| *index >= first);
+        self.refunds.retain(|_, refunded| refunded.last >= first);
+        self.odd_refunds.retain(|_, refunded| refunded.last >= first);
+        if let Some(oldest) = self.entries.first() {
+            self.texts.forget_before(oldest.texts);
+        }
+        before - self.entries.len()
+    }
+
+    fn first_index(&self) -> u32 {
+        u32::try_from(self.entries.first_index()).expect("indexes are below NONE")
     }
 
     /// Every result, in log order.
@@ -387,9 +452,14 @@ impl Results {
 
     /// The entries of a chain, newest first.
     fn chain_of(&self, last: u32) -> impl Iterator<Item = &Entry> {
-        std::iter::successors((last != NONE).then(|| self.entries.get(last as usize)), |entry| {
-            (entry.prev != NONE).then(|| self.entries.get(entry.prev as usize))
-        })
+        // An entry before the first held one left memory: the chain ends there (NONE is above
+        // every index, and a chain's entries only get older).
+        let first = self.first_index();
+        let held = move |index: u32| index != NONE && index >= first;
+        std::iter::successors(
+            held(last).then(|| self.entries.get(last as usize)),
+            move |entry| held(entry.prev).then(|| self.entries.get(entry.prev as usize)),
+        )
     }
 
     /// The LSNs of the payments a merchant made for one order id, oldest first.
@@ -452,6 +522,7 @@ impl Results {
             + self.texts.heap_bytes()
             + table(self.orders.capacity(), 8)
             + table(self.refunds.capacity(), 24)
+            + table(self.recalled.capacity(), 16)
     }
 }
 
@@ -562,6 +633,54 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(made, [(1, "shop"), (4, "shop")]);
         assert_eq!(results.lsns().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn old_chunks_of_results_go_with_what_the_indexes_knew_of_them() {
+        use crate::state::chunked::CHUNK_LEN;
+        let mut results = Results::default();
+        let count = 3 * CHUNK_LEN as u64;
+        for lsn in 1..=count {
+            let order = if lsn % 2 == 0 { "even" } else { "odd" };
+            results.add(2 * lsn, &payment("shop", order, None)).unwrap();
+        }
+        // Refunds of the first payment (in the first chunk) and of one in the last chunk.
+        results.add(2 * count + 1, &refund("pay_2", 1, None)).unwrap();
+        results
+            .add(2 * count + 3, &refund(&format!("pay_{}", 2 * count), 1, None))
+            .unwrap();
+        results.recall_merchant(1, "old-shop").unwrap();
+        // Not above the durable bound: nothing goes; then only whole chunks beyond the window.
+        assert_eq!(results.evict(10, 2 * CHUNK_LEN as u64 - 1, |_| true), 0);
+        assert_eq!(
+            results.evict(2 * CHUNK_LEN + 1, u64::MAX, |lsn| lsn == 4),
+            CHUNK_LEN
+        );
+        assert_eq!(results.first_lsn(), Some(2 * (CHUNK_LEN as u64 + 1)));
+        assert_eq!(results.len(), 2 * CHUNK_LEN + 2);
+        assert_eq!((results.get(2), results.merchant_of(2)), (None, None));
+        assert_eq!(results.merchant_of(1), Some("old-shop"));
+        assert_eq!(
+            results.merchant_of(4),
+            Some("shop"),
+            "the ledger still holds pay_4"
+        );
+        let odd = results.payments_for_order("shop", "odd");
+        assert_eq!(odd.len(), CHUNK_LEN, "the held payments of the order only");
+        assert_eq!(odd[0], 2 * (CHUNK_LEN as u64 + 1));
+        // A refund held of an evicted payment keeps its chain; its amount counts what is held.
+        assert_eq!(results.refunds_of("pay_2"), [2 * count + 1]);
+        assert_eq!(results.last_refund_of(2), Some(2 * count + 1));
+        assert_eq!(results.evict(0, u64::MAX, |_| false), 2 * CHUNK_LEN);
+        assert_eq!(results.len(), 2, "the newest chunk stays");
+        assert!(results.payments_for_order("shop", "even").is_empty());
+        let last = format!("pay_{}", 2 * count);
+        assert_eq!(results.refunds_of(&last), [2 * count + 3]);
+        assert_eq!(results.amount_refunded(&last), 1);
+        results.prune_recalled(|_| false);
+        assert_eq!(results.merchant_of(1), None);
+        results.add(2 * count + 5, &payment("shop", "odd", None)).unwrap();
+        assert_eq!(results.payments_for_order("shop", "odd"), [2 * count + 5]);
     }
 
     #[test]

@@ -93,6 +93,15 @@ impl Texts {
         })
     }
 
+    /// Frees the chunks before the one of the block at `at` (their results left memory): the
+    /// blocks after them keep their place.
+    pub fn forget_before(&mut self, at: TextAt) {
+        let chunk = usize::try_from(at >> 32).expect("a u32");
+        for freed in &mut self.chunks[..chunk] {
+            *freed = Vec::new();
+        }
+    }
+
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
         self.chunks.iter().map(Vec::capacity).sum::<usize>()
@@ -119,5 +128,8 @@ mod tests {
         assert_eq!(texts.get::<2>(second), [Some(&long[..]), Some("é✓".as_bytes())]);
         assert_eq!(texts.get::<2>(third), [Some(&huge[..]), None]);
         assert_eq!(third >> 32, 1, "a block longer than a chunk gets its own");
+        texts.forget_before(third);
+        assert!(texts.heap_bytes() < huge.len() + 200, "the first chunk is freed");
+        assert_eq!(texts.get::<2>(third), [Some(&huge[..]), None]);
     }
 }

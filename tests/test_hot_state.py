@@ -1,0 +1,281 @@
+"""The bounded hot state end to end: a real engine and its projector on real files, the real
+HTTP application, a window of 100 results. Memory holds the window (and at most a chunk or two
+more), history.db the rest: every old payment still reads the same by id, by order, with its
+refunds and its event; a refund of a payment memory forgot succeeds once and only once, live,
+after a restart from a trimmed snapshot, and replayed from the log; a retry of a result memory
+forgot replays the same answer; snapshots do not grow with history."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from instapay import signing
+from instapay.engine import Engine, hot
+from instapay.model import PaymentResult, RefundResult, Status
+from instapay.protocol import PAYMENTS_PATH, payment_lsn
+from instapay.storage import snapshots
+from instapay.storage.history.projector import HistoryPolicy
+from servers import DEMO, Running, serving
+
+WINDOW = 100
+# What memory may hold past the window: the results' newest chunk, the ledger's straddling one.
+CHUNK_LEN = 4096
+POLICY = HistoryPolicy(hot_results_max=WINDOW)
+CONFIG = DEMO.config()
+# Payments made after the old ones: enough for their chunks to leave memory.
+NEWER = 3 * CHUNK_LEN
+JSON = dict[str, Any]
+
+
+async def call(
+    api: Running, path: str, *, body: bytes = b"", method: str = "GET", key: str | None = None
+) -> tuple[int, JSON, dict[str, str]]:
+    signed = DEMO.sign(path, body, method=method, idempotency_key=key)
+    headers = {signing.SIGNATURE_HEADER: signed.header or ""}
+    if key is not None:
+        headers[signing.IDEMPOTENCY_HEADER] = key
+    if method == "POST":
+        headers["Content-Type"] = "application/json"
+    async with api.session.request(
+        method, api.base_url + path, data=body, headers=headers
+    ) as answer:
+        return answer.status, orjson.loads(await answer.read()), dict(answer.headers)
+
+
+async def pay(api: Running, order_id: str, amount: int, key: str | None = None) -> JSON:
+    fields = {
+        "merchant_id": DEMO.merchant_id,
+        "order_id": order_id,
+        "payer": DEMO.payer(0),
+        "amount": amount,
+        "currency": "EUR",
+    }
+    body = orjson.dumps(fields)
+    status, payment, _ = await call(api, PAYMENTS_PATH, body=body, method="POST", key=key)
+    assert status == 200, payment
+    return payment
+
+
+async def refund(api: Running, payment_id: str, amount: int | None, key: str) -> tuple[JSON, bool]:
+    """A refund's answer, and whether it was a replay."""
+    path = f"{PAYMENTS_PATH}/{payment_id}/refunds"
+    body = b"" if amount is None else orjson.dumps({"amount": amount})
+    status, answer, headers = await call(api, path, body=body, method="POST", key=key)
+    assert status == 200, answer
+    return answer, headers.get("Idempotent-Replayed") == "true"
+
+
+async def many_payments(engine: Engine, count: int, prefix: str) -> None:
+    requests = [DEMO.payment(f"{prefix}-{n}", DEMO.payer(1), 1) for n in range(count)]
+    for start in range(0, count, 1024):
+        answers = await engine.submit_many(requests[start : start + 1024])
+        assert all(isinstance(a, PaymentResult) for a in answers), answers[:3]
+
+
+async def forget(engine: Engine) -> None:
+    """Waits until history.db holds every durable record durably, then runs an eviction pass."""
+    assert await engine.history_caught_up(30)
+    history = engine.history
+    assert history is not None
+    async with asyncio.timeout(30):
+        while history.durable_lsn < engine.lsn_next - 1:
+            await asyncio.sleep(0.05)
+    engine.evict()
+
+
+def holds_the_window_only(engine: Engine) -> None:
+    assert len(engine.results) <= WINDOW + CHUNK_LEN, len(engine.results)
+    assert engine.ledger.native.payments_held() <= WINDOW + 2 * CHUNK_LEN
+
+
+async def reads(api: Running, payment_id: str, order_id: str) -> list[JSON]:
+    """What HTTP answers of a payment: itself, its order's payments, its refunds, its event."""
+    event_id = "evt_" + payment_id.removeprefix("pay_")
+    answers = []
+    for path in (
+        f"{PAYMENTS_PATH}/{payment_id}",
+        f"{PAYMENTS_PATH}?order_id={order_id}",
+        f"{PAYMENTS_PATH}/{payment_id}/refunds",
+        f"/v1/events/{event_id}",
+    ):
+        status, answer, _ = await call(api, path)
+        assert status == 200, (path, answer)
+        answers.append(answer)
+    return answers
+
+
+def test_old_payments_read_the_same_and_refund_once_after_memory_forgot_them(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with serving(tmp_path, CONFIG, history=POLICY) as api:
+            engine = api.engine
+            oldest = await pay(api, "order-old", 500, key="pay-old")
+            again = await pay(api, "order-old", 300)
+            untouched = await pay(api, "order-plain", 200, key="pay-plain")
+            first_refund, _ = await refund(api, oldest["id"], 100, "refund-1")
+            before = await reads(api, oldest["id"], "order-old")
+            assert [p["id"] for p in before[1]["data"]] == [oldest["id"], again["id"]]
+            await many_payments(engine, NEWER, "newer")
+            await forget(engine)
+            holds_the_window_only(engine)
+            lsn = payment_lsn(oldest["id"])
+            assert lsn is not None
+            assert engine.results.get(lsn) is None, "memory forgot the oldest payment"
+            assert engine.ledger.payment(oldest["id"]) is None
+            assert await reads(api, oldest["id"], "order-old") == before
+            # A retry of a payment memory forgot replays its answer, from history.db.
+            status, replayed, headers = await call(
+                api,
+                PAYMENTS_PATH,
+                body=orjson.dumps(
+                    {
+                        "merchant_id": DEMO.merchant_id,
+                        "order_id": "order-plain",
+                        "payer": DEMO.payer(0),
+                        "amount": 200,
+                        "currency": "EUR",
+                    }
+                ),
+                method="POST",
+                key="pay-plain",
+            )
+            assert (status, replayed) == (200, untouched)
+            assert headers.get("Idempotent-Replayed") == "true"
+            # So does the retry of a refund memory forgot.
+            assert await refund(api, oldest["id"], 100, "refund-1") == (first_refund, True)
+            # The rest of the oldest payment, refunded once; its retry replays it.
+            rest, was_replayed = await refund(api, oldest["id"], None, "refund-2")
+            assert (rest["status"], rest["amount"], was_replayed) == ("succeeded", 400, False)
+            assert await refund(api, oldest["id"], None, "refund-2") == (rest, True)
+            declined, _ = await refund(api, oldest["id"], None, "refund-3")
+            assert declined["failure_code"] == "refund_exceeds_payment"
+            status, now, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}")
+            assert (status, now["amount_refunded"]) == (200, 500)
+            status, missing, _ = await call(api, f"{PAYMENTS_PATH}/pay_{engine.lsn_next + 7}")
+            assert status == 404, missing
+            status, missing, _ = await call(api, f"{PAYMENTS_PATH}/pay_1")
+            assert status == 404, "LSN 1 opened an account: no payment"
+            await forget(engine)
+            holds_the_window_only(engine)
+            status, refunds, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}/refunds")
+            assert [r["id"] for r in refunds["data"]] == [
+                declined["id"],
+                rest["id"],
+                first_refund["id"],
+            ]
+        # After a restart from the trimmed snapshot: still refunded once.
+        async with serving(tmp_path, CONFIG, history=POLICY) as api:
+            holds_the_window_only(api.engine)
+            assert await refund(api, oldest["id"], None, "refund-2") == (rest, True)
+            again_declined, _ = await refund(api, oldest["id"], 1, "refund-4")
+            assert again_declined["failure_code"] == "refund_exceeds_payment"
+            status, now, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}")
+            assert (status, now["amount_refunded"]) == (200, 500)
+            api.engine.check_invariants()
+
+    asyncio.run(main())
+
+
+async def make_old_payment(engine: Engine) -> PaymentResult:
+    await DEMO.set_up(engine, payers=2, balance=1_000_000)
+    [old] = await engine.submit_many([DEMO.payment("old", DEMO.payer(0), 900)])
+    assert isinstance(old, PaymentResult)
+    await many_payments(engine, NEWER, "newer")
+    await forget(engine)
+    assert engine.ledger.payment(old.id) is None
+    return old
+
+
+async def refunded(engine: Engine, payment_id: str, amount: int | None) -> RefundResult:
+    result = await engine.submit(DEMO.refund(payment_id, amount))
+    assert isinstance(result, RefundResult)
+    return result
+
+
+def test_a_refund_of_a_payment_memory_forgot_replays_from_the_log_once(tmp_path: Path) -> None:
+    """The refund is in the log after the last snapshot, which holds neither the payment nor its
+    result: recovery recalls the payment from history.db for it, with what was refunded before."""
+
+    async def main() -> None:
+        async with Engine.open(
+            tmp_path, config=CONFIG, history_policy=POLICY, snapshot_on_close=False
+        ) as engine:
+            old = await make_old_payment(engine)
+            engine.snapshot()
+            assert (await refunded(engine, old.id, 400)).status == Status.SUCCEEDED
+            assert (await refunded(engine, old.id, 500)).status == Status.SUCCEEDED
+        async with Engine.open(tmp_path, config=CONFIG, history_policy=POLICY) as engine:
+            entry = engine.ledger.payment(old.id)
+            assert entry is not None
+            assert (entry.amount, entry.refunded) == (900, 900)
+            declined = await refunded(engine, old.id, 1)
+            assert declined.failure_code is not None
+            assert declined.failure_code.value == "refund_exceeds_payment"
+            payment = await engine.payment_anywhere(old.id)
+            assert payment is not None
+            assert payment.amount_refunded == 900
+
+    asyncio.run(main())
+
+
+def test_a_payment_put_back_for_a_refund_stays_while_pinned(tmp_path: Path) -> None:
+    """The prefetch puts a payment back and pins it before its refund is queued: a pass
+    between that and the refund's batch keeps it; once unpinned and unrefunded it goes."""
+
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=CONFIG, history_policy=POLICY) as engine:
+            old = await make_old_payment(engine)
+            lsn = payment_lsn(old.id)
+            assert lsn is not None
+            prefetcher = engine._prefetcher
+            assert prefetcher is not None
+            await hot.prefetch(engine.state, prefetcher, lsn)
+            engine.hot.pin(lsn)
+            engine.evict()
+            entry = engine.ledger.payment(old.id)
+            assert entry is not None
+            assert (entry.amount, entry.refunded) == (900, 0)
+            engine.hot.unpin(lsn)
+            engine.evict()
+            assert engine.ledger.payment(old.id) is None
+            # A payment id history.db does not hold either: nothing is put back, 404 as ever.
+            await hot.prefetch(engine.state, prefetcher, engine.lsn_next + 5)
+            assert engine.ledger.native.payments_held() <= WINDOW + 2 * CHUNK_LEN
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_does_not_grow_with_history(tmp_path: Path) -> None:
+    async def size_after(directory: Path, payments: int) -> int:
+        async with Engine.open(directory, config=CONFIG, history_policy=POLICY) as engine:
+            await DEMO.set_up(engine, payers=2, balance=1_000_000)
+            await many_payments(engine, payments, "p")
+            await forget(engine)
+            holds_the_window_only(engine)
+            # The idempotency index is bounded by its capacity and its keys' TTL, not the window.
+            index = len(engine.state.index.dump())
+            return engine.snapshot().stat().st_size - index
+
+    async def main() -> None:
+        small = await size_after(tmp_path / "small", 2 * CHUNK_LEN)
+        large = await size_after(tmp_path / "large", 10 * 2 * CHUNK_LEN)
+        assert abs(large - small) <= small * 0.1, (small, large)
+        assert snapshots.newest_snapshot_lsn(tmp_path / "large") > 10 * 2 * CHUNK_LEN
+
+    asyncio.run(main())
+
+
+def test_without_a_history_nothing_is_forgotten(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Engine.open(
+            tmp_path, config=CONFIG, history=False, history_policy=POLICY
+        ) as engine:
+            await DEMO.set_up(engine, payers=2, balance=1_000_000)
+            await many_payments(engine, 2 * CHUNK_LEN, "p")
+            engine.evict()
+            assert len(engine.results) == 2 * CHUNK_LEN
+
+    asyncio.run(main())
