@@ -21,33 +21,12 @@ from instapay.outbox import event_json
 from instapay.protocol import PAYMENTS_PATH, payment_lsn, refund_lsn
 from instapay.storage.history import history_path
 from instapay.storage.history.reads import Cursors, HistoryReader
-from servers import ADMIN, DEMO, Running, free_port, pay, serving, start
+from servers import ADMIN, DEMO, Running, call, free_port, pay, serving, start
 
 OTHER = DemoMerchant("other", "other.k1")
 CONFIG = EngineConfig(DEMO.config().merchants + OTHER.config().merchants)
 BALANCE = 1_000_000
 JSON = dict[str, Any]
-
-
-async def call(
-    api: Running,
-    path: str,
-    merchant: DemoMerchant = DEMO,
-    *,
-    body: bytes = b"",
-    method: str = "GET",
-    key: str | None = None,
-) -> tuple[int, JSON, dict[str, str]]:
-    signed = merchant.sign(path, body, method=method, idempotency_key=key)
-    headers = {signing.SIGNATURE_HEADER: signed.header or ""}
-    if key is not None:
-        headers[signing.IDEMPOTENCY_HEADER] = key
-    if method == "POST":
-        headers["Content-Type"] = "application/json"
-    async with api.session.request(
-        method, api.base_url + path, data=body, headers=headers
-    ) as answer:
-        return answer.status, orjson.loads(await answer.read()), dict(answer.headers)
 
 
 async def paid(
@@ -67,7 +46,7 @@ async def paid(
         **extra,
     }
     status, payment, _ = await call(
-        api, PAYMENTS_PATH, merchant, body=orjson.dumps(fields), method="POST"
+        api, PAYMENTS_PATH, orjson.dumps(fields), merchant, method="POST"
     )
     assert status == 200, payment
     return payment
@@ -76,7 +55,8 @@ async def paid(
 async def refunded(api: Running, payment_id: str, amount: int) -> JSON:
     path = f"/v1/payments/{payment_id}/refunds"
     body = orjson.dumps({"amount": amount})
-    status, refund, _ = await call(api, path, body=body, method="POST", key=uuid.uuid4().hex)
+    key = uuid.uuid4().hex
+    status, refund, _ = await call(api, path, body, method="POST", idempotency_key=key)
     assert status == 200, refund
     return refund
 
@@ -141,22 +121,22 @@ def test_a_merchant_cannot_list_read_page_or_filter_into_anothers_payments(
     async def scenario(api: Running) -> None:
         mine = await paid(api, "secret-order", 100)
         theirs = [await paid(api, f"b-{n}", 1, OTHER, DEMO.payer(1)) for n in range(2)]
-        status, listed, _ = await call(api, "/v1/payments?limit=100", OTHER)
+        status, listed, _ = await call(api, "/v1/payments?limit=100", merchant=OTHER)
         assert (status, ids(listed)) == (200, [p["id"] for p in reversed(theirs)])
         for name in ("starting_after", "ending_before"):
             path = f"/v1/payments?{name}={mine['id']}"
-            status, refused, _ = await call(api, path, OTHER)
+            status, refused, _ = await call(api, path, merchant=OTHER)
             assert status == 400
             assert refused["error"]["message"] == f"{name}: {mine['id']} is not in this list"
             unknown = f"/v1/payments?{name}=pay_999999"
-            status, same, _ = await call(api, unknown, OTHER)
+            status, same, _ = await call(api, unknown, merchant=OTHER)
             assert same["error"]["message"] == f"{name}: pay_999999 is not in this list"
         for query in (f"payer={DEMO.payer(0)}", "status=succeeded&limit=100"):
-            status, filtered, _ = await call(api, f"/v1/payments?{query}", OTHER)
+            status, filtered, _ = await call(api, f"/v1/payments?{query}", merchant=OTHER)
             assert mine["id"] not in ids(filtered)
-        status, _, _ = await call(api, f"/v1/payments/{mine['id']}", OTHER)
+        status, _, _ = await call(api, f"/v1/payments/{mine['id']}", merchant=OTHER)
         assert status == 404
-        status, by_order, _ = await call(api, "/v1/payments?order_id=secret-order", OTHER)
+        status, by_order, _ = await call(api, "/v1/payments?order_id=secret-order", merchant=OTHER)
         assert by_order["data"] == []
         reader = HistoryReader(history_path(api.engine.directory))
         try:
@@ -208,7 +188,7 @@ def test_each_bad_parameter_is_a_400_naming_it(tmp_path: Path) -> None:
         async with api.session.get(api.base_url + "/v1/payments") as unsigned:
             assert unsigned.status == 401
         stranger = DemoMerchant("demo", "stranger.k1")
-        status, _, _ = await call(api, "/v1/payments", stranger)
+        status, _, _ = await call(api, "/v1/payments", merchant=stranger)
         assert status == 401
 
     run(tmp_path, scenario)
