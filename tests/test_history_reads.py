@@ -4,7 +4,6 @@ one merchant cannot reach of another's, every bad parameter, the database's answ
 memory's for the reads that still answer from memory, and the export while a server runs."""
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -35,6 +34,8 @@ async def paid(
     amount: int,
     merchant: DemoMerchant = DEMO,
     payer: str = DEMO.payer(0),
+    *,
+    key: str | None = None,
     **extra: object,
 ) -> JSON:
     fields = {
@@ -46,10 +47,10 @@ async def paid(
         **extra,
     }
     status, payment, _ = await call(
-        api, PAYMENTS_PATH, orjson.dumps(fields), merchant, method="POST"
+        api, PAYMENTS_PATH, orjson.dumps(fields), merchant, method="POST", idempotency_key=key
     )
     assert status == 200, payment
-    return payment
+    return dict(payment)
 
 
 async def refunded(api: Running, payment_id: str, amount: int) -> JSON:
@@ -58,7 +59,7 @@ async def refunded(api: Running, payment_id: str, amount: int) -> JSON:
     key = uuid.uuid4().hex
     status, refund, _ = await call(api, path, body, method="POST", idempotency_key=key)
     assert status == 200, refund
-    return refund
+    return dict(refund)
 
 
 async def two_merchants(api: Running) -> None:
@@ -109,7 +110,7 @@ def test_the_list_pages_newest_first_filters_and_reads_its_writes(tmp_path: Path
         status, none, _ = await call(api, f"/v1/payments?created_gte={created + 3600}")
         assert (status, none["data"], none["has_more"]) == (200, [], False)
         await refunded(api, made[0]["id"], 3)
-        status, last, _ = await call(api, f"/v1/payments?ending_before={made[1]['id']}&limit=1")
+        status, last, _ = await call(api, f"/v1/payments?starting_after={made[1]['id']}&limit=1")
         assert last["data"] == [{**made[0], "amount_refunded": 3}], "the refund, read back"
 
     run(tmp_path, scenario)
@@ -194,23 +195,40 @@ def test_each_bad_parameter_is_a_400_naming_it(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
+# Takes the database's write lock, says so, and keeps it until its stdin closes.
+WRITE_LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+connection.execute("ROLLBACK")
+"""
+
+
 def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
     tmp_path: Path,
 ) -> None:
     async def scenario(api: Running) -> None:
         await paid(api, "before", 1)
         assert await api.engine.history_caught_up(30.0)
-        # Another writer holds history.db's write lock: the projector cannot commit meanwhile.
-        blocker = sqlite3.connect(history_path(api.engine.directory), isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
+        # Another process holds history.db's write lock: the projector cannot commit meanwhile.
+        # (In this process it would not: see rust/history_reads_py.rs.)
+        blocker = subprocess.Popen(  # noqa: S603 (this interpreter, a literal program)
+            [sys.executable, "-c", WRITE_LOCKER, str(history_path(api.engine.directory))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+            assert blocker.stdout is not None
+            assert blocker.stdout.readline() == "locked\n"
             made = await paid(api, "while-locked", 2)
             status, refused, headers = await call(api, "/v1/payments")
             assert (status, refused["error"]["code"]) == (503, "history_catching_up")
             assert headers["Retry-After"] == "1"
         finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            blocker.communicate(timeout=30)
         assert await api.engine.history_caught_up(60.0)
         status, listed, _ = await call(api, "/v1/payments")
         assert (status, ids(listed)[0]) == (200, made["id"])
@@ -281,8 +299,8 @@ def test_the_databases_answers_are_the_memorys(tmp_path: Path) -> None:
 
     async def scenario(api: Running) -> None:
         payments = [
-            await paid(api, "same-order", 100, description="first", metadata={"k": "v"}),
-            await paid(api, "same-order", 200),
+            await paid(api, "same-order", 100, key="a", description="one", metadata={"k": "v"}),
+            await paid(api, "same-order", 200, key="b"),
             await paid(api, "too-much", BALANCE * 10),
             await paid(api, "theirs", 5, OTHER, DEMO.payer(1)),
         ]
@@ -301,8 +319,8 @@ def test_the_databases_answers_are_the_memorys(tmp_path: Path) -> None:
                 by_order = await reader.payments_for_order(merchant, payment["order_id"])
                 assert by_order == engine.payments_for_order(merchant, payment["order_id"])
                 page = await reader.refunds(merchant, lsn, 100, Cursors())
-                lsns = reversed(engine.refund_lsns(payment["id"]))
-                from_memory = [engine.results[n] for n in lsns]
+                newest_first = reversed(engine.refund_lsns(payment["id"]))
+                from_memory = [engine.results[n] for n in newest_first]
                 assert page.items == from_memory
             for merchant in (DEMO.merchant_id, OTHER.merchant_id):
                 events, more = await reader.events_after(merchant, 0, 100)
