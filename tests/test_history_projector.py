@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import ClientResponse, ClientSession
+from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from instapay import _core
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.engine.records import RecordType
+from instapay.http.app import RUNTIME, ServerSettings, create_app
 from instapay.model import (
     EngineConfig,
     Merchant,
@@ -33,6 +36,7 @@ from instapay.model import (
     Status,
 )
 from instapay.outbox import DeliveryOutcome
+from instapay.signing import SIGNATURE_HEADER
 from instapay.storage import wal
 from instapay.storage.history import history_path
 from instapay.storage.history.projector import HistoryPolicy, HistoryUnreachableError
@@ -381,3 +385,51 @@ def test_the_core_refuses_a_record_type_of_a_newer_version(tmp_path: Path) -> No
         projector.project(frame, 0, 10, 1)
     assert projector.lsn == 0
     projector.close()
+
+
+def test_over_http_a_lagging_history_is_503_with_retry_after_and_metrics_show_it(
+    tmp_path: Path,
+) -> None:
+    settings = ServerSettings(tmp_path, config(), history_policy=HistoryPolicy(lag_records_max=3))
+
+    async def post(session: ClientSession, base: str, order_id: str) -> ClientResponse:
+        request = DEMO.payment(order_id, DEMO.payer(0), 1)
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: request.header or ""}
+        async with session.post(base + request.path, data=request.body, headers=headers) as sent:
+            await sent.read()
+            return sent
+
+    async def metric(session: ClientSession, base: str, name: str) -> float:
+        async with session.get(base + "/metrics") as response:
+            text = await response.text()
+        [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+        return float(line.split()[1])
+
+    async def scenario() -> None:
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            engine = await app[RUNTIME].ready()
+            await DEMO.set_up(engine, payers=1, balance=BALANCE)
+            base = str(server.make_url("")).rstrip("/")
+            async with ClientSession() as session:
+                with write_lock_held(history_path(tmp_path)):
+                    statuses = [(await post(session, base, f"o-{n}")) for n in range(20)]
+                    refused = [answer for answer in statuses if answer.status == 503]
+                    assert refused, "no 503 while the history was behind"
+                    assert refused[0].headers["Retry-After"]
+                    assert await metric(session, base, "instapay_history_lag_records") > 3
+                await caught_up(engine)
+                assert (await post(session, base, "after")).status == 200
+                await caught_up(engine)
+                lsn = engine.lsn_next - 1
+                # The dispatcher may log deliveries meanwhile: the history is at least there.
+                assert await metric(session, base, "instapay_history_lsn") >= lsn
+                assert await metric(session, base, "instapay_history_durable_lsn") <= lsn
+                assert await metric(session, base, "instapay_history_rows_total") > 0
+                assert await metric(session, base, "instapay_history_rows_per_second") > 0
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
