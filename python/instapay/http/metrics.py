@@ -4,7 +4,7 @@ log writes (bytes and fsync time) and queue depth, read from `Engine.stats` at s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -40,6 +40,12 @@ def _histogram(name: str, help_text: str, histogram: BucketCounts) -> HistogramM
     )
 
 
+def _counters(counters: Mapping[str, tuple[str, float]]) -> Iterator[Metric]:
+    """A counter per name: (help text, value)."""
+    for name, (help_text, value) in counters.items():
+        yield CounterMetricFamily(name, help_text, value=value)
+
+
 class _EngineCollector(Collector):
     def __init__(
         self, engine: Callable[[], Engine | None], dispatcher: Callable[[], Dispatcher | None]
@@ -65,8 +71,7 @@ class _EngineCollector(Collector):
                 stats.log_write_seconds,
             ),
         }
-        for name, (help_text, value) in counters.items():
-            yield CounterMetricFamily(name, help_text, value=value)
+        yield from _counters(counters)
         yield GaugeMetricFamily(
             "instapay_wal_write_seconds_max",
             "Slowest log write so far.",
@@ -114,8 +119,7 @@ class _EngineCollector(Collector):
                 history.failures,
             ),
         }
-        for name, (help_text, value) in counters.items():
-            yield CounterMetricFamily(name, help_text, value=value)
+        yield from _counters(counters)
 
     def _webhooks(self, engine: Engine) -> Iterator[Metric]:
         outbox = engine.outbox
