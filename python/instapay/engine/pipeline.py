@@ -643,6 +643,7 @@ class Engine(EngineApi):
             notify=advanced,
             transaction_records_max=self.history_policy.transaction_records_max,
         )
+        self.stats.history = projector.stats
         projector.start()
         return projector
 

@@ -70,6 +70,7 @@ from instapay.signing import (
     verify_requests,
 )
 from instapay.storage.history import history_path
+from instapay.storage.history.projector import HistoryPolicy
 from instapay.storage.history.reads import (
     Entry,
     HistoryQueryError,
@@ -124,6 +125,9 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     # Keys the idempotency index holds (a test sizes it down to fill it over HTTP).
     idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
+    # history.db and its projector's policy (config.py, `[history]`).
+    history: bool = True
+    history_policy: HistoryPolicy = field(default_factory=HistoryPolicy)
 
 
 @dataclass
@@ -882,6 +886,8 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
                 config=settings.config,
                 fsync=settings.fsync,
                 idempotency_capacity=settings.idempotency_capacity,
+                history=settings.history,
+                history_policy=settings.history_policy,
             )
             engine = await engines.enter_async_context(opened)
             if settings.on_first_start is not None and not engine.ledger.has_accounts:
