@@ -54,10 +54,12 @@ def open_engine(
     fsync: FsyncMode = "always",
     snapshot_every_records: int | None = None,
     snapshot_on_close: bool = True,
+    history: bool = True,
 ) -> AbstractAsyncContextManager[Engine]:
     """`Engine.open` for the demo merchant with room for `payments_max` payments' idempotency
     keys; automatic snapshots only every `snapshot_every_records` records if given, else never
-    while `payments_max` payments go in (a benchmark takes them where it means to)."""
+    while `payments_max` payments go in (a benchmark takes them where it means to); `history`:
+    with the history projector."""
     every = snapshot_every_records or 2 * (payments_max + 3 * ACCOUNTS)
     return Engine.open(
         directory,
@@ -66,6 +68,7 @@ def open_engine(
         idempotency_capacity=lone_merchant_capacity(payments_max),
         snapshot_every_records=every,
         snapshot_on_close=snapshot_on_close,
+        history=history,
     )
 
 

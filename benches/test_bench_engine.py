@@ -53,7 +53,14 @@ def payments(prefix: str, length: int, first_payer: int = 0) -> list[SignedReque
 class RunningEngine:
     """An engine open in its own event loop across benchmark rounds."""
 
-    def __init__(self, directory: Path, fsync: str, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        fsync: str,
+        config: EngineConfig | None = None,
+        *,
+        history: bool = True,
+    ) -> None:
         freeze_survivors_of_full_collections()  # as `instapay serve` does
         self.loop = asyncio.new_event_loop()
         self.stack = contextlib.AsyncExitStack()
@@ -63,6 +70,7 @@ class RunningEngine:
             config=config,
             fsync=fsync,  # type: ignore[arg-type]
             idempotency_capacity=IDEMPOTENCY_CAPACITY,
+            history=history,
         )
         self.engine = self.loop.run_until_complete(self.stack.enter_async_context(opened))
         self.loop.run_until_complete(DEMO.set_up(self.engine, ACCOUNTS, FUNDS))

@@ -101,7 +101,7 @@ def lsns_of_payments(directory: Path) -> tuple[int, int]:
     connection = connect_read_only(history_path(directory))
     try:
         query = "SELECT min(lsn), max(lsn) FROM payments WHERE merchant_id = ?"
-        oldest, newest = connection.execute(query, (DEMO.merchant_id,)).fetchone()
+        [(oldest, newest)] = connection.fetch(query, [DEMO.merchant_id])
     finally:
         connection.close()
     return int(oldest), int(newest)

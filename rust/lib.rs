@@ -10,6 +10,7 @@ pub mod digest;
 mod error;
 pub mod history;
 mod history_py;
+mod history_reads_py;
 mod idempotency;
 mod keyring;
 mod ledger_py;
@@ -117,6 +118,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ledger_py::LedgerPy>()?;
     module.add_class::<results_py::ResultsPy>()?;
     module.add_class::<history_py::HistoryProjectorPy>()?;
+    module.add_class::<history_reads_py::HistoryReadConnection>()?;
     module.add("HISTORY_SCHEMA_VERSION", history::SCHEMA_VERSION)?;
     module.add_class::<machine_py::MerchantTablePy>()?;
     module.add_class::<machine_py::StagedPy>()?;

@@ -219,6 +219,11 @@ impl ResultsPy {
         Ok(made)
     }
 
+    /// The LSN of the oldest result memory holds (older ones left it: `state/evict.rs`).
+    fn first_lsn(&self) -> PyResult<Option<u64>> {
+        Ok(self.state()?.first_lsn())
+    }
+
     /// The heap the results take, in bytes (entries, texts, indexes).
     fn heap_bytes(&self) -> PyResult<usize> {
         Ok(self.state()?.heap_bytes())

@@ -32,7 +32,7 @@ from instapay.http.app import (
 )
 from instapay.model import EngineConfig
 from instapay.notify import DeliveryPolicy, Dispatcher
-from instapay.signing import SIGNATURE_HEADER
+from instapay.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER
 from instapay.storage.history.projector import HistoryPolicy
 
 STARTUP_TIMEOUT_S = 30.0
@@ -207,7 +207,7 @@ async def serving(
         requests_in_flight_max=requests_in_flight_max,
         delivery=delivery or DeliveryPolicy(),
         idempotency_capacity=idempotency_capacity,
-        history=history,
+        history_policy=history,
     )
     app = create_app(settings)
     server = TestServer(app, host="127.0.0.1")
@@ -220,3 +220,24 @@ async def serving(
             yield Running(engine, url, session, app[RUNTIME])
     finally:
         await server.close()
+
+
+async def call(
+    api: Running,
+    path: str,
+    body: bytes = b"",
+    merchant: DemoMerchant = DEMO,
+    method: str = "GET",
+    *,
+    idempotency_key: str | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """A request signed by `merchant` (GET by default): status, JSON body, headers."""
+    request = merchant.sign(path, body, method=method, idempotency_key=idempotency_key)
+    headers = {SIGNATURE_HEADER: request.header or ""}
+    if idempotency_key is not None:
+        headers[IDEMPOTENCY_HEADER] = idempotency_key
+    if method == "POST":
+        headers["Content-Type"] = "application/json"
+    session: aiohttp.ClientSession = api.session
+    async with session.request(method, api.base_url + path, data=body, headers=headers) as answer:
+        return answer.status, orjson.loads(await answer.read()), dict(answer.headers)

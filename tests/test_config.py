@@ -177,6 +177,44 @@ def test_the_server_index_takes_the_configured_capacity_over_its_snapshot(
     assert pay_on_configured_server(tmp_path, loaded) == (200, 5000)
 
 
+def test_the_server_engine_takes_the_configured_history_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOP_K2", "second key from the environment")
+    text = "[history]\nlag_records_max = 1234\nlog_keep_records = 10\n" + GOOD
+    loaded = config.load(write(tmp_path, text))
+    assert (loaded.history, loaded.history_policy.transaction_records_max) == (True, 65_536)
+
+    async def scenario() -> tuple[int, int, int]:
+        app = create_app(cli.configured_settings(loaded, tmp_path / "data"))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            running = await app[RUNTIME].ready()
+            policy = running.history_policy
+            return policy.lag_records_max, policy.log_keep_records, running.history_lsn
+        finally:
+            await server.close()
+
+    assert asyncio.run(scenario()) == (1234, 10, 0)
+    off = config.load(write(tmp_path, "[history]\nenabled = false\n" + GOOD))
+    assert off.history is False
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[history]\nlag_records_max = 0", "[history]: history lag_records_max must be at least 1"),
+        ("[history]\nenabled = 1", "history.enabled must be a bool"),
+        ("[history]\nlog_keep_records = 'all'", "history.log_keep_records must be a int"),
+        ("[history]\nkeep = 1", "[history] has unknown keys: ['keep']"),
+    ],
+)
+def test_a_wrong_history_table_names_what_is_wrong(tmp_path: Path, text: str, problem: str) -> None:
+    with pytest.raises(config.ConfigError, match=problem.replace("[", r"\[").replace("(", r"\(")):
+        config.load(write(tmp_path, text + "\n" + GOOD))
+
+
 def test_serve_refuses_a_wrong_config_before_starting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

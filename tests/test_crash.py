@@ -1,5 +1,7 @@
 """Crash test: SIGKILL a real engine process under load, reopen its data directory, and check that
-every acknowledged result survived, nothing was applied twice, and the books balance.
+every acknowledged result survived, nothing was applied twice, and the books balance; and that
+history.db, killed mid-transaction of its projector, held exactly the log's records up to its
+projected LSN, and after the restart holds exactly the durable results.
 
 Rounds per run: INSTAPAY_CRASH_ROUNDS (default 6, each with its own seed and kill point); set it
 higher for a soak, e.g. `INSTAPAY_CRASH_ROUNDS=200 .venv/bin/pytest tests/test_crash.py`.
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from history_checks import assert_history_is_a_prefix_of_the_log, assert_history_matches
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import PaymentResult, RefundResult, Status
@@ -67,6 +70,8 @@ async def set_up(directory: Path, demo: DemoMerchant) -> None:
 
 async def check_recovery(directory: Path, demo: DemoMerchant, acked: list[dict[str, Any]]) -> None:
     async with Engine.open(directory, config=demo.config()) as engine:
+        assert await engine.history_caught_up(READY_TIMEOUT_S)
+        assert_history_matches(engine)
         durable = engine.results
         payments = [r for r in durable.values() if isinstance(r, PaymentResult)]
         for ack in acked:
@@ -114,4 +119,5 @@ def test_acknowledged_payments_survive_sigkill(tmp_path: Path, seed: int) -> Non
     acked: list[dict[str, Any]] = []
     for kill in range(2):  # the second kill hits a directory that was itself recovered
         acked += kill_under_load(tmp_path, demo, seed * 10 + kill)
+        assert_history_is_a_prefix_of_the_log(tmp_path)
         asyncio.run(check_recovery(tmp_path, demo, acked))

@@ -4,7 +4,6 @@ one merchant cannot reach of another's, every bad parameter, the database's answ
 memory's for the reads that still answer from memory, and the export while a server runs."""
 
 import asyncio
-import sqlite3
 import subprocess
 import sys
 import urllib.request
@@ -21,33 +20,12 @@ from instapay.outbox import event_json
 from instapay.protocol import PAYMENTS_PATH, payment_lsn, refund_lsn
 from instapay.storage.history import history_path
 from instapay.storage.history.reads import Cursors, HistoryReader
-from servers import ADMIN, DEMO, Running, free_port, pay, serving, start
+from servers import ADMIN, DEMO, Running, call, free_port, pay, serving, start
 
 OTHER = DemoMerchant("other", "other.k1")
 CONFIG = EngineConfig(DEMO.config().merchants + OTHER.config().merchants)
 BALANCE = 1_000_000
 JSON = dict[str, Any]
-
-
-async def call(
-    api: Running,
-    path: str,
-    merchant: DemoMerchant = DEMO,
-    *,
-    body: bytes = b"",
-    method: str = "GET",
-    key: str | None = None,
-) -> tuple[int, JSON, dict[str, str]]:
-    signed = merchant.sign(path, body, method=method, idempotency_key=key)
-    headers = {signing.SIGNATURE_HEADER: signed.header or ""}
-    if key is not None:
-        headers[signing.IDEMPOTENCY_HEADER] = key
-    if method == "POST":
-        headers["Content-Type"] = "application/json"
-    async with api.session.request(
-        method, api.base_url + path, data=body, headers=headers
-    ) as answer:
-        return answer.status, orjson.loads(await answer.read()), dict(answer.headers)
 
 
 async def paid(
@@ -56,6 +34,8 @@ async def paid(
     amount: int,
     merchant: DemoMerchant = DEMO,
     payer: str = DEMO.payer(0),
+    *,
+    key: str | None = None,
     **extra: object,
 ) -> JSON:
     fields = {
@@ -67,18 +47,19 @@ async def paid(
         **extra,
     }
     status, payment, _ = await call(
-        api, PAYMENTS_PATH, merchant, body=orjson.dumps(fields), method="POST"
+        api, PAYMENTS_PATH, orjson.dumps(fields), merchant, method="POST", idempotency_key=key
     )
     assert status == 200, payment
-    return payment
+    return dict(payment)
 
 
 async def refunded(api: Running, payment_id: str, amount: int) -> JSON:
     path = f"/v1/payments/{payment_id}/refunds"
     body = orjson.dumps({"amount": amount})
-    status, refund, _ = await call(api, path, body=body, method="POST", key=uuid.uuid4().hex)
+    key = uuid.uuid4().hex
+    status, refund, _ = await call(api, path, body, method="POST", idempotency_key=key)
     assert status == 200, refund
-    return refund
+    return dict(refund)
 
 
 async def two_merchants(api: Running) -> None:
@@ -129,7 +110,7 @@ def test_the_list_pages_newest_first_filters_and_reads_its_writes(tmp_path: Path
         status, none, _ = await call(api, f"/v1/payments?created_gte={created + 3600}")
         assert (status, none["data"], none["has_more"]) == (200, [], False)
         await refunded(api, made[0]["id"], 3)
-        status, last, _ = await call(api, f"/v1/payments?ending_before={made[1]['id']}&limit=1")
+        status, last, _ = await call(api, f"/v1/payments?starting_after={made[1]['id']}&limit=1")
         assert last["data"] == [{**made[0], "amount_refunded": 3}], "the refund, read back"
 
     run(tmp_path, scenario)
@@ -141,22 +122,22 @@ def test_a_merchant_cannot_list_read_page_or_filter_into_anothers_payments(
     async def scenario(api: Running) -> None:
         mine = await paid(api, "secret-order", 100)
         theirs = [await paid(api, f"b-{n}", 1, OTHER, DEMO.payer(1)) for n in range(2)]
-        status, listed, _ = await call(api, "/v1/payments?limit=100", OTHER)
+        status, listed, _ = await call(api, "/v1/payments?limit=100", merchant=OTHER)
         assert (status, ids(listed)) == (200, [p["id"] for p in reversed(theirs)])
         for name in ("starting_after", "ending_before"):
             path = f"/v1/payments?{name}={mine['id']}"
-            status, refused, _ = await call(api, path, OTHER)
+            status, refused, _ = await call(api, path, merchant=OTHER)
             assert status == 400
             assert refused["error"]["message"] == f"{name}: {mine['id']} is not in this list"
             unknown = f"/v1/payments?{name}=pay_999999"
-            status, same, _ = await call(api, unknown, OTHER)
+            status, same, _ = await call(api, unknown, merchant=OTHER)
             assert same["error"]["message"] == f"{name}: pay_999999 is not in this list"
         for query in (f"payer={DEMO.payer(0)}", "status=succeeded&limit=100"):
-            status, filtered, _ = await call(api, f"/v1/payments?{query}", OTHER)
+            status, filtered, _ = await call(api, f"/v1/payments?{query}", merchant=OTHER)
             assert mine["id"] not in ids(filtered)
-        status, _, _ = await call(api, f"/v1/payments/{mine['id']}", OTHER)
+        status, _, _ = await call(api, f"/v1/payments/{mine['id']}", merchant=OTHER)
         assert status == 404
-        status, by_order, _ = await call(api, "/v1/payments?order_id=secret-order", OTHER)
+        status, by_order, _ = await call(api, "/v1/payments?order_id=secret-order", merchant=OTHER)
         assert by_order["data"] == []
         reader = HistoryReader(history_path(api.engine.directory))
         try:
@@ -208,10 +189,21 @@ def test_each_bad_parameter_is_a_400_naming_it(tmp_path: Path) -> None:
         async with api.session.get(api.base_url + "/v1/payments") as unsigned:
             assert unsigned.status == 401
         stranger = DemoMerchant("demo", "stranger.k1")
-        status, _, _ = await call(api, "/v1/payments", stranger)
+        status, _, _ = await call(api, "/v1/payments", merchant=stranger)
         assert status == 401
 
     run(tmp_path, scenario)
+
+
+# Takes the database's write lock, says so, and keeps it until its stdin closes.
+WRITE_LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+connection.execute("ROLLBACK")
+"""
 
 
 def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
@@ -220,17 +212,23 @@ def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
     async def scenario(api: Running) -> None:
         await paid(api, "before", 1)
         assert await api.engine.history_caught_up(30.0)
-        # Another writer holds history.db's write lock: the projector cannot commit meanwhile.
-        blocker = sqlite3.connect(history_path(api.engine.directory), isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
+        # Another process holds history.db's write lock: the projector cannot commit meanwhile.
+        # (In this process it would not: see rust/history_reads_py.rs.)
+        blocker = subprocess.Popen(  # noqa: S603 (this interpreter, a literal program)
+            [sys.executable, "-c", WRITE_LOCKER, str(history_path(api.engine.directory))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+            assert blocker.stdout is not None
+            assert blocker.stdout.readline() == "locked\n"
             made = await paid(api, "while-locked", 2)
             status, refused, headers = await call(api, "/v1/payments")
             assert (status, refused["error"]["code"]) == (503, "history_catching_up")
             assert headers["Retry-After"] == "1"
         finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            blocker.communicate(timeout=30)
         assert await api.engine.history_caught_up(60.0)
         status, listed, _ = await call(api, "/v1/payments")
         assert (status, ids(listed)[0]) == (200, made["id"])
@@ -301,8 +299,8 @@ def test_the_databases_answers_are_the_memorys(tmp_path: Path) -> None:
 
     async def scenario(api: Running) -> None:
         payments = [
-            await paid(api, "same-order", 100, description="first", metadata={"k": "v"}),
-            await paid(api, "same-order", 200),
+            await paid(api, "same-order", 100, key="a", description="one", metadata={"k": "v"}),
+            await paid(api, "same-order", 200, key="b"),
             await paid(api, "too-much", BALANCE * 10),
             await paid(api, "theirs", 5, OTHER, DEMO.payer(1)),
         ]
@@ -321,8 +319,8 @@ def test_the_databases_answers_are_the_memorys(tmp_path: Path) -> None:
                 by_order = await reader.payments_for_order(merchant, payment["order_id"])
                 assert by_order == engine.payments_for_order(merchant, payment["order_id"])
                 page = await reader.refunds(merchant, lsn, 100, Cursors())
-                lsns = reversed(engine.refund_lsns(payment["id"]))
-                from_memory = [engine.results[n] for n in lsns]
+                newest_first = reversed(engine.refund_lsns(payment["id"]))
+                from_memory = [engine.results[n] for n in newest_first]
                 assert page.items == from_memory
             for merchant in (DEMO.merchant_id, OTHER.merchant_id):
                 events, more = await reader.events_after(merchant, 0, 100)

@@ -13,7 +13,8 @@ import orjson
 
 from instapay import signing
 from instapay.engine import Engine, hot
-from instapay.model import PaymentResult, RefundResult, Status
+from instapay.model import EngineConfig, Merchant, PaymentResult, RefundResult, Status
+from instapay.outbox import DeliveryOutcome
 from instapay.protocol import PAYMENTS_PATH, payment_lsn
 from instapay.storage import snapshots
 from instapay.storage.history.projector import HistoryPolicy
@@ -24,6 +25,18 @@ WINDOW = 100
 CHUNK_LEN = 4096
 POLICY = HistoryPolicy(hot_results_max=WINDOW)
 CONFIG = DEMO.config()
+# The merchant with a webhook (never called: no dispatcher runs with a bare engine).
+HOOKED = EngineConfig(
+    (
+        Merchant(
+            DEMO.merchant_id,
+            DEMO.settlement_account,
+            {DEMO.kid: DEMO.secret},
+            "http://127.0.0.1:9/hook",
+            b"the hooked shop's webhook secret",
+        ),
+    )
+)
 # Payments made after the old ones: enough for their chunks to leave memory.
 NEWER = 3 * CHUNK_LEN
 JSON = dict[str, Any]
@@ -106,6 +119,45 @@ async def reads(api: Running, payment_id: str, order_id: str) -> list[JSON]:
     return answers
 
 
+async def events_page(api: Running, after_lsn: int) -> JSON:
+    status, page, _ = await call(api, f"/v1/events?after=evt_{after_lsn}&limit=4")
+    assert status == 200, page
+    return page
+
+
+async def payment_now(api: Running, payment_id: str) -> tuple[int, JSON]:
+    status, answer, _ = await call(api, f"{PAYMENTS_PATH}/{payment_id}")
+    return status, answer
+
+
+async def retried_payment(api: Running, order_id: str, amount: int, key: str) -> JSON:
+    """The answer to a retry of a payment, which must be a replay."""
+    fields = {
+        "merchant_id": DEMO.merchant_id,
+        "order_id": order_id,
+        "payer": DEMO.payer(0),
+        "amount": amount,
+        "currency": "EUR",
+    }
+    body = orjson.dumps(fields)
+    status, answer, headers = await call(api, PAYMENTS_PATH, body=body, method="POST", key=key)
+    assert (status, headers.get("Idempotent-Replayed")) == (200, "true"), answer
+    return answer
+
+
+async def refund_the_rest_once(api: Running, payment_id: str) -> list[JSON]:
+    """Refunds what is left of a payment forgotten by memory: once, its retry a replay, a second
+    refund declined. Returns the refund and the declined one."""
+    rest, was_replayed = await refund(api, payment_id, None, "refund-2")
+    assert (rest["status"], rest["amount"], was_replayed) == ("succeeded", 400, False)
+    assert await refund(api, payment_id, None, "refund-2") == (rest, True)
+    declined, _ = await refund(api, payment_id, None, "refund-3")
+    assert declined["failure_code"] == "refund_exceeds_payment"
+    status, now = await payment_now(api, payment_id)
+    assert (status, now["amount_refunded"]) == (200, 500)
+    return [rest, declined]
+
+
 def test_old_payments_read_the_same_and_refund_once_after_memory_forgot_them(
     tmp_path: Path,
 ) -> None:
@@ -118,61 +170,39 @@ def test_old_payments_read_the_same_and_refund_once_after_memory_forgot_them(
             first_refund, _ = await refund(api, oldest["id"], 100, "refund-1")
             before = await reads(api, oldest["id"], "order-old")
             assert [p["id"] for p in before[1]["data"]] == [oldest["id"], again["id"]]
+            lsn = payment_lsn(oldest["id"])
+            assert lsn is not None
+            events_before = await events_page(api, lsn - 1)
+            assert not engine.forgot_events_after(lsn - 1), "read from memory"
             await many_payments(engine, NEWER, "newer")
             await forget(engine)
             holds_the_window_only(engine)
-            lsn = payment_lsn(oldest["id"])
-            assert lsn is not None
             assert engine.results.get(lsn) is None, "memory forgot the oldest payment"
             assert engine.ledger.payment(oldest["id"]) is None
             assert await reads(api, oldest["id"], "order-old") == before
-            # A retry of a payment memory forgot replays its answer, from history.db.
-            status, replayed, headers = await call(
-                api,
-                PAYMENTS_PATH,
-                body=orjson.dumps(
-                    {
-                        "merchant_id": DEMO.merchant_id,
-                        "order_id": "order-plain",
-                        "payer": DEMO.payer(0),
-                        "amount": 200,
-                        "currency": "EUR",
-                    }
-                ),
-                method="POST",
-                key="pay-plain",
-            )
-            assert (status, replayed) == (200, untouched)
-            assert headers.get("Idempotent-Replayed") == "true"
-            # So does the retry of a refund memory forgot.
+            assert engine.forgot_events_after(lsn - 1), "read from history.db"
+            events_after = await events_page(api, lsn - 1)
+            # The same four events (the newer payments came after them).
+            assert events_after["data"] == events_before["data"]
+            assert (events_before["has_more"], events_after["has_more"]) == (False, True)
+            # Retries of a payment and a refund memory forgot replay them, from history.db.
+            assert await retried_payment(api, "order-plain", 200, "pay-plain") == untouched
             assert await refund(api, oldest["id"], 100, "refund-1") == (first_refund, True)
-            # The rest of the oldest payment, refunded once; its retry replays it.
-            rest, was_replayed = await refund(api, oldest["id"], None, "refund-2")
-            assert (rest["status"], rest["amount"], was_replayed) == ("succeeded", 400, False)
-            assert await refund(api, oldest["id"], None, "refund-2") == (rest, True)
-            declined, _ = await refund(api, oldest["id"], None, "refund-3")
-            assert declined["failure_code"] == "refund_exceeds_payment"
-            status, now, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}")
-            assert (status, now["amount_refunded"]) == (200, 500)
-            status, missing, _ = await call(api, f"{PAYMENTS_PATH}/pay_{engine.lsn_next + 7}")
-            assert status == 404, missing
-            status, missing, _ = await call(api, f"{PAYMENTS_PATH}/pay_1")
-            assert status == 404, "LSN 1 opened an account: no payment"
+            rest, declined = await refund_the_rest_once(api, oldest["id"])
+            assert (await payment_now(api, f"pay_{engine.lsn_next + 7}"))[0] == 404
+            assert (await payment_now(api, "pay_1"))[0] == 404, "LSN 1 opened an account"
             await forget(engine)
             holds_the_window_only(engine)
             status, refunds, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}/refunds")
-            assert [r["id"] for r in refunds["data"]] == [
-                declined["id"],
-                rest["id"],
-                first_refund["id"],
-            ]
+            listed = [r["id"] for r in refunds["data"]]
+            assert listed == [declined["id"], rest["id"], first_refund["id"]]
         # After a restart from the trimmed snapshot: still refunded once.
         async with serving(tmp_path, CONFIG, history=POLICY) as api:
             holds_the_window_only(api.engine)
             assert await refund(api, oldest["id"], None, "refund-2") == (rest, True)
             again_declined, _ = await refund(api, oldest["id"], 1, "refund-4")
             assert again_declined["failure_code"] == "refund_exceeds_payment"
-            status, now, _ = await call(api, f"{PAYMENTS_PATH}/{oldest['id']}")
+            status, now = await payment_now(api, oldest["id"])
             assert (status, now["amount_refunded"]) == (200, 500)
             api.engine.check_invariants()
 
@@ -244,6 +274,60 @@ def test_a_payment_put_back_for_a_refund_stays_while_pinned(tmp_path: Path) -> N
             # A payment id history.db does not hold either: nothing is put back, 404 as ever.
             await hot.prefetch(engine.state, prefetcher, engine.lsn_next + 5)
             assert engine.ledger.native.payments_held() <= WINDOW + 2 * CHUNK_LEN
+
+    asyncio.run(main())
+
+
+def test_a_finished_delivery_memory_forgot_reads_the_same_and_redelivers(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=HOOKED, history_policy=POLICY) as engine:
+            await DEMO.set_up(engine, payers=2, balance=1_000_000)
+            [failed, delivered] = await engine.submit_many(
+                [DEMO.payment(f"hooked-{n}", DEMO.payer(0), 5) for n in range(2)]
+            )
+            assert isinstance(failed, PaymentResult)
+            assert isinstance(delivered, PaymentResult)
+            lsns = [payment_lsn(result.id) or 0 for result in (failed, delivered)]
+            outcomes = [
+                DeliveryOutcome(lsns[0], 1_000, "500", False, 2_000),
+                DeliveryOutcome(lsns[0], 2_000, "timeout", False, None),
+                DeliveryOutcome(lsns[1], 1_000, "200", True, None),
+            ]
+            await engine.record_deliveries(outcomes)
+            before = [await engine.delivery_json_anywhere(lsn) for lsn in lsns]
+            assert [d["status"] for d in before] == ["failed", "delivered"]
+            assert await engine.failed_anywhere(DEMO.merchant_id) == [lsns[0]]
+            await many_payments(engine, NEWER, "newer")
+            # The new events' deliveries are pending: they stay, the two finished ones go.
+            await forget(engine)
+            assert not any(engine.outbox.holds_delivery(lsn) for lsn in lsns)
+            assert engine.outbox.pending == NEWER
+            assert [await engine.delivery_json_anywhere(lsn) for lsn in lsns] == before
+            assert await engine.failed_anywhere(DEMO.merchant_id) == [lsns[0]]
+            await engine.redeliver([lsns[0]])
+            assert engine.outbox.holds_delivery(lsns[0])
+            assert await engine.failed_anywhere(DEMO.merchant_id) == []
+            redelivered = await engine.delivery_json_anywhere(lsns[0])
+            assert redelivered["status"] == "pending"
+
+    asyncio.run(main())
+
+
+def test_an_old_snapshot_holding_every_result_loads_then_is_trimmed(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=CONFIG, history=False) as engine:
+            await DEMO.set_up(engine, payers=2, balance=1_000_000)
+            [old] = await engine.submit_many([DEMO.payment("old", DEMO.payer(0), 900)])
+            await many_payments(engine, NEWER, "newer")
+        async with Engine.open(tmp_path, config=CONFIG, history_policy=POLICY) as engine:
+            assert len(engine.results) > NEWER, "the snapshot held every result"
+            await forget(engine)
+            holds_the_window_only(engine)
+            assert isinstance(old, PaymentResult)
+            assert await engine.payment_anywhere(old.id) == old
+            assert (await refunded(engine, old.id, None)).amount == 900
 
     asyncio.run(main())
 

@@ -7,39 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import ClientSession
 
 from instapay import lists, signing
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import EngineConfig, Status
-from servers import DEMO, Running, serving
+from servers import DEMO, Running, call, serving
 
 OTHER = DemoMerchant("other", "other.k1")
 
 
 def config() -> EngineConfig:
     return EngineConfig(DEMO.config().merchants + OTHER.config().merchants)
-
-
-async def call(
-    api: Running,
-    path: str,
-    body: bytes = b"",
-    merchant: DemoMerchant = DEMO,
-    method: str = "GET",
-    *,
-    idempotency_key: str | None = None,
-) -> tuple[int, Any, dict[str, str]]:
-    request = merchant.sign(path, body, method=method, idempotency_key=idempotency_key)
-    headers = {signing.SIGNATURE_HEADER: request.header or ""}
-    if idempotency_key is not None:
-        headers[signing.IDEMPOTENCY_HEADER] = idempotency_key
-    if method == "POST":
-        headers["Content-Type"] = "application/json"
-    session: ClientSession = api.session
-    async with session.request(method, api.base_url + path, data=body, headers=headers) as answer:
-        return answer.status, orjson.loads(await answer.read()), dict(answer.headers)
 
 
 async def pay(api: Running, order_id: str, amount: int) -> dict[str, Any]:

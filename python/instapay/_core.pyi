@@ -64,6 +64,7 @@ __all__ = [
     "WAL_HEADER_LEN",
     "WAL_RECORD_LEN_MAX",
     "HistoryProjector",
+    "HistoryReadConnection",
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
@@ -657,6 +658,7 @@ class Results:
     def refunds_of(self, payment_id: str) -> list[int]: ...
     def amount_refunded(self, payment_id: str) -> int: ...
     def payments_made(self) -> tuple[list[int], list[str], list[int]]: ...
+    def first_lsn(self) -> int | None: ...
     def heap_bytes(self) -> int: ...
     def to_snapshot(self) -> bytes: ...
     @staticmethod
@@ -666,6 +668,19 @@ HISTORY_SCHEMA_VERSION: Final[int]
 """The history database's schema version (``projection.schema_version``) this code writes."""
 
 @final
+@final
+@final
+class HistoryReadConnection:
+    """A read-only connection to a history database through the SQLite compiled into this
+    module, the one the projector writes with (Python's `sqlite3` is another copy, whose locks
+    the projector's do not see). Never creates the file; OSError when SQLite fails. Every call
+    releases the GIL. Thread-safe: frozen, the connection behind a mutex."""
+
+    def __new__(cls, path: str | PathLike[str], busy_timeout_ms: int) -> HistoryReadConnection: ...
+    def fetch(self, sql: str, params: Sequence[int | str | None]) -> list[tuple[Any, ...]]: ...
+    def execute(self, sql: str) -> None: ...
+    def close(self) -> None: ...
+
 class HistoryProjector:
     """The one writer of a history database (rust/history/): opens or creates it (owner-only,
     WAL mode, the schema in one transaction; ValueError for another schema version or a file

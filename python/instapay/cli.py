@@ -94,6 +94,8 @@ def configured_settings(configured: config.ServeConfig, directory: Path) -> Serv
         delivery=configured.delivery,
         limits=configured.limits,
         idempotency_capacity=configured.idempotency_capacity,
+        history=configured.history,
+        history_policy=configured.history_policy,
     )
 
 

@@ -29,6 +29,13 @@
     capacity = 1000000                         # keys held (24 h each); ~59 bytes a key, allocated
                                                # at start
 
+    [history]                                  # history.db; optional, the defaults are shown
+    enabled = true                             # false: no history.db (and no lists from it)
+    lag_records_max = 200000                   # projector this far behind: payments get 503
+    log_keep_records = 0                       # log kept below what snapshots and history passed
+    transaction_records_max = 65536            # records per history transaction
+    hot_results_max = 250000                   # results in memory; older ones read from it
+
     [[merchants]]
     id = "shop"
     settlement_account = "shop.settlement"
@@ -56,6 +63,7 @@ from instapay.http.limits import Limits
 from instapay.http.tls import TlsError, TlsFiles, tls_files
 from instapay.model import EngineConfig, Merchant
 from instapay.notify import DeliveryPolicy
+from instapay.storage.history.projector import HistoryPolicy
 
 SECRET_BYTES_MIN = 16
 # The TCP ports a server may listen on (0 would be any free one, which no client could find;
@@ -79,6 +87,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     tls: TlsFiles | None = None
     idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
+    history: bool = True
+    history_policy: HistoryPolicy = field(default_factory=HistoryPolicy)
 
 
 def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
@@ -207,6 +217,21 @@ def _idempotency_capacity(data: dict[str, Any]) -> int:
     return int(capacity)
 
 
+def _history(data: dict[str, Any]) -> tuple[bool, HistoryPolicy]:
+    """Whether to keep history.db, and its policy (storage.history.projector.HistoryPolicy)."""
+    numbers = [policy.name for policy in fields(HistoryPolicy)]
+    table = _table(data, "history", {"enabled", *numbers})
+    enabled = _typed("history", table, "enabled", bool, True)
+    defaults = HistoryPolicy()
+    values = {
+        name: _typed("history", table, name, int, getattr(defaults, name)) for name in numbers
+    }
+    try:
+        return enabled, HistoryPolicy(**values)
+    except ValueError as error:
+        raise ConfigError(f"[history]: {error}") from error
+
+
 def _delivery(data: dict[str, Any]) -> DeliveryPolicy:
     defaults = DeliveryPolicy()
     numbers = {"jitter", "timeout_s", "in_flight_max", "in_flight_per_merchant_max"}
@@ -260,7 +285,8 @@ def load(path: Path) -> ServeConfig:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from error
-    if unknown := set(data) - {"server", "storage", "webhooks", "idempotency", "merchants"}:
+    tables = {"server", "storage", "webhooks", "idempotency", "history", "merchants"}
+    if unknown := set(data) - tables:
         raise ConfigError(f"unknown tables: {sorted(unknown)}")
     limit_names = {limit.name for limit in fields(Limits)}
     server = _table(
@@ -275,6 +301,7 @@ def load(path: Path) -> ServeConfig:
     if not isinstance(merchants, list) or not merchants:
         raise ConfigError("[[merchants]] must list at least one merchant")
     token_env = _typed("server", server, "admin_token_env", str, "INSTAPAY_ADMIN_TOKEN")
+    history, history_policy = _history(data)
     return ServeConfig(
         host=_typed("server", server, "host", str, "127.0.0.1"),
         port=_port(_typed("server", server, "port", int, 8080)),
@@ -286,4 +313,6 @@ def load(path: Path) -> ServeConfig:
         limits=_limits(server),
         tls=_tls(server),
         idempotency_capacity=_idempotency_capacity(data),
+        history=history,
+        history_policy=history_policy,
     )

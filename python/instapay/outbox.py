@@ -116,6 +116,52 @@ class Outbox:
         for merchant_id, lsns in by_merchant.items():
             self.events_of.setdefault(merchant_id, array("Q")).extend(lsns)
 
+    def forget_before(self, lsn: int, keep: Container[int] = ()) -> None:
+        """Drops the events older than `lsn` from the index, and their deliveries but pending
+        ones and those in `keep`: their results left memory, and the bounded hot state reads
+        them from history.db (the events, the delivery attempts)."""
+        for lsns in self.events_of.values():
+            del lsns[: bisect.bisect_left(lsns, lsn)]
+        finished = [
+            event
+            for event, delivery in self.deliveries.items()
+            if event < lsn and delivery.status != DeliveryStatus.PENDING and event not in keep
+        ]
+        for event in finished:
+            del self.deliveries[event]
+
+    def holds_delivery(self, lsn: int) -> bool:
+        """Whether the event's delivery is in memory (every pending one is)."""
+        return lsn in self.deliveries or lsn in self._pending
+
+    def merchant_of(self, lsn: int) -> str | None:
+        """Whose the event is, if its delivery is in memory."""
+        delivery = self.deliveries.get(lsn)
+        if delivery is not None:
+            return delivery.merchant_id
+        pending = self._pending.get(lsn)
+        return None if pending is None else pending[0]
+
+    def recall(self, lsn: int, merchant_id: str, outcomes: list[DeliveryOutcome]) -> None:
+        """Puts back the finished delivery of an event memory forgot, from its logged attempts
+        (oldest first), as memory had it: for a redelivery of it."""
+        if self.holds_delivery(lsn):
+            return
+        status = DeliveryStatus.NONE
+        if outcomes:
+            status = DeliveryStatus.DELIVERED if outcomes[-1].delivered else DeliveryStatus.FAILED
+        attempts = [
+            Attempt(number, o.at_ms, o.outcome, o.delivered) for number, o in enumerate(outcomes, 1)
+        ]
+        self.deliveries[lsn] = Delivery(
+            merchant_id,
+            status,
+            None,
+            attempts=attempts[-ATTEMPTS_KEPT_MAX:],
+            attempts_total=len(outcomes),
+            round=outcomes[-1].round if outcomes else 0,
+        )
+
     def schedule_new(self, merchant_id: str, lsn: int, at_ms: int) -> None:
         """Makes a new event's delivery pending from `at_ms` on (the cheap path: one per
         payment)."""
@@ -316,6 +362,24 @@ class Outbox:
             if delivery.status == DeliveryStatus.PENDING:
                 self._pending[lsn] = (merchant_id, since_ms)
                 self._set_due(delivery, lsn, next_at_ms)
+
+
+def finished_delivery_json(outcomes: list[DeliveryOutcome]) -> dict[str, Any]:
+    """`Outbox.delivery_json` of an event whose delivery left memory (it was not pending),
+    from its logged attempts, oldest first: its last attempt tells how it ended."""
+    if not outcomes:
+        return {"status": DeliveryStatus.NONE.value, "attempts": [], "next_attempt_at": None}
+    last = outcomes[-1]
+    status = DeliveryStatus.DELIVERED if last.delivered else DeliveryStatus.FAILED
+    attempts = [
+        Attempt(number, o.at_ms, o.outcome, o.delivered).to_json()
+        for number, o in enumerate(outcomes, 1)
+    ]
+    return {
+        "status": status.value,
+        "attempts": attempts[-ATTEMPTS_KEPT_MAX:],
+        "next_attempt_at": None,
+    }
 
 
 def event_json(lsn: int, result: PaymentResult | RefundResult) -> dict[str, Any]:

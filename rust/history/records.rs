@@ -48,14 +48,7 @@ pub struct Deliveries<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::records::decode;
-
-    fn unhex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(&text[at..at + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::state::records::{decode, unhex};
 
     // What msgspec writes (records.py `encode`), captured from Python:
     // AccountRecord("alice", "EUR", 500, False, Keyed("k", "ab" * 32, 1700000000), None) and

@@ -1,6 +1,8 @@
 """The crash test's victim: runs the engine under a stream of payments and refunds, and prints one
 JSON line per acknowledged result, flushed, until it is killed. Small segments and frequent
-snapshots put segment roll-over, snapshot writes and segment deletion in the kill zone too.
+snapshots put segment roll-over, snapshot writes and segment deletion in the kill zone too, and
+small history transactions (their size drawn from the seed) keep the history projector
+mid-transaction most of the time.
 
 Usage: python tests/crash/child.py DATA_DIR SECRET_HEX SEED
 """
@@ -15,12 +17,14 @@ import orjson
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
 from instapay.model import PaymentResult, RefundResult
+from instapay.storage.history.projector import HistoryPolicy
 
 PAYERS = 20
 BATCH_LEN = 200
 BATCHES_IN_FLIGHT = 3
 SEGMENT_BYTES_MAX = 64 * 1024
 SNAPSHOT_EVERY_RECORDS = 1500
+HISTORY_TRANSACTION_RECORDS = range(5, 400)
 
 
 def report(result: PaymentResult | RefundResult) -> None:
@@ -58,13 +62,16 @@ async def stream(engine: Engine, demo: DemoMerchant, rng: random.Random, seed: i
 
 async def main(directory: Path, secret: bytes, seed: int) -> None:
     demo = DemoMerchant(secret=secret)
+    rng = random.Random(seed)
+    history = HistoryPolicy(transaction_records_max=rng.choice(HISTORY_TRANSACTION_RECORDS))
     async with Engine.open(
         directory,
         config=demo.config(),
         segment_bytes_max=SEGMENT_BYTES_MAX,
         snapshot_every_records=SNAPSHOT_EVERY_RECORDS,
+        history_policy=history,
     ) as engine:
-        await stream(engine, demo, random.Random(seed), seed)
+        await stream(engine, demo, rng, seed)
 
 
 if __name__ == "__main__":

@@ -257,14 +257,16 @@ def _apply_previous_revoked(
 
 
 def _check_events(state: State, lsns: list[int]) -> None:
-    if unknown := [lsn for lsn in lsns if lsn not in state.results]:
+    # An event older than the results memory holds is known by its delivery (engine/hot.py).
+    known = state.outbox.holds_delivery
+    if unknown := [lsn for lsn in lsns if lsn not in state.results and not known(lsn)]:
         raise RequestError("not_found", f"no event {event_id(unknown[0])}", 404)
 
 
 def _merchant_of_event(state: State, lsn: int) -> str:
     """Whose the event is, read natively without building its result (a delivery record names
     many); KeyError if there is no such event (a replayed record that no longer applies)."""
-    merchant_id = state.results.merchant_of(lsn)
+    merchant_id = state.results.merchant_of(lsn) or state.outbox.merchant_of(lsn)
     if merchant_id is None:
         raise KeyError(f"no event {event_id(lsn)}")
     return merchant_id

@@ -10,6 +10,7 @@ import logging
 from collections import Counter
 
 from instapay import _core
+from instapay.engine.records import Deliveries, Record, Redelivery, RefundRecord
 from instapay.engine.state import State
 from instapay.model import PaymentResult, RefundResult
 from instapay.protocol import payment_id, payment_lsn
@@ -40,19 +41,24 @@ class HotWindow:
         self.results_max = results_max
         # Payments that queued refunds name, with how many: an eviction pass keeps them.
         self.pinned: Counter[int] = Counter()
+        # Events whose deliveries a queued redelivery names: kept likewise.
+        self.pinned_events: Counter[int] = Counter()
         self._evicted_s = 0
         self.results_evicted = 0
         self.payments_evicted = 0
 
-    def pin(self, lsn: int | None) -> None:
+    def pin(self, lsn: int | None, pins: Counter[int] | None = None) -> None:
+        """Keeps `lsn` (a payment; of `pins`, when given) until as many `unpin`."""
+        pins = self.pinned if pins is None else pins
         if lsn is not None:
-            self.pinned[lsn] += 1
+            pins[lsn] += 1
 
-    def unpin(self, lsn: int | None) -> None:
+    def unpin(self, lsn: int | None, pins: Counter[int] | None = None) -> None:
+        pins = self.pinned if pins is None else pins
         if lsn is not None:
-            self.pinned[lsn] -= 1
-            if self.pinned[lsn] <= 0:
-                del self.pinned[lsn]
+            pins[lsn] -= 1
+            if pins[lsn] <= 0:
+                del pins[lsn]
 
     def evict_if_due(self, state: State, durable_lsn: int, now_s: int) -> None:
         """One pass a second, between batches."""
@@ -67,6 +73,9 @@ class HotWindow:
         )
         self.results_evicted += results
         self.payments_evicted += payments
+        first = state.results.first_lsn()
+        if first is not None:
+            state.outbox.forget_before(first, self.pinned_events)
 
 
 def recall(state: State, refundable: Refundable) -> str:
@@ -100,19 +109,49 @@ async def prefetch(state: State, history: HistoryPrefetcher, lsn: int) -> None:
     log.warning("payment %d: history.db kept falling behind memory's evictions", lsn)
 
 
-def recall_for_replay(state: State, history: HistoryPrefetcher, lsn: int, refund_lsn: int) -> None:
-    """Recovery: the refund logged at `refund_lsn` names the payment at `lsn`, which memory does
-    not hold: history.db holds it (memory forgets only what it holds durably), with the
-    refunds logged before this one."""
-    if state.ledger.native.payment(payment_id(lsn)) is not None:
-        return
+def recall_for_replay(state: State, history: HistoryPrefetcher, record: Record, lsn: int) -> None:
+    """Recovery, before the record logged at `lsn` is replayed: what it names that memory forgot
+    is put back from history.db (memory forgets only what the database holds durably), as it was
+    before this record: a refund's payment with the refunds logged before it, the deliveries of
+    the events a delivery or redelivery record names."""
     try:
-        refundable = history.refundable_now(lsn, refund_lsn)
+        if isinstance(record, RefundRecord):
+            paid = payment_lsn(record.payment_id)
+            if paid is not None and state.ledger.native.payment(payment_id(paid)) is None:
+                refundable = history.refundable_now(paid, lsn)
+                if refundable is not None:
+                    recall(state, refundable)
+        elif isinstance(record, Deliveries | Redelivery):
+            events = (
+                record.event_lsns
+                if isinstance(record, Redelivery)
+                else [outcome.event_lsn for outcome in record.outcomes]
+            )
+            for event in events:
+                if _forgotten_event(state, event):
+                    found = history.delivery_now(event, lsn)
+                    if found is not None:
+                        state.outbox.recall(event, *found)
     except HistoryUnavailableError as error:
-        log.warning("cannot recall payment %d for its refund: %s", lsn, error)
-        return
-    if refundable is not None:
-        recall(state, refundable)
+        log.warning("cannot recall what the record at LSN %d names: %s", lsn, error)
+
+
+def _forgotten_event(state: State, lsn: int) -> bool:
+    return state.results.merchant_of(lsn) is None and not state.outbox.holds_delivery(lsn)
+
+
+async def recall_deliveries(state: State, history: HistoryPrefetcher, lsns: list[int]) -> None:
+    """Before a redelivery is queued: the deliveries of its events that memory forgot are put
+    back from history.db (an event the database does not hold either is refused as today)."""
+    for lsn in lsns:
+        if _forgotten_event(state, lsn):
+            try:
+                found = await history.delivery(lsn)
+            except HistoryUnavailableError as error:
+                log.warning("cannot prefetch the delivery of event %d: %s", lsn, error)
+                return
+            if found is not None:
+                state.outbox.recall(lsn, *found)
 
 
 async def durable_result(

@@ -57,7 +57,7 @@ from instapay.model import (
     RequestError,
     Result,
 )
-from instapay.outbox import event_json
+from instapay.outbox import event_json, finished_delivery_json
 from instapay.protocol import PAYMENTS_PATH, payment_lsn
 from instapay.signing import SignedRequest
 from instapay.storage import datadir, forked, snapshots, wal
@@ -562,6 +562,49 @@ class Engine(EngineApi):
             result = result._replace(amount_refunded=0)
         return None if result is None else event_json(lsn, result)
 
+    async def delivery_json_anywhere(self, lsn: int) -> dict[str, Any]:
+        """An event's delivery and its attempts: from memory, which holds every pending one,
+        or from the attempts history.db logged for one memory forgot."""
+        outbox = self.state.outbox
+        first = self.state.results.first_lsn()
+        forgotten = first is not None and lsn < first and not outbox.holds_delivery(lsn)
+        if not forgotten or self._prefetcher is None:
+            return outbox.delivery_json(lsn)
+        await self.history_caught_up(HISTORY_READ_TIMEOUT_S)
+        return finished_delivery_json(await self._prefetcher.attempts(lsn))
+
+    async def failed_anywhere(self, merchant_id: str) -> list[int]:
+        """The merchant's events whose delivery failed for good, oldest first: those memory
+        holds and those whose deliveries it forgot."""
+        outbox = self.state.outbox
+        failed = outbox.failed_of(merchant_id)
+        first = self.state.results.first_lsn()
+        if self._prefetcher is None or first is None:
+            return failed
+        await self.history_caught_up(HISTORY_READ_TIMEOUT_S)
+        older = await self._prefetcher.failed(merchant_id, first)
+        return [lsn for lsn in older if not outbox.holds_delivery(lsn)] + failed
+
+    async def redeliver(self, event_lsns: Sequence[int]) -> None:
+        """Starts a fresh round of deliveries for these events, due now; the deliveries memory
+        forgot are put back from history.db first, and kept until the round is logged."""
+        lsns = list(dict.fromkeys(event_lsns))
+        if self._prefetcher is not None:
+            await hot.recall_deliveries(self.state, self._prefetcher, lsns)
+        for lsn in lsns:
+            self.hot.pin(lsn, self.hot.pinned_events)
+        try:
+            await super().redeliver(lsns)
+        finally:
+            for lsn in lsns:
+                self.hot.unpin(lsn, self.hot.pinned_events)
+
+    def forgot_events_after(self, after_lsn: int) -> bool:
+        """Whether events after `after_lsn` may be ones memory forgot (older than every result
+        it holds): a page of them is read from history.db."""
+        first = self.state.results.first_lsn()
+        return self._prefetcher is not None and first is not None and after_lsn + 1 < first
+
     def evict(self) -> None:
         """Forgets now what the hot window no longer needs (as the pass between batches does
         once a second): for tests and benchmarks, between batches."""
@@ -738,9 +781,9 @@ class Engine(EngineApi):
             replayed,
         )
 
-    def _recall_for_replay(self, lsn: int, refund_lsn: int) -> None:
+    def _recall_for_replay(self, record: records.Record, lsn: int) -> None:
         if self._prefetcher is not None:
-            hot.recall_for_replay(self.state, self._prefetcher, lsn, refund_lsn)
+            hot.recall_for_replay(self.state, self._prefetcher, record, lsn)
 
     def _open_history(self, loop: asyncio.AbstractEventLoop) -> HistoryProjector:
         """Opens history.db and starts its projector, which first catches up from the log."""
@@ -756,6 +799,7 @@ class Engine(EngineApi):
             notify=advanced,
             transaction_records_max=self.history_policy.transaction_records_max,
         )
+        self.stats.history = projector.stats
         projector.start()
         return projector
 

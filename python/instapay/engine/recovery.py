@@ -13,12 +13,12 @@ from instapay import _core
 from instapay.engine import handlers, records
 from instapay.engine.handlers import ReplayMismatchError
 from instapay.engine.ops import ADMIN_TENANT, Applied
-from instapay.engine.records import Record, RecordType, RefundRecord
+from instapay.engine.records import Record, RecordType
 from instapay.engine.results import Results
 from instapay.engine.state import State
 from instapay.ledger import Ledger
 from instapay.model import AdminResult, Failure, PaymentResult, RefundResult, RequestError, Status
-from instapay.protocol import PAYMENT_ID_PREFIX, payment_lsn
+from instapay.protocol import PAYMENT_ID_PREFIX
 from instapay.storage import wal
 
 # Snapshot payload: length of the JSON state, the JSON state, length of the ledger state, the
@@ -29,9 +29,9 @@ from instapay.storage import wal
 SNAPSHOT_STATE_LEN = struct.Struct("<Q")
 
 
-# Recovery's recall of a payment memory forgot, for the refund logged at an LSN: (payment LSN,
-# refund LSN) -> None (engine/hot.py).
-Recall = Callable[[int, int], None]
+# Recovery's recall of what a record names that memory forgot, before the record at an LSN is
+# replayed: (record, LSN) -> None (engine/hot.py).
+Recall = Callable[[Record, int], None]
 
 
 def replay_segment(
@@ -70,8 +70,8 @@ def replay_segment(
 
 def replay_records(state: State, logged: list[wal.Record], recall: Recall | None = None) -> None:
     """Applies logged records in order, one at a time in Python: the state, the durable
-    results, and the idempotency keys they reserved (re-reserved in one go at the end). A
-    refund of a payment memory forgot has it recalled first (`recall`)."""
+    results, and the idempotency keys they reserved (re-reserved in one go at the end). What a
+    record names that memory forgot is recalled first (`recall`)."""
     keys: list[tuple[bytes, bytes, int, int]] = []
     for entry in logged:
         lsn = entry.lsn
@@ -79,10 +79,8 @@ def replay_records(state: State, logged: list[wal.Record], recall: Recall | None
             raise AssertionError(f"replay expected LSN {state.lsn_next}, got {lsn}")
         state.lsn_next += 1
         kind, record = records.decode(entry.type, entry.payload)
-        if recall is not None and isinstance(record, RefundRecord):
-            paid = payment_lsn(record.payment_id)
-            if paid is not None:
-                recall(paid, lsn)
+        if recall is not None:
+            recall(record, lsn)
         result = _replay(state, kind, lsn, record)
         key = record.logged_key()
         if isinstance(result, PaymentResult | RefundResult):

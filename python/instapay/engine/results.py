@@ -162,6 +162,10 @@ class Results(Mapping[int, Durable]):
         """The LSNs of each merchant's results, in log order."""
         return self._native.lsns_by_merchant()
 
+    def first_lsn(self) -> int | None:
+        """The LSN of the oldest result held; older ones are in history.db only."""
+        return self._native.first_lsn()
+
     def heap_bytes(self) -> int:
         return self._native.heap_bytes()
 

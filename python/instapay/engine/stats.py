@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from instapay.storage.history.projector import ProjectorStats
+
 
 class BucketCounts:
     """Counts per bucket (value <= bound; the last bucket is +Inf) and the sum: what a Prometheus
@@ -44,3 +46,5 @@ class EngineStats:
     log_write_latency: BucketCounts = field(
         default_factory=lambda: BucketCounts(LOG_WRITE_BUCKETS_S)
     )
+    # The history projector's (None without a history).
+    history: ProjectorStats | None = None

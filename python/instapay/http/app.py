@@ -43,7 +43,7 @@ from instapay.model import (
     RequestError,
 )
 from instapay.notify import DeliveryPolicy, Dispatcher
-from instapay.outbox import event_lsn
+from instapay.outbox import event_json, event_lsn
 from instapay.protocol import (
     BATCH_PATH,
     JSON_TYPE,
@@ -126,8 +126,9 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     # Keys the idempotency index holds (a test sizes it down to fill it over HTTP).
     idempotency_capacity: int = IDEMPOTENCY_CAPACITY_DEFAULT
-    # The `[history]` settings (a test sizes the hot window down).
-    history: HistoryPolicy = field(default_factory=HistoryPolicy)
+    # history.db and its projector's policy (config.py, `[history]`).
+    history: bool = True
+    history_policy: HistoryPolicy = field(default_factory=HistoryPolicy)
 
 
 @dataclass
@@ -809,7 +810,7 @@ async def event_with_delivery(engine: Engine, lsn: int) -> dict[str, Any]:
     event = await engine.event_anywhere(lsn)
     if event is None:
         raise RuntimeError(f"event {lsn} vanished")
-    return {**event, "delivery": engine.outbox.delivery_json(lsn)}
+    return {**event, "delivery": await engine.delivery_json_anywhere(lsn)}
 
 
 async def known_event(engine: Engine, event_id: str, merchant_id: str | None = None) -> int:
@@ -833,9 +834,23 @@ async def list_events(request: web.Request) -> web.Response:
     if after_lsn is None:
         raise RequestError("invalid_request", f"after: not an event id: {after!r}")
     engine = engine_of(request)
+    if engine.forgot_events_after(after_lsn):
+        return await events_from_history(request, merchant, after_lsn)
     lsns, has_more = engine.outbox.events_after(merchant.id, after_lsn, page_len(request))
-    events = [await engine.event_anywhere(lsn) for lsn in lsns]
+    events = [engine.event(lsn) for lsn in lsns]
     return signed_json(request, merchant, {"object": "list", "data": events, "has_more": has_more})
+
+
+async def events_from_history(
+    request: web.Request, merchant: Merchant, after_lsn: int
+) -> web.Response:
+    """A page of events that begins before the results memory holds: from history.db."""
+    history = await caught_up_history(request)
+    events, has_more = await from_history(
+        history.events_after(merchant.id, after_lsn, page_len(request))
+    )
+    data = [event_json(event.lsn, event.result) for event in events]
+    return signed_json(request, merchant, {"object": "list", "data": data, "has_more": has_more})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -870,7 +885,7 @@ async def admin_redeliver_failed(request: web.Request) -> web.Response:
     require_admin(request)
     merchant = merchant_of(request)
     engine = engine_of(request)
-    lsns = engine.outbox.failed_of(merchant.id)[:REDELIVERY_LEN_MAX]
+    lsns = (await engine.failed_anywhere(merchant.id))[:REDELIVERY_LEN_MAX]
     if lsns:
         await redeliver(engine, lsns)
     payload = {"object": "redelivery", "merchant_id": merchant.id, "count": len(lsns)}
@@ -908,7 +923,8 @@ async def engine_lifetime(app: web.Application) -> AsyncIterator[None]:
                 config=settings.config,
                 fsync=settings.fsync,
                 idempotency_capacity=settings.idempotency_capacity,
-                history_policy=settings.history,
+                history=settings.history,
+                history_policy=settings.history_policy,
             )
             engine = await engines.enter_async_context(opened)
             if settings.on_first_start is not None and not engine.ledger.has_accounts:

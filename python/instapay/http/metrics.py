@@ -4,7 +4,7 @@ log writes (bytes and fsync time) and queue depth, read from `Engine.stats` at s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -40,6 +40,12 @@ def _histogram(name: str, help_text: str, histogram: BucketCounts) -> HistogramM
     )
 
 
+def _counters(counters: Mapping[str, tuple[str, float]]) -> Iterator[Metric]:
+    """A counter per name: (help text, value)."""
+    for name, (help_text, value) in counters.items():
+        yield CounterMetricFamily(name, help_text, value=value)
+
+
 class _EngineCollector(Collector):
     def __init__(
         self, engine: Callable[[], Engine | None], dispatcher: Callable[[], Dispatcher | None]
@@ -52,6 +58,7 @@ class _EngineCollector(Collector):
         if engine is None:
             return
         yield from self._webhooks(engine)
+        yield from self._history(engine)
         stats = engine.stats
         counters = {
             "instapay_engine_batches": ("Batches the pipeline has staged.", stats.batches),
@@ -64,8 +71,7 @@ class _EngineCollector(Collector):
                 stats.log_write_seconds,
             ),
         }
-        for name, (help_text, value) in counters.items():
-            yield CounterMetricFamily(name, help_text, value=value)
+        yield from _counters(counters)
         yield GaugeMetricFamily(
             "instapay_wal_write_seconds_max",
             "Slowest log write so far.",
@@ -82,6 +88,38 @@ class _EngineCollector(Collector):
             "Duration of one group-commit write and its fdatasync.",
             stats.log_write_latency,
         )
+
+    def _history(self, engine: Engine) -> Iterator[Metric]:
+        history = engine.stats.history
+        if history is None:
+            return
+        gauges = {
+            "instapay_history_lsn": ("Last LSN committed in history.db.", history.lsn),
+            "instapay_history_durable_lsn": (
+                "Last LSN durable in history.db (the log below it may go).",
+                history.durable_lsn,
+            ),
+            "instapay_history_lag_records": (
+                "Records logged but not yet in history.db.",
+                engine.lsn_next - 1 - history.lsn,
+            ),
+            "instapay_history_rows_per_second": (
+                "Rows the projector writes per second it spends projecting.",
+                history.rows_per_s,
+            ),
+        }
+        for name, (help_text, value) in gauges.items():
+            yield GaugeMetricFamily(name, help_text, value)
+        counters = {
+            "instapay_history_records": ("Records projected.", history.records),
+            "instapay_history_rows": ("Rows written to history.db.", history.rows),
+            "instapay_history_transactions": ("Projection transactions.", history.transactions),
+            "instapay_history_failures": (
+                "Failed projection attempts (retried).",
+                history.failures,
+            ),
+        }
+        yield from _counters(counters)
 
     def _webhooks(self, engine: Engine) -> Iterator[Metric]:
         outbox = engine.outbox

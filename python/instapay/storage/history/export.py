@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,13 @@ from typing import IO, NamedTuple
 import orjson
 
 from instapay.ascii_digits import ascii_int
-from instapay.storage.history.reads import SQLITE_INTEGER_MAX, connect_read_only
+from instapay.storage.history.reads import (
+    SQLITE_INTEGER_MAX,
+    Connection,
+    Param,
+    Row,
+    connect_read_only,
+)
 
 FORMATS = ("csv", "ndjson")
 
@@ -55,13 +60,16 @@ class ExportWindow(NamedTuple):
     merchant_id: str | None = None
 
 
-# Each side in LSN order (the table's rowid order, or the merchant's index), merged by LSN.
+# Rows read at a time: memory stays flat whatever the window holds.
+CHUNK_ROWS = 10_000
+# Each side in LSN order (the table's rowid order, or the merchant's index), a chunk at a time
+# after the last LSN read, the two merged by LSN.
 # A refund names its payment as 'pay_<lsn>': joined on exactly that id, of the same merchant.
 PAYMENT_ROWS = (
     "SELECT lsn, 'payment', 'pay_' || lsn, NULL, merchant_id, order_id, payer, amount,"
     " amount_refunded, currency, status, failure_code, created, description, NULL"
     " FROM payments WHERE created >= ? AND created < ? AND (? IS NULL OR merchant_id = ?)"
-    " ORDER BY lsn"
+    " AND lsn > ? ORDER BY lsn LIMIT ?"
 )
 REFUND_ROWS = (
     "SELECT r.lsn, 'refund', 're_' || r.lsn, r.payment_id, r.merchant_id, p.order_id, p.payer,"
@@ -70,7 +78,7 @@ REFUND_ROWS = (
     " ON p.lsn = CAST(substr(r.payment_id, 5) AS INTEGER)"
     " AND r.payment_id = 'pay_' || p.lsn AND p.merchant_id = r.merchant_id"
     " WHERE r.created >= ? AND r.created < ? AND (? IS NULL OR r.merchant_id = ?)"
-    " ORDER BY r.lsn"
+    " AND r.lsn > ? ORDER BY r.lsn LIMIT ?"
 )
 
 
@@ -103,17 +111,29 @@ def export_rows(path: Path, window: ExportWindow) -> Iterator[ExportRow]:
     return window_rows(connection, window)
 
 
-def window_rows(connection: sqlite3.Connection, window: ExportWindow) -> Iterator[ExportRow]:
+def window_rows(connection: Connection, window: ExportWindow) -> Iterator[ExportRow]:
     try:
         merchant = window.merchant_id
         params = (window.since_s, window.until_s, merchant, merchant)
-        payments = connection.execute(PAYMENT_ROWS, params)
-        refunds = connection.execute(REFUND_ROWS, params)
+        payments = chunked(connection, PAYMENT_ROWS, params)
+        refunds = chunked(connection, REFUND_ROWS, params)
         for _, *fields in heapq.merge(payments, refunds, key=lambda row: row[0]):
             created = fields[11]
             yield ExportRow._make([*fields[:12], iso_utc(created), *fields[12:]])
     finally:
         connection.close()
+
+
+def chunked(connection: Connection, sql: str, params: tuple[Param, ...]) -> Iterator[Row]:
+    """The rows of `sql` (its last two parameters: the LSN after which, and how many), read
+    CHUNK_ROWS at a time."""
+    after = 0
+    while True:
+        rows = connection.fetch(sql, [*params, after, CHUNK_ROWS])
+        yield from rows
+        if len(rows) < CHUNK_ROWS:
+            return
+        after = rows[-1][0]
 
 
 def write_csv(rows: Iterator[ExportRow], stream: IO[str]) -> int:

@@ -87,8 +87,12 @@ class HistoryPolicy:
 
 @dataclass(slots=True)
 class ProjectorStats:
-    """Running totals for monitoring (`/metrics`)."""
+    """The projector's LSNs and running totals, for monitoring (`/metrics`, `engine.stats`).
+    Written by the projector's thread only; plain ints and floats, read from any thread."""
 
+    # The last LSN committed in history.db, and the last one a synced commit made durable.
+    lsn: int = 0
+    durable_lsn: int = 0
     records: int = 0
     rows: int = 0
     transactions: int = 0
@@ -96,6 +100,11 @@ class ProjectorStats:
     # Time spent in projection calls (the projector's own rate is rows / seconds).
     seconds: float = 0.0
     last_error: str | None = None
+
+    @property
+    def rows_per_s(self) -> float:
+        """The projector's own rate: rows written per second spent projecting."""
+        return self.rows / self.seconds if self.seconds else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +134,8 @@ class HistoryProjector:
         self.directory = directory
         self.path = history_path(directory)
         self._native = _core.HistoryProjector(self.path)
-        # Mirrors of the native LSNs, read without waiting for a projection call to finish.
-        self.lsn = self._native.lsn
-        self.durable_lsn = self._native.durable_lsn
+        # The native LSNs mirrored, read without waiting for a projection call to finish.
+        self.stats = ProjectorStats(self._native.lsn, self._native.durable_lsn)
         self._log_end = log_end
         self._check_reaches(log_end)
         self._convert_legacy = convert_legacy
@@ -137,7 +145,6 @@ class HistoryProjector:
         self._queued_records = 0
         self._changed = threading.Condition()
         self._closing = False
-        self.stats = ProjectorStats()
         self._thread = threading.Thread(target=self._run, name="instapay-history", daemon=True)
 
     def _check_reaches(self, log_end: int) -> None:
@@ -157,6 +164,16 @@ class HistoryProjector:
                 f"from a backup (or from before it was deleted); the log is kept for the history "
                 f"only from now on ([history] log_keep_records keeps more)"
             )
+
+    @property
+    def lsn(self) -> int:
+        """Every record up to this LSN is committed in history.db."""
+        return self.stats.lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every record up to this LSN is durable in history.db: the log below may go."""
+        return self.stats.durable_lsn
 
     @property
     def log_end(self) -> int:
@@ -184,7 +201,7 @@ class HistoryProjector:
         if self._thread.is_alive():
             self._thread.join()
         try:
-            self.durable_lsn = self._native.close()
+            self.stats.durable_lsn = self._native.close()
         except OSError as error:
             log.error("closing the history database failed: %s", error)
 
@@ -205,7 +222,7 @@ class HistoryProjector:
                 if self._behind():
                     self._step(batches, log_end)
                 elif self.durable_lsn < self.lsn:
-                    self.durable_lsn = self._native.sync()
+                    self.stats.durable_lsn = self._native.sync()
                 failures = 0
             except Exception as error:  # logged and retried: the log keeps everything
                 failures += 1
@@ -285,7 +302,7 @@ class HistoryProjector:
             _, lsn, durable, more, more_rows, _ = self._native.project(frame, 0, 1, legacy_lsn)
             records, rows = records + more, rows + more_rows
             end += _core.WAL_HEADER_LEN + len(payload)
-        self.lsn, self.durable_lsn = lsn, durable
+        self.stats.lsn, self.stats.durable_lsn = lsn, durable
         self.stats.seconds += time.perf_counter() - started_s
         self.stats.records += records
         self.stats.rows += rows

@@ -2,10 +2,12 @@
 payment's refunds, a merchant's events, an account's statement.
 
 `HistoryReads` is the interface the HTTP layer reads through; `HistoryReader` implements it
-over SQLite with stdlib `sqlite3`: read-only connections (`mode=ro`, one per thread) in a pool
-of `READ_THREADS` threads, so a query never runs on the event loop and the projector (the one
-writer) is never blocked (WAL mode: readers see the last committed transaction). A PostgreSQL
-backend would be a second class with the same methods, the SQL below its only change.
+over SQLite: read-only connections (one per thread) in a pool of `READ_THREADS` threads, so a
+query never runs on the event loop and the projector (the one writer) is never blocked (WAL
+mode: readers see the last committed transaction). The connections go through the SQLite the
+projector writes with (`_core.HistoryReadConnection`), never Python's `sqlite3`: see
+`Connection`. A PostgreSQL backend would be a second class with the same methods, the SQL
+below its only change.
 
 Every read is by merchant (or, for statements, by account, which only admins read): a row of
 another merchant is never returned, and a cursor naming one is refused as unknown.
@@ -14,9 +16,8 @@ another merchant is never returned, and a cursor naming one is refused as unknow
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,15 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import orjson
 
+from instapay import _core
 from instapay.model import Failure, PaymentResult, RefundResult, Status
 from instapay.protocol import entry_id, payment_id, refund_id
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
-"""A row as sqlite3 gives it (its columns typed by the schema)."""
+"""A row as a connection gives it (its columns typed by the schema)."""
+Param = int | str | None
+"""What a query binds."""
 
 READ_THREADS = 2
 # A filtered list (status, payer, created) walks the merchant's payments newest first and keeps
@@ -41,7 +45,7 @@ SCANNED_ROWS_MAX = 100_000
 # in no row, and binding one would raise.
 SQLITE_INTEGER_MAX = 2**63 - 1
 # How long a read waits for a lock (only a WAL recovery takes one readers wait on).
-BUSY_TIMEOUT_S = 5.0
+BUSY_TIMEOUT_MS = 5000
 
 PAYMENT_COLUMNS = (
     "lsn, merchant_id, order_id, payer, amount, currency, status, failure_code, created, "
@@ -100,9 +104,9 @@ class PaymentFilters:
         row_filters = (self.status, self.payer, self.created_gte, self.created_lt)
         return self.order_id is None and any(value is not None for value in row_filters)
 
-    def sql(self) -> tuple[str, list[object]]:
+    def sql(self) -> tuple[str, list[Param]]:
         """The conditions (each ` AND ...`) and their parameters."""
-        conditions = {
+        conditions: dict[str, Param] = {
             "status = ?": None if self.status is None else self.status.value,
             "payer = ?": self.payer,
             "created >= ?": self.created_gte,
@@ -170,30 +174,33 @@ class HistoryReads(Protocol):
     def close(self) -> None: ...
 
 
-def read_only_uri(path: Path) -> str:
-    """The URI that opens `path` read-only (`as_uri` escapes what a URI would misread)."""
-    return f"{path.absolute().as_uri()}?mode=ro"
+Connection = _core.HistoryReadConnection
+"""A read-only connection through the SQLite the projector writes with (`_core`): Python's
+`sqlite3` is a second copy of SQLite, and two copies in one process do not see each other's
+locks (rust/history_reads_py.rs says more); the SQL is here, the native side only runs it."""
 
 
-def connect_read_only(path: Path) -> sqlite3.Connection:
+def connect_read_only(path: Path) -> Connection:
     """A read-only connection; HistoryUnavailableError if there is no database at `path`."""
     if not path.is_file():
         raise HistoryUnavailableError(f"{path}: no history database")
     try:
-        connection = sqlite3.connect(
-            read_only_uri(path),
-            uri=True,
-            timeout=BUSY_TIMEOUT_S,
-            # Transactions are begun explicitly (`HistoryReader._read`); closed from `close`.
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        connection.execute("SELECT lsn FROM projection")
-    except sqlite3.Error as error:
+        connection = Connection(path, BUSY_TIMEOUT_MS)
+    except OSError as error:
         raise HistoryUnavailableError(
-            f"{path}: cannot read the history database: {error}"
+            f"{path}: cannot open the history database: {error}"
         ) from error
+    try:
+        connection.fetch("SELECT lsn FROM projection", [])
+    except OSError as error:
+        connection.close()
+        raise HistoryUnavailableError(f"{path}: not a history database: {error}") from error
     return connection
+
+
+def first(connection: Connection, sql: str, params: Sequence[Param]) -> Row | None:
+    rows = connection.fetch(sql, params)
+    return rows[0] if rows else None
 
 
 def payment_of(row: Row) -> PaymentResult:
@@ -238,10 +245,10 @@ class PagedQuery:
     the column the rows are ordered by, newest first."""
 
     select: str
-    where_params: tuple[object, ...]
+    where_params: tuple[Param, ...]
     lsn_column: str = "lsn"
 
-    def rows(self, connection: sqlite3.Connection, limit: int, cursors: Cursors) -> list[Row]:
+    def rows(self, connection: Connection, limit: int, cursors: Cursors) -> list[Row]:
         """Up to `limit + 1` rows of the page (the extra one tells whether there is more), in
         the page's direction: newest first, or with `ending_before` oldest first."""
         text, params = self.select + self.bound(cursors), [*self.where_params]
@@ -250,9 +257,7 @@ class PagedQuery:
             params.append(cursor)
         order = "ASC" if cursors.ending_before is not None else "DESC"
         params.append(limit + 1)
-        return connection.execute(
-            f"{text} ORDER BY {self.lsn_column} {order} LIMIT ?", params
-        ).fetchall()
+        return connection.fetch(f"{text} ORDER BY {self.lsn_column} {order} LIMIT ?", params)
 
     def bound(self, cursors: Cursors) -> str:
         if cursors.starting_after is not None:
@@ -261,7 +266,7 @@ class PagedQuery:
             return f" AND {self.lsn_column} > ?"
         return ""
 
-    def page(self, connection: sqlite3.Connection, limit: int, cursors: Cursors) -> Page[Row]:
+    def page(self, connection: Connection, limit: int, cursors: Cursors) -> Page[Row]:
         """The page's rows newest first, and whether more lie beyond them in its direction."""
         rows = self.rows(connection, limit, cursors)
         has_more = len(rows) > limit
@@ -278,9 +283,9 @@ class PagedQuery:
 
 
 def check_cursors(
-    connection: sqlite3.Connection,
+    connection: Connection,
     exists: str,
-    params: tuple[object, ...],
+    params: tuple[Param, ...],
     cursors: Cursors,
     name: Callable[[int], str],
 ) -> None:
@@ -294,17 +299,15 @@ def check_cursors(
             raise HistoryQueryError(parameter, f"{name(lsn)} is not in this list")
 
 
-def has_row(
-    connection: sqlite3.Connection, exists: str, lsn: int, params: tuple[object, ...]
-) -> bool:
+def has_row(connection: Connection, exists: str, lsn: int, params: tuple[Param, ...]) -> bool:
     """Whether `exists` finds a row at `lsn` (then `params`)."""
     if lsn > SQLITE_INTEGER_MAX:
         return False
-    return connection.execute(exists, (lsn, *params)).fetchone() is not None
+    return first(connection, exists, [lsn, *params]) is not None
 
 
 def scan_limit(
-    connection: sqlite3.Connection, merchant_id: str, cursors: Cursors
+    connection: Connection, merchant_id: str, cursors: Cursors
 ) -> tuple[int, bool] | None:
     """Where a filtered scan of the merchant's payments stops: the LSN of the
     SCANNED_ROWS_MAX-th payment in the page's direction and whether any lies beyond it; None
@@ -313,13 +316,14 @@ def scan_limit(
     order = "ASC" if cursors.ending_before is not None else "DESC"
     text = f"{listed.select}{listed.bound(cursors)} ORDER BY lsn {order} LIMIT 2 OFFSET ?"
     cursor = cursors.ending_before if cursors.starting_after is None else cursors.starting_after
-    params = [merchant_id, *([] if cursor is None else [cursor]), SCANNED_ROWS_MAX - 1]
-    found = connection.execute(text, params).fetchall()
+    params: list[Param] = [merchant_id, *([] if cursor is None else [cursor])]
+    params.append(SCANNED_ROWS_MAX - 1)
+    found = connection.fetch(text, params)
     return None if not found else (found[0][0], len(found) > 1)
 
 
 def payments_page(
-    connection: sqlite3.Connection,
+    connection: Connection,
     merchant_id: str,
     limit: int,
     cursors: Cursors,
@@ -355,7 +359,7 @@ ENTRY_SELECT = (
 
 
 def refunds_page(
-    connection: sqlite3.Connection, merchant_id: str, payment_lsn: int, limit: int, cursors: Cursors
+    connection: Connection, merchant_id: str, payment_lsn: int, limit: int, cursors: Cursors
 ) -> Page[RefundResult]:
     refunded = payment_id(payment_lsn)
     check_cursors(connection, REFUND_OF_PAYMENT, (refunded, merchant_id), cursors, refund_id)
@@ -368,7 +372,7 @@ def refunds_page(
 
 
 def entries_page(
-    connection: sqlite3.Connection, account_id: str, limit: int, cursors: Cursors
+    connection: Connection, account_id: str, limit: int, cursors: Cursors
 ) -> Page[Entry]:
     check_cursors(connection, ENTRY_OF_ACCOUNT, (account_id,), cursors, entry_id)
     query = PagedQuery(ENTRY_SELECT, (account_id,), "e.lsn")
@@ -377,14 +381,14 @@ def entries_page(
 
 
 def events_after(
-    connection: sqlite3.Connection, merchant_id: str, after_lsn: int, limit: int
+    connection: Connection, merchant_id: str, after_lsn: int, limit: int
 ) -> tuple[list[Event], bool]:
     """The merchant's events after `after_lsn`, oldest first, and whether more follow: each
     table's first `limit + 1`, merged by LSN (bounded whatever the history)."""
     params = (merchant_id, min(after_lsn, SQLITE_INTEGER_MAX), limit + 1)
     where = "WHERE merchant_id = ? AND lsn > ? ORDER BY lsn LIMIT ?"
-    payments = connection.execute(f"{PAYMENT_SELECT} {where}", params)
-    refunds = connection.execute(f"{REFUND_SELECT} {where}", params)
+    payments = connection.fetch(f"{PAYMENT_SELECT} {where}", params)
+    refunds = connection.fetch(f"{REFUND_SELECT} {where}", params)
     events = [Event(row[0], payment_of(row)._replace(amount_refunded=0)) for row in payments]
     events += [Event(row[0], refund_of(row)) for row in refunds]
     events.sort(key=lambda event: event.lsn)
@@ -397,12 +401,12 @@ class HistoryReader:
     def __init__(self, path: Path, threads: int = READ_THREADS) -> None:
         self.path = path
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[Connection] = []
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="instapay-history")
 
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+    def _connection(self) -> Connection:
+        connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = connect_read_only(self.path)
             with self._lock:
@@ -410,16 +414,19 @@ class HistoryReader:
             self._local.connection = connection
         return connection
 
-    def _read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+    def _read(self, read: Callable[[Connection], T]) -> T:
         """`read` in one read transaction: its queries see one state of the database."""
         connection = self._connection()
-        connection.execute("BEGIN")
         try:
-            return read(connection)
-        finally:
-            connection.execute("COMMIT")
+            connection.execute("BEGIN")
+            try:
+                return read(connection)
+            finally:
+                connection.execute("COMMIT")
+        except OSError as error:
+            raise HistoryUnavailableError(f"{self.path}: a read failed: {error}") from error
 
-    async def _run(self, read: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, read: Callable[[Connection], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._read, read)
 
     async def payments(
@@ -432,13 +439,13 @@ class HistoryReader:
         text = PAYMENT_SELECT + " WHERE lsn = ? AND merchant_id = ?"
         if lsn > SQLITE_INTEGER_MAX:
             return None
-        row = await self._run(lambda c: c.execute(text, (lsn, merchant_id)).fetchone())
+        row = await self._run(lambda c: first(c, text, [lsn, merchant_id]))
         return None if row is None else payment_of(row)
 
     async def payments_for_order(self, merchant_id: str, order_id: str) -> list[PaymentResult]:
         """The merchant's payments for one order id, oldest first."""
         text = PAYMENT_SELECT + " WHERE merchant_id = ? AND order_id = ? ORDER BY lsn"
-        rows = await self._run(lambda c: c.execute(text, (merchant_id, order_id)).fetchall())
+        rows = await self._run(lambda c: c.fetch(text, [merchant_id, order_id]))
         return [payment_of(row) for row in rows]
 
     async def refunds(
@@ -454,7 +461,7 @@ class HistoryReader:
 
     async def account_exists(self, account_id: str) -> bool:
         text = "SELECT 1 FROM accounts WHERE account_id = ?"
-        return await self._run(lambda c: c.execute(text, (account_id,)).fetchone() is not None)
+        return await self._run(lambda c: first(c, text, [account_id]) is not None)
 
     async def entries(self, account_id: str, limit: int, cursors: Cursors) -> Page[Entry]:
         """An account's statement, newest first."""
