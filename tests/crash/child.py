@@ -4,12 +4,16 @@ snapshots put segment roll-over, snapshot writes and segment deletion in the kil
 small history transactions (their size drawn from the seed) keep the history projector
 mid-transaction most of the time.
 
-Usage: python tests/crash/child.py DATA_DIR SECRET_HEX SEED
+With HOT_RESULTS_MAX, memory keeps that many results (the bounded hot state): refunds then
+name payments memory forgot, which are read back from history.db before they are queued.
+
+Usage: python tests/crash/child.py DATA_DIR SECRET_HEX SEED [HOT_RESULTS_MAX]
 """
 
 import asyncio
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -60,10 +64,12 @@ async def stream(engine: Engine, demo: DemoMerchant, rng: random.Random, seed: i
         await asyncio.gather(*(one_batch(batch_number + k) for k in range(BATCHES_IN_FLIGHT)))
 
 
-async def main(directory: Path, secret: bytes, seed: int) -> None:
+async def main(directory: Path, secret: bytes, seed: int, hot_results_max: int | None) -> None:
     demo = DemoMerchant(secret=secret)
     rng = random.Random(seed)
     history = HistoryPolicy(transaction_records_max=rng.choice(HISTORY_TRANSACTION_RECORDS))
+    if hot_results_max is not None:
+        history = replace(history, hot_results_max=hot_results_max)
     async with Engine.open(
         directory,
         config=demo.config(),
@@ -75,4 +81,5 @@ async def main(directory: Path, secret: bytes, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])))
+    window = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    asyncio.run(main(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3]), window))
