@@ -152,6 +152,15 @@ TARGETS: dict[str, tuple[Target, ...]] = {
             "test_http[oldest payment]",
         )
     },
+    "benches/test_bench_hot_state.py::test_rss_growth": (
+        Target("<= 10 % from 1 M to 10 M payments of history (sizes: details)", 10, at_most=True),
+    ),
+    "benches/test_bench_hot_state.py::test_snapshot[large]": (
+        Target("size and time independent of history (sizes: details)"),
+    ),
+    "benches/test_bench_hot_state.py::test_restart": (
+        Target("<= 2 s to ready with 10 M payments of history (size: details)", 2.0, at_most=True),
+    ),
     "benches/test_bench_projector.py::test_sustained_payments[with projector]": (
         Target(
             ">= 80% of the same engine without the projector",
@@ -190,6 +199,11 @@ DETAILS: dict[str, str] = {
     "bytes_per_account": "{:.1f} B/account",
     "webhooks_pending": "{} deliveries pending at the end",
     "alternating_ratio": "{:.2f}x the baseline in alternating rounds",
+    "snapshot_bytes": "snapshot {:,} B",
+    "hot_results_max": "window {:,} results",
+    "results_held_large": "{:,} results held",
+    "rss_small_bytes": "RSS {:,} B at the small history",
+    "rss_large_bytes": "{:,} B at the large",
 }
 
 
@@ -201,6 +215,7 @@ FIGURE_KEYS: dict[str, bool] = {
     "bytes_per_payment": True,
     "seconds": True,
     "milliseconds": True,
+    "percent": True,
 }
 # Figures besides a row's own, compared with the same figure of its group's baselines in the
 # details column (lower is better): what the row costs, not what it achieves.

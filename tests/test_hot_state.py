@@ -57,7 +57,10 @@ async def call(
         return answer.status, orjson.loads(await answer.read()), dict(answer.headers)
 
 
-async def pay(api: Running, order_id: str, amount: int, key: str | None = None) -> JSON:
+async def post_payment(
+    api: Running, order_id: str, amount: int, key: str | None
+) -> tuple[JSON, bool]:
+    """A payment of payer-0's: its answer, and whether it was a replay."""
     fields = {
         "merchant_id": DEMO.merchant_id,
         "order_id": order_id,
@@ -66,8 +69,14 @@ async def pay(api: Running, order_id: str, amount: int, key: str | None = None) 
         "currency": "EUR",
     }
     body = orjson.dumps(fields)
-    status, payment, _ = await call(api, PAYMENTS_PATH, body=body, method="POST", key=key)
-    assert status == 200, payment
+    status, answer, headers = await call(api, PAYMENTS_PATH, body=body, method="POST", key=key)
+    assert status == 200, answer
+    return answer, headers.get("Idempotent-Replayed") == "true"
+
+
+async def pay(api: Running, order_id: str, amount: int, key: str | None = None) -> JSON:
+    payment, replayed = await post_payment(api, order_id, amount, key)
+    assert not replayed
     return payment
 
 
@@ -132,16 +141,8 @@ async def payment_now(api: Running, payment_id: str) -> tuple[int, JSON]:
 
 async def retried_payment(api: Running, order_id: str, amount: int, key: str) -> JSON:
     """The answer to a retry of a payment, which must be a replay."""
-    fields = {
-        "merchant_id": DEMO.merchant_id,
-        "order_id": order_id,
-        "payer": DEMO.payer(0),
-        "amount": amount,
-        "currency": "EUR",
-    }
-    body = orjson.dumps(fields)
-    status, answer, headers = await call(api, PAYMENTS_PATH, body=body, method="POST", key=key)
-    assert (status, headers.get("Idempotent-Replayed")) == (200, "true"), answer
+    answer, replayed = await post_payment(api, order_id, amount, key)
+    assert replayed, answer
     return answer
 
 
