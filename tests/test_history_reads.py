@@ -11,10 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp.test_utils import TestServer
 
 from instapay import signing
 from instapay.demo import DemoMerchant, grant_mandates
+from instapay.http import ServerSettings, create_app
+from instapay.http.app import RUNTIME
 from instapay.model import EngineConfig
 from instapay.outbox import event_json
 from instapay.protocol import PAYMENTS_PATH, payment_lsn, refund_lsn
@@ -364,3 +368,23 @@ def test_export_reads_a_running_servers_history(tmp_path: Path) -> None:
     finally:
         status, _ = server.stop()
     assert status == 0
+
+
+def test_a_server_without_a_history_database_says_so_on_a_list(tmp_path: Path) -> None:
+    async def main() -> None:
+        settings = ServerSettings(tmp_path, CONFIG, history=False)
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        engine = await app[RUNTIME].ready()
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = str(server.make_url("")).rstrip("/")
+                api = Running(engine, url, session, app[RUNTIME])
+                status, refused, _ = await call(api, "/v1/payments")
+                assert (status, refused["error"]["code"]) == (503, "history_unavailable")
+        finally:
+            await server.close()
+        assert not history_path(tmp_path).exists()
+
+    asyncio.run(main())
