@@ -1,18 +1,14 @@
-//! `_core.HistoryProjector` and `_core.HistoryReader`: the Python bindings of the history
-//! projector and of in-process reads (`history/`). Every call runs without the GIL: the projector
-//! thread writes while the event loop and the log thread go on.
+//! `_core.HistoryProjector`: the Python binding of the history projector (`history/`). Every call
+//! runs without the GIL: the projector thread writes while the event loop and the log thread go on.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyFloat, PyInt, PyString, PyTuple};
-use rusqlite::types::Value;
+use pyo3::types::PyBytes;
 
-use crate::convert::sequence_items;
 use crate::error::{CoreError, CoreResult};
-use crate::history::{Projector, Reader, Step};
+use crate::history::{Projector, Step};
 
 /// What `project` answers: the offset it stopped at, the LSN projected and the durable one, the
 /// records and rows written, and the version-0 record it stopped before (LSN, type, payload).
@@ -107,83 +103,5 @@ impl HistoryProjectorPy {
             Ok::<u64, CoreError>(durable)
         })?;
         Ok(closed)
-    }
-}
-
-/// A read-only connection to a history database through the projector's own `SQLite`: what a
-/// reader in the server's process must use (`history/read.rs` says why).
-#[pyclass(frozen, module = "instapay._core", name = "HistoryReader")]
-pub struct HistoryReaderPy {
-    reader: Mutex<Reader>,
-}
-
-fn sql_value(index: usize, item: &Bound<'_, PyAny>) -> PyResult<Value> {
-    if item.is_none() {
-        Ok(Value::Null)
-    } else if item.is_instance_of::<PyInt>() && !item.is_instance_of::<pyo3::types::PyBool>() {
-        Ok(Value::Integer(item.extract()?))
-    } else if item.is_instance_of::<PyString>() {
-        Ok(Value::Text(item.extract()?))
-    } else if item.is_instance_of::<PyFloat>() {
-        Ok(Value::Real(item.extract()?))
-    } else if item.is_instance_of::<PyBytes>() {
-        Ok(Value::Blob(item.extract()?))
-    } else {
-        Err(PyTypeError::new_err(format!(
-            "parameters[{index}] must be an int, str, float, bytes or None"
-        )))
-    }
-}
-
-fn py_value(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
-    Ok(match value {
-        Value::Null => py.None().into_bound(py),
-        Value::Integer(number) => number.into_pyobject(py)?.into_any(),
-        Value::Real(number) => number.into_pyobject(py)?.into_any(),
-        Value::Text(text) => text.into_pyobject(py)?.into_any(),
-        Value::Blob(bytes) => PyBytes::new(py, &bytes).into_any(),
-    })
-}
-
-#[pymethods]
-impl HistoryReaderPy {
-    #[new]
-    #[expect(
-        clippy::needless_pass_by_value,
-        reason = "pyo3 extracts the path into an owned one"
-    )]
-    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let reader = py.detach(|| Reader::open(&path))?;
-        Ok(Self {
-            reader: Mutex::new(reader),
-        })
-    }
-
-    /// The rows of one statement (`?` parameters), as tuples, read in one transaction.
-    #[pyo3(signature = (sql, parameters = None))]
-    fn query<'py>(
-        &self,
-        py: Python<'py>,
-        sql: &str,
-        parameters: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let values = match parameters {
-            Some(parameters) => sequence_items("parameters", "a sequence", parameters)?
-                .iter()
-                .enumerate()
-                .map(|(index, item)| sql_value(index, item))
-                .collect::<PyResult<Vec<Value>>>()?,
-            None => Vec::new(),
-        };
-        let rows = py.detach(|| {
-            let reader = self.reader.lock().map_err(|_| CoreError::Poisoned)?;
-            reader.query(sql, &values)
-        })?;
-        rows.into_iter()
-            .map(|row| {
-                let items = row.into_iter().map(|value| py_value(py, value));
-                PyTuple::new(py, items.collect::<PyResult<Vec<_>>>()?)
-            })
-            .collect()
     }
 }

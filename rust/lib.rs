@@ -117,7 +117,6 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<ledger_py::LedgerPy>()?;
     module.add_class::<results_py::ResultsPy>()?;
     module.add_class::<history_py::HistoryProjectorPy>()?;
-    module.add_class::<history_py::HistoryReaderPy>()?;
     module.add("HISTORY_SCHEMA_VERSION", history::SCHEMA_VERSION)?;
     module.add_class::<machine_py::MerchantTablePy>()?;
     module.add_class::<machine_py::StagedPy>()?;

@@ -11,7 +11,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from history_checks import assert_history_matches, projected_lsn, rows
 from instapay import _core
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
-from instapay.engine.records import RecordType, as_current
+from instapay.engine.records import RecordType
 from instapay.http.app import RUNTIME, ServerSettings, create_app
 from instapay.model import (
     EngineConfig,
@@ -40,11 +39,7 @@ from instapay.outbox import DeliveryOutcome
 from instapay.signing import SIGNATURE_HEADER
 from instapay.storage import wal
 from instapay.storage.history import history_path
-from instapay.storage.history.projector import (
-    HistoryPolicy,
-    HistoryProjector,
-    HistoryUnreachableError,
-)
+from instapay.storage.history.projector import HistoryPolicy, HistoryUnreachableError
 from test_records import JSON_LOG_LSN_LAST, json_log
 
 T = TypeVar("T")
@@ -438,51 +433,3 @@ def test_over_http_a_lagging_history_is_503_with_retry_after_and_metrics_show_it
             await server.close()
 
     asyncio.run(scenario())
-
-
-def test_readers_in_the_process_through_the_core_see_whole_transactions(tmp_path: Path) -> None:
-    """While the projector writes (small transactions), readers in this process through
-    `_core.HistoryReader` (the projector's own SQLite) each see one projected LSN: the entries
-    sum to the balances, no payment is beyond the LSN, and no read or write fails."""
-
-    async def log_only(engine: Engine) -> int:
-        await busy(engine)
-        for n in range(300):
-            await pay(engine, f"more-{n}", 1, payer=n % 3)
-        return engine.lsn_next - 1
-
-    log_end = run(tmp_path, log_only, history=False)
-    projector = HistoryProjector(tmp_path, log_end, as_current, transaction_records_max=7)
-    reads: list[tuple[_core._SqlValue, ...]] = []
-    consistent = (
-        "SELECT (SELECT lsn FROM projection), "
-        "(SELECT coalesce(sum(amount), 0) FROM account_entries), "
-        "(SELECT coalesce(sum(balance), 0) FROM accounts), "
-        "(SELECT count(*) FROM payments WHERE lsn > (SELECT lsn FROM projection))"
-    )
-
-    def read() -> None:
-        reader = _core.HistoryReader(history_path(tmp_path))
-        while projector.lsn < log_end:
-            reads.extend(reader.query(consistent))
-
-    readers = [threading.Thread(target=read) for _ in range(2)]
-    projector.start()
-    for thread in readers:
-        thread.start()
-    for thread in readers:
-        thread.join()
-    projector.close()
-    assert reads, "no read happened while the projector wrote"
-    for _, entries, balances, beyond in reads:
-        assert (entries, beyond) == (balances, 0)
-    assert projector.stats.failures == 0
-    reader = _core.HistoryReader(history_path(tmp_path))
-    assert reader.query("SELECT lsn FROM projection") == [(log_end,)]
-    assert reader.query("SELECT count(*) FROM payments WHERE order_id = ?", ["more-3"]) == [(1,)]
-    with pytest.raises(OSError, match="readonly"):
-        reader.query("DELETE FROM payments")
-    with pytest.raises(TypeError, match=r"parameters\[0\]"):
-        reader.query("SELECT ?", [object()])  # type: ignore[list-item]
-    with pytest.raises(OSError, match="unable to open"):
-        _core.HistoryReader(tmp_path / "none.db")

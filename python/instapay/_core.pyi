@@ -64,7 +64,6 @@ __all__ = [
     "WAL_HEADER_LEN",
     "WAL_RECORD_LEN_MAX",
     "HistoryProjector",
-    "HistoryReader",
     "IdempotencyIndex",
     "KeyRing",
     "Ledger",
@@ -679,23 +678,6 @@ class HistoryProjector:
         returns ``durable_lsn``."""
     def close(self) -> int:
         """Syncs and closes the database (again: nothing); returns ``durable_lsn``."""
-
-_SqlValue: TypeAlias = int | float | str | bytes | None
-
-@final
-class HistoryReader:
-    """A read-only connection to a history database through the projector's own SQLite: what a
-    reader inside the server's process must use. Python's ``sqlite3`` module links another copy
-    of SQLite, which in the same process does not see this copy's locks (a "locking protocol"
-    error for the projector, or a SIGBUS: tried); another process may use any. OSError when the
-    file cannot be opened (a reader never creates it) or a statement fails (one that writes
-    among them). Every call releases the GIL; thread-safe."""
-
-    def __new__(cls, path: str | PathLike[str]) -> HistoryReader: ...
-    def query(
-        self, sql: str, parameters: Sequence[_SqlValue] | None = None
-    ) -> list[tuple[_SqlValue, ...]]:
-        """The rows of one statement with ``?`` parameters, read in one transaction."""
 
 def replay_run(
     ledger: Ledger,

@@ -6,11 +6,9 @@
 //! database is derived data: the log is the truth, so a lost commit is projected again.
 
 pub mod project;
-pub mod read;
 mod records;
 
 pub use project::{Projector, Step};
-pub use read::Reader;
 
 /// The schema the code writes and reads, stored in `projection.schema_version`. A change to
 /// `schema.sql` that an older reader would misread takes the next number.

@@ -35,7 +35,7 @@ use crate::wal::{frame_at, Frame};
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// How long a write waits for a lock another connection holds before it fails (and the caller
 /// retries): readers never hold one in WAL mode, only another writer would.
-pub(super) const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
+const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 /// The database file and its -wal and -shm files (`SQLite` gives them the database's mode).
 const FILE_MODE: u32 = 0o600;
 const VERSION_SHIFT: u16 = 8;
