@@ -148,8 +148,7 @@ TARGETS: dict[str, tuple[Target, ...]] = {
         for row in (
             "test_reader[list of 100]",
             "test_reader[oldest payment]",
-            "test_http[list of 100]",
-            "test_http[oldest payment]",
+            "test_http_list",
         )
     },
     "benches/test_bench_hot_state.py::test_rss_growth": (

@@ -11,9 +11,11 @@ engine is then closed, and the reads run on the database it left.
 - Reader rows: `HistoryReader` called directly, one read at a time (READS of them): a page of
   100 newest first from a cursor drawn at random over the whole history (deep pages cost what
   the first does: the index seeks), and the oldest payment (`HistoryReader.payment`).
-- HTTP rows: the same reads through the real application on a loopback port (signed GETs,
-  one at a time, answered from the database; the list waits for the projector as it always
-  does), which adds the signature checks, aiohttp and the client's share of this machine.
+- HTTP row: the list through the real application on a loopback port (signed GETs of the
+  newest page, one at a time, answered from the database after waiting for the projector as it
+  always does), which adds the signature checks, aiohttp and the client's share of this
+  machine. `GET /v1/payments/{id}` still answers from memory in this milestone, so it has no
+  HTTP row here: the reader row is its database read.
 Each figure is the p99 in milliseconds (lower is better), with the p50 in the details.
 """
 
@@ -37,7 +39,7 @@ from instapay import signing
 from instapay.engine import Engine
 from instapay.http import ServerSettings, create_app
 from instapay.http.app import HEADER_LIMITS, RUNTIME
-from instapay.protocol import PAYMENTS_PATH, payment_id
+from instapay.protocol import PAYMENTS_PATH
 from instapay.storage.history import history_path
 from instapay.storage.history.projector import HistoryPolicy
 from instapay.storage.history.reads import (
@@ -142,14 +144,9 @@ def test_reader(benchmark: BenchmarkFixture, history: Path, read: str) -> None:
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("read", ["list of 100", "oldest payment"])
-def test_http(benchmark: BenchmarkFixture, history: Path, read: str) -> None:
-    oldest, _ = lsns_of_payments(history)
-    paths = {
-        "list of 100": f"{PAYMENTS_PATH}?limit={PAGE_LEN}",
-        "oldest payment": f"{PAYMENTS_PATH}/{payment_id(oldest)}",
-    }
-    timed = pedantic(benchmark, lambda: asyncio.run(http_latencies(history, paths[read])), rounds=1)
+def test_http_list(benchmark: BenchmarkFixture, history: Path) -> None:
+    path = f"{PAYMENTS_PATH}?limit={PAGE_LEN}"
+    timed = pedantic(benchmark, lambda: asyncio.run(http_latencies(history, path)), rounds=1)
     record(benchmark, timed)
 
 

@@ -1,6 +1,6 @@
 //! `_core.HistoryReadConnection`: a read-only connection to a history database through the
-//! SQLite compiled into this module, the one the projector writes with. The readers must not
-//! use Python's `sqlite3` in the projector's process: that is a second copy of SQLite, and two
+//! `SQLite` compiled into this module, the one the projector writes with. The readers must not
+//! use Python's `sqlite3` in the projector's process: that is a second copy of `SQLite`, and two
 //! copies in one process do not see each other's POSIX locks (a lock one takes never blocks the
 //! other, a close by one drops the other's locks: sqlite.org/howtocorrupt.html, 2.2.1), so a
 //! checkpoint could overwrite pages a reader still reads. The SQL stays in Python
@@ -55,7 +55,7 @@ fn query(connection: &Connection, sql: &str, params: &[Option<Param>]) -> CoreRe
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn to_python<'py>(py: Python<'py>, value: Value) -> PyResult<Bound<'py, PyAny>> {
+fn to_python(py: Python<'_>, value: Value) -> PyResult<Bound<'_, PyAny>> {
     Ok(match value {
         Value::Null => PyNone::get(py).to_owned().into_any(),
         Value::Integer(number) => number.into_pyobject(py)?.into_any(),
@@ -87,7 +87,11 @@ impl HistoryReadConnection {
     }
 
     /// The rows `sql` answers with `params` bound (`?` placeholders), each a tuple of its
-    /// columns (int, float, str, bytes or None). OSError when SQLite fails.
+    /// columns (int, float, str, bytes or `None`). `OSError` when `SQLite` fails.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "pyo3 extracts the parameters into an owned Vec"
+    )]
     fn fetch<'py>(
         &self,
         py: Python<'py>,
@@ -106,12 +110,12 @@ impl HistoryReadConnection {
             .collect()
     }
 
-    /// Runs statements that answer no rows (`BEGIN`, `COMMIT`). OSError when SQLite fails.
+    /// Runs statements that answer no rows (`BEGIN`, `COMMIT`). `OSError` when `SQLite` fails.
     fn execute(&self, py: Python<'_>, sql: &str) -> PyResult<()> {
         Ok(py.detach(|| self.with(|connection| Ok(connection.execute_batch(sql)?)))?)
     }
 
-    /// Closes the connection; later calls raise OSError. Closing twice is fine.
+    /// Closes the connection; later calls raise `OSError`. Closing twice is fine.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let closed = py.detach(|| -> CoreResult<()> {
             let mut guard = self.connection.lock().map_err(|_| CoreError::Poisoned)?;

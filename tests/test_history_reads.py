@@ -11,16 +11,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp.test_utils import TestServer
 
 from instapay import signing
 from instapay.demo import DemoMerchant, grant_mandates
+from instapay.http import ServerSettings, create_app
+from instapay.http.app import RUNTIME
 from instapay.model import EngineConfig
 from instapay.outbox import event_json
 from instapay.protocol import PAYMENTS_PATH, payment_lsn, refund_lsn
 from instapay.storage.history import history_path
 from instapay.storage.history.reads import Cursors, HistoryReader
 from servers import ADMIN, DEMO, Running, call, free_port, pay, serving, start
+from test_history_projector import write_lock_held
 
 OTHER = DemoMerchant("other", "other.k1")
 CONFIG = EngineConfig(DEMO.config().merchants + OTHER.config().merchants)
@@ -195,17 +200,6 @@ def test_each_bad_parameter_is_a_400_naming_it(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-# Takes the database's write lock, says so, and keeps it until its stdin closes.
-WRITE_LOCKER = """
-import sqlite3, sys
-connection = sqlite3.connect(sys.argv[1], isolation_level=None)
-connection.execute("BEGIN IMMEDIATE")
-print("locked", flush=True)
-sys.stdin.read()
-connection.execute("ROLLBACK")
-"""
-
-
 def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
     tmp_path: Path,
 ) -> None:
@@ -213,22 +207,11 @@ def test_a_list_is_503_while_the_history_cannot_catch_up_then_reads_its_writes(
         await paid(api, "before", 1)
         assert await api.engine.history_caught_up(30.0)
         # Another process holds history.db's write lock: the projector cannot commit meanwhile.
-        # (In this process it would not: see rust/history_reads_py.rs.)
-        blocker = subprocess.Popen(  # noqa: S603 (this interpreter, a literal program)
-            [sys.executable, "-c", WRITE_LOCKER, str(history_path(api.engine.directory))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert blocker.stdout is not None
-            assert blocker.stdout.readline() == "locked\n"
+        with write_lock_held(history_path(api.engine.directory)):
             made = await paid(api, "while-locked", 2)
             status, refused, headers = await call(api, "/v1/payments")
             assert (status, refused["error"]["code"]) == (503, "history_catching_up")
             assert headers["Retry-After"] == "1"
-        finally:
-            blocker.communicate(timeout=30)
         assert await api.engine.history_caught_up(60.0)
         status, listed, _ = await call(api, "/v1/payments")
         assert (status, ids(listed)[0]) == (200, made["id"])
@@ -385,3 +368,23 @@ def test_export_reads_a_running_servers_history(tmp_path: Path) -> None:
     finally:
         status, _ = server.stop()
     assert status == 0
+
+
+def test_a_server_without_a_history_database_says_so_on_a_list(tmp_path: Path) -> None:
+    async def main() -> None:
+        settings = ServerSettings(tmp_path, CONFIG, history=False)
+        app = create_app(settings)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        engine = await app[RUNTIME].ready()
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = str(server.make_url("")).rstrip("/")
+                api = Running(engine, url, session, app[RUNTIME])
+                status, refused, _ = await call(api, "/v1/payments")
+                assert (status, refused["error"]["code"]) == (503, "history_unavailable")
+        finally:
+            await server.close()
+        assert not history_path(tmp_path).exists()
+
+    asyncio.run(main())

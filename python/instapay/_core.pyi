@@ -668,8 +668,6 @@ HISTORY_SCHEMA_VERSION: Final[int]
 """The history database's schema version (``projection.schema_version``) this code writes."""
 
 @final
-@final
-@final
 class HistoryReadConnection:
     """A read-only connection to a history database through the SQLite compiled into this
     module, the one the projector writes with (Python's `sqlite3` is another copy, whose locks
@@ -681,6 +679,7 @@ class HistoryReadConnection:
     def execute(self, sql: str) -> None: ...
     def close(self) -> None: ...
 
+@final
 class HistoryProjector:
     """The one writer of a history database (rust/history/): opens or creates it (owner-only,
     WAL mode, the schema in one transaction; ValueError for another schema version or a file

@@ -459,7 +459,12 @@ async def payments_for_order(request: web.Request, merchant: Merchant) -> web.Re
 async def caught_up_history(request: web.Request) -> HistoryReads:
     """The history reads, once the database holds every record durable now: a result
     acknowledged before the request is in the answer. 503 while the projector catches up."""
-    if not await engine_of(request).history_caught_up(HISTORY_CATCH_UP_TIMEOUT_S):
+    engine = engine_of(request)
+    if engine.history is None:
+        raise RequestError(
+            "history_unavailable", "this server keeps no history database ([history])", 503
+        )
+    if not await engine.history_caught_up(HISTORY_CATCH_UP_TIMEOUT_S):
         raise RequestError("history_catching_up", "history is catching up; retry shortly", 503)
     return request.app[HISTORY]
 

@@ -743,7 +743,8 @@ RESPONSES: Final[JSON] = {
         "merchant holds its share of the idempotency index), `unavailable` (the engine "
         "stopped), `history_catching_up` (a list waits for the history database to hold "
         "every result durable when it was asked, and it did not in time), "
-        "`history_unavailable` (the history database cannot be read), `server_busy` (too "
+        "`history_unavailable` (the history database cannot be read, or the server keeps "
+        "none: `[history] enabled = false`), `server_busy` (too "
         "many request bodies being received at once) or "
         "`too_many_connections` (the server's or this client address's connection cap, "
         "answered before the request is read); retry after `Retry-After`.",
