@@ -6,6 +6,7 @@ after a restart from a trimmed snapshot, and replayed from the log; a retry of a
 forgot replays the same answer; snapshots do not grow with history."""
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -362,5 +363,26 @@ def test_without_a_history_nothing_is_forgotten(tmp_path: Path) -> None:
             await many_payments(engine, 2 * CHUNK_LEN, "p")
             engine.evict()
             assert len(engine.results) == 2 * CHUNK_LEN
+
+    asyncio.run(main())
+
+
+def test_a_retry_of_a_keyed_deposit_memory_forgot_replays_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=CONFIG, history_policy=POLICY) as engine:
+            await DEMO.set_up(engine, payers=2, balance=1_000_000)
+            first = await engine.deposit(DEMO.payer(0), 700, "EUR", idempotency_key="d-1")
+            declined = await engine.withdraw(DEMO.payer(0), 10**9, "EUR", idempotency_key="w-1")
+            assert declined.failure_code is not None
+            await many_payments(engine, NEWER, "newer")
+            await forget(engine)
+            assert len(engine.state.admin_results) == 1, "the declined one stays"
+            again = await engine.deposit(DEMO.payer(0), 700, "EUR", idempotency_key="d-1")
+            assert again == replace(first, replayed=True)
+            declined_again = await engine.withdraw(
+                DEMO.payer(0), 10**9, "EUR", idempotency_key="w-1"
+            )
+            assert declined_again == replace(declined, replayed=True)
+            assert engine.balance(DEMO.payer(0)) == ("EUR", 1_000_700)
 
     asyncio.run(main())

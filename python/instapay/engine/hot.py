@@ -76,6 +76,19 @@ class HotWindow:
         first = state.results.first_lsn()
         if first is not None:
             state.outbox.forget_before(first, self.pinned_events)
+            forget_admin_results(state, first)
+
+
+def forget_admin_results(state: State, lsn_below: int) -> None:
+    """Forgets the keyed deposits and withdrawals that succeeded older than the window: a retry
+    reads them from history.db (their account entry). A declined one has no row there: it stays
+    (they are few, and keys expire)."""
+    results = state.admin_results
+    old = [
+        lsn for lsn, result in results.items() if lsn < lsn_below and result.failure_code is None
+    ]
+    for lsn in old:
+        del results[lsn]
 
 
 def recall(state: State, refundable: Refundable) -> str:

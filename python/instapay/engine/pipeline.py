@@ -515,7 +515,9 @@ class Engine(EngineApi):
     async def _replay_forgotten(self, job: Job, lsn: int) -> None:
         """Answers a retry of a result memory forgot from history.db (nothing is applied)."""
         try:
-            stored = await self.durable_result(lsn)
+            stored: Applied | None = await self.durable_result(lsn)
+            if stored is None and self._prefetcher is not None:
+                stored = await self._prefetcher.admin_result(lsn)
         except Exception as error:  # the caller is answered whatever went wrong
             log.error("the result at LSN %d could not be read for a retry: %s", lsn, error)
             stored = None

@@ -1,15 +1,16 @@
 """The reads the bounded hot state makes of the history database: a payment's refundable state
 for a refund of a payment memory no longer holds (the prefetch before its batch is staged, as
 TigerBeetle prefetches), a result by LSN (an idempotent retry of a result memory forgot, an
-event), and the delivery attempts of events whose deliveries memory forgot. Over
-`HistoryReader`'s read-only connections and threads (storage/history/reads.py), so the event
-loop never waits on SQLite; recovery reads on its own thread (`*_now`)."""
+event; a keyed deposit's or withdrawal's), and the delivery attempts of events whose deliveries
+memory forgot. Over `HistoryReader`'s read-only connections and threads
+(storage/history/reads.py), so the event loop never waits on SQLite; recovery reads on its own
+thread (`*_now`)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from instapay.model import PaymentResult, RefundResult
+from instapay.model import AdminResult, PaymentResult, RefundResult, Status
 from instapay.outbox import DeliveryOutcome
 from instapay.protocol import payment_id
 from instapay.storage.history.reads import (
@@ -104,6 +105,22 @@ def read_attempts(
     ]
 
 
+_ADMIN_ENTRY = (
+    "SELECT account_id, balance_after FROM account_entries"
+    " WHERE lsn = ? AND kind IN ('deposit', 'withdrawal')"
+)
+
+
+def read_admin_result(connection: Connection, lsn: int) -> AdminResult | None:
+    """The result of the deposit or withdrawal logged at `lsn` that succeeded (a declined one
+    changed no balance: history.db has no row of it), if any."""
+    row = first(connection, _ADMIN_ENTRY, [lsn]) if lsn <= SQLITE_INTEGER_MAX else None
+    if row is None:
+        return None
+    account_id, balance_after = row
+    return AdminResult(account_id, Status.SUCCEEDED, None, balance_after)
+
+
 def read_delivery(
     connection: Connection, event_lsn: int, before_lsn: int
 ) -> tuple[str, list[DeliveryOutcome]] | None:
@@ -127,6 +144,9 @@ class HistoryPrefetcher(HistoryReader):
 
     async def result(self, lsn: int) -> PaymentResult | RefundResult | None:
         return await self._run(lambda c: read_result(c, lsn))
+
+    async def admin_result(self, lsn: int) -> AdminResult | None:
+        return await self._run(lambda c: read_admin_result(c, lsn))
 
     async def attempts(self, event_lsn: int) -> list[DeliveryOutcome]:
         return await self._run(lambda c: read_attempts(c, event_lsn))
