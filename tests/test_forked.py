@@ -11,10 +11,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
+from instapay.engine.recovery import SNAPSHOT_STATE_LEN
 from instapay.model import PaymentResult, Status
 from instapay.storage import datadir, forked, snapshots
 
@@ -137,3 +139,33 @@ def test_a_failed_snapshot_is_logged_and_payments_go_on(
 
     assert asyncio.run(count_payments()) == 50
     assert snapshots.snapshot_paths(tmp_path), "the restart snapshots as it closes"
+
+
+def test_a_snapshot_taken_while_batches_wait_holds_the_state_of_its_lsn(tmp_path: Path) -> None:
+    """Requests still queued when a snapshot is due are staged right after it: the child must
+    be forked before them, or its snapshot holds records beyond its LSN (not yet durable) and
+    the next start refuses it."""
+
+    async def pay_while_snapshotting() -> None:
+        async with Engine.open(
+            tmp_path,
+            config=DEMO.config(),
+            batch_size_max=10,
+            snapshot_every_records=25,
+            snapshot_on_close=False,
+        ) as engine:
+            await DEMO.set_up(engine, payers=3, balance=10_000)
+            requests = [DEMO.payment(f"o-{n}", DEMO.payer(n % 3), 1) for n in range(200)]
+            answers = await engine.submit_many(requests)
+            assert all(isinstance(a, PaymentResult) for a in answers)
+            while engine._snapshotting is not None:
+                await asyncio.sleep(0.01)
+
+    asyncio.run(pay_while_snapshotting())
+    paths = snapshots.snapshot_paths(tmp_path)
+    assert paths, "snapshots were taken"
+    for lsn, path in paths:
+        payload = snapshots.read_snapshot(path, lsn)
+        (length,) = SNAPSHOT_STATE_LEN.unpack_from(payload)
+        state = orjson.loads(payload[SNAPSHOT_STATE_LEN.size : SNAPSHOT_STATE_LEN.size + length])
+        assert state["lsn"] == lsn, path.name

@@ -818,15 +818,22 @@ class Engine(EngineApi):
             return
         lsn = self.state.lsn_next - 1
         self._snapshot_lsn = lsn
-        self._snapshotting = asyncio.create_task(self._snapshot_in_child(lsn))
-
-    async def _snapshot_in_child(self, lsn: int) -> None:
-        """A failed snapshot is logged, not fatal: the log still holds everything."""
         state, directory = self.state, self.directory
         try:
-            await forked.run_in_child(
+            # Forked here, not in the task: the caller stages the next batches before a new task
+            # first runs, and the child must see the state of `lsn` alone.
+            child = forked.start_in_child(
                 lambda: snapshots.write_snapshot(directory, lsn, recovery.snapshot_payload(state))
             )
+        except OSError as error:
+            log.error("snapshot at LSN %d failed, the log keeps everything: %s", lsn, error)
+            return
+        self._snapshotting = asyncio.create_task(self._snapshot_in_child(child, lsn))
+
+    async def _snapshot_in_child(self, child: forked.Child, lsn: int) -> None:
+        """A failed snapshot is logged, not fatal: the log still holds everything."""
+        try:
+            await child.wait()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._log_thread, self._drop_unneeded_segments)
         except (OSError, forked.ChildFailedError) as error:

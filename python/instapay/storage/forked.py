@@ -20,6 +20,7 @@ import gc
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 # From <linux/prctl.h>: the signal a process gets when the thread that forked it ends.
 PR_SET_PDEATHSIG = 1
@@ -35,10 +36,23 @@ class ChildFailedError(Exception):
     """The forked child's work raised, or the child was killed."""
 
 
-async def run_in_child(work: Callable[[], object]) -> None:
-    """Runs `work` in a forked child and waits for it without blocking the event loop; raises
-    ChildFailedError with the child's error. Call it when the state `work` reads is consistent
-    (between batches): the child sees it exactly as it is at the fork."""
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A forked child at work: `wait` for it."""
+
+    pid: int
+    error_fd: int
+
+    async def wait(self) -> None:
+        """Waits for the child without blocking the event loop; raises ChildFailedError with
+        the child's error."""
+        await asyncio.to_thread(_wait, self.pid, self.error_fd)
+
+
+def start_in_child(work: Callable[[], object]) -> Child:
+    """Forks now a child that runs `work`. Call it when the state `work` reads is consistent
+    (between batches): the child sees it exactly as it is at this call, whatever the caller
+    changes after it returns."""
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -46,7 +60,12 @@ async def run_in_child(work: Callable[[], object]) -> None:
         os.close(read_fd)
         _run_child(work, parent, write_fd)
     os.close(write_fd)
-    await asyncio.to_thread(_wait, pid, read_fd)
+    return Child(pid, read_fd)
+
+
+async def run_in_child(work: Callable[[], object]) -> None:
+    """Runs `work` in a forked child (`start_in_child`) and waits for it."""
+    await start_in_child(work).wait()
 
 
 def _run_child(work: Callable[[], object], parent: int, error_fd: int) -> None:
