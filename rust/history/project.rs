@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Transaction};
 
 use super::records::{
     AccountRecord, Deliveries, OPERATION_DELIVERIES, OPERATION_DEPOSIT, OPERATION_OPEN_ACCOUNT,
@@ -39,6 +39,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(200);
 /// The database file and its -wal and -shm files (`SQLite` gives them the database's mode).
 const FILE_MODE: u32 = 0o600;
 const VERSION_SHIFT: u16 = 8;
+/// WAL pages (4 KiB) between automatic checkpoints, and the page cache (`configure` says why).
+const WAL_CHECKPOINT_PAGES: i64 = 16_384;
+const CACHE_KIB: i64 = 64 * 1024;
 
 const INSERT_PAYMENT: &str = "INSERT INTO payments (lsn, merchant_id, order_id, payer, \
     settlement_account, amount, currency, status, failure_code, description, metadata, created) \
@@ -171,6 +174,17 @@ impl Projector {
         }
         connection
             .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(wrap)?;
+        // Measured projecting 230 k records in transactions of 1000 (as live batches come):
+        // a checkpoint every 64 MiB of WAL instead of 4 MiB, and a 64 MiB page cache instead of
+        // 2 MiB, cut the time by about a third (fewer checkpoints, each with its fsyncs, which
+        // also delay the log's fdatasync on the same disk; fewer pages read again). Both bound
+        // the memory and the WAL file whatever the history's size.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(wrap)
     }
 
@@ -266,8 +280,8 @@ impl Projector {
             }
             if frame.lsn > lsn_next {
                 return Err(CoreError::HistoryGap {
-                    projected: lsn_next - 1,
-                    first: frame.lsn,
+                    expected: lsn_next,
+                    got: frame.lsn,
                 });
             }
             let operation = projected_operation(frame.record_type)?;
@@ -317,9 +331,9 @@ impl Projector {
         }
     }
 
-    /// One transaction: the rows of `frames`, the entries sorted by (account, LSN), the new
-    /// balances, the LSN. Returns the rows written and the balances it changed, which the caller
-    /// keeps only once committed.
+    /// One transaction (synced when `durable`): the rows of `frames`, the entries sorted by
+    /// (account, LSN), the new balances, the LSN. Returns the rows written and the balances it
+    /// changed, which the caller keeps only once committed.
     fn write(
         &mut self,
         data: &[u8],
@@ -327,29 +341,39 @@ impl Projector {
         lsn: u64,
         durable: bool,
     ) -> CoreResult<(u64, HashMap<String, i64>)> {
-        if durable {
-            self.connection.pragma_update(None, "synchronous", "FULL")?;
+        if !durable {
+            return self.transact(data, frames, lsn);
         }
+        self.connection.pragma_update(None, "synchronous", "FULL")?;
+        let written = self.transact(data, frames, lsn);
+        self.connection.pragma_update(None, "synchronous", "NORMAL")?;
+        written
+    }
+
+    fn transact(
+        &mut self,
+        data: &[u8],
+        frames: &[(Frame, u16)],
+        lsn: u64,
+    ) -> CoreResult<(u64, HashMap<String, i64>)> {
         let transaction = self.connection.transaction()?;
-        let mut batch = Batch {
-            transaction: &transaction,
-            entries: Vec::new(),
-            opened: HashSet::new(),
-            rows: 0,
+        let (entries, opened, mut rows) = {
+            let mut batch = Batch {
+                transaction: &transaction,
+                insert_payment: transaction.prepare_cached(INSERT_PAYMENT)?,
+                entries: Vec::new(),
+                opened: HashSet::new(),
+                rows: 0,
+            };
+            for &(frame, operation) in frames {
+                let payload = &data[frame.payload_at..frame.payload_at + frame.payload_len];
+                batch.apply(frame.lsn, operation, payload)?;
+            }
+            (batch.entries, batch.opened, batch.rows)
         };
-        for &(frame, operation) in frames {
-            let payload = &data[frame.payload_at..frame.payload_at + frame.payload_len];
-            batch.apply(frame.lsn, operation, payload)?;
-        }
-        let entries = std::mem::take(&mut batch.entries);
-        let opened = std::mem::take(&mut batch.opened);
-        let mut rows = batch.rows;
         let balances = write_entries(&transaction, &self.balances, opened, entries, &mut rows)?;
         transaction.prepare_cached(SET_LSN)?.execute([lsn_sql(lsn)?])?;
         transaction.commit()?;
-        if durable {
-            self.connection.pragma_update(None, "synchronous", "NORMAL")?;
-        }
         Ok((rows, balances))
     }
 
@@ -439,6 +463,8 @@ fn write_entries(
 /// The rows of one transaction being written.
 struct Batch<'t, 'a> {
     transaction: &'t Transaction<'t>,
+    /// Prepared once a transaction: the statement of nearly every record.
+    insert_payment: CachedStatement<'t>,
     entries: Vec<Entry<'a>>,
     /// Accounts opened in this transaction (balance 0 until their entries are counted).
     opened: HashSet<&'a str>,
@@ -469,7 +495,7 @@ impl<'a> Batch<'_, 'a> {
             .metadata
             .as_ref()
             .map(|_| String::from_utf8_lossy(&metadata).into_owned());
-        self.transaction.prepare_cached(INSERT_PAYMENT)?.execute(params![
+        self.insert_payment.execute(params![
             lsn_sql(lsn)?,
             record.merchant_id,
             record.order_id,

@@ -41,6 +41,10 @@ QUEUE_RECORDS_MAX = 262_144
 # (`Engine.history_caught_up`) wait seconds at most, and the log kept for the projector beyond
 # the snapshots' stays small.
 LAG_RECORDS_MAX_DEFAULT = 200_000
+# A transaction waits this long for this many records to be queued: under load several batches
+# go in one, idle it costs a reader waiting for its write this much.
+GATHER_S = 0.005
+GATHER_RECORDS = 8192
 RETRY_DELAY_S_MIN = 0.05
 RETRY_DELAY_S_MAX = 5.0
 # A thread with nothing to project makes its commits durable after this long.
@@ -134,6 +138,7 @@ class HistoryProjector:
         self._records_max = transaction_records_max
         self._queue: deque[_Batch] = deque()
         self._queued_records = 0
+        self._overflowed = False
         self._changed = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="instapay-history", daemon=True)
@@ -152,8 +157,9 @@ class HistoryProjector:
             raise HistoryUnreachableError(
                 f"{self.path} is projected to LSN {self.lsn}, but the log starts at LSN {first}: "
                 f"records {self.lsn + 1} to {first - 1} are in no segment. Restore history.db "
-                f"from a backup (or from before it was deleted); the log is kept for the history "
-                f"only from now on ([history] log_keep_records keeps more)"
+                f"from a backup (or from before it was deleted), or run without a history "
+                f"([history] enabled = false); with a history the log is kept until it is "
+                f"projected ([history] log_keep_records keeps more)"
             )
 
     @property
@@ -178,9 +184,13 @@ class HistoryProjector:
         """Called by the log thread once `count` records from `lsn_first` are durable."""
         with self._changed:
             self._log_end = lsn_first + count - 1
-            if self._queued_records + count <= QUEUE_RECORDS_MAX:
+            if not self._overflowed and self._queued_records + count <= QUEUE_RECORDS_MAX:
                 self._queue.append(_Batch(lsn_first, count, frames))
                 self._queued_records += count
+            else:
+                # This batch and every later one until the queue drains are left to the log:
+                # the queue never holds a gap (a transaction across one would fail for good).
+                self._overflowed = True
             self._changed.notify()
 
     def close(self) -> None:
@@ -207,6 +217,7 @@ class HistoryProjector:
                     self._changed.wait(IDLE_SYNC_S)
                 if not self._behind() and self._closing:
                     return
+                self._gather()
                 batches = list(self._queue)
                 log_end = self._log_end
             try:
@@ -225,6 +236,17 @@ class HistoryProjector:
                         log_end,
                     )
                     return
+
+    def _gather(self) -> None:
+        """Waits up to GATHER_S for GATHER_RECORDS records to be queued (holding the lock):
+        one transaction of several batches writes each page it changes once, where a
+        transaction per batch writes the accounts' pages again for each."""
+        deadline_s = time.monotonic() + GATHER_S
+        while self._queued_records < GATHER_RECORDS and not self._closing:
+            left_s = deadline_s - time.monotonic()
+            if left_s <= 0:
+                return
+            self._changed.wait(left_s)
 
     def _failed(self, error: Exception, failures: int) -> None:
         self.stats.failures += 1
@@ -259,6 +281,8 @@ class HistoryProjector:
         with self._changed:
             while self._queue and self._queue[0].lsn_last <= self.lsn:
                 self._queued_records -= self._queue.popleft().count
+            if not self._queue:
+                self._overflowed = False
         self._notify()
 
     def _catch_up(self, lsn_last: int) -> None:
