@@ -54,12 +54,15 @@ def open_engine(
     fsync: FsyncMode = "always",
     snapshot_every_records: int | None = None,
     snapshot_on_close: bool = True,
-    history: bool = True,
+    history: bool = False,
 ) -> AbstractAsyncContextManager[Engine]:
     """`Engine.open` for the demo merchant with room for `payments_max` payments' idempotency
     keys; automatic snapshots only every `snapshot_every_records` records if given, else never
-    while `payments_max` payments go in (a benchmark takes them where it means to); `history`:
-    with the history projector."""
+    while `payments_max` payments go in (a benchmark takes them where it means to). Without the
+    history projector unless `history`: these engines measure the engine's own memory, recovery
+    and snapshots (as before the history), and build histories faster than a projector on the
+    same two cores keeps up with, which its backpressure would refuse; the projector's costs are
+    benches/test_bench_projector.py's rows."""
     every = snapshot_every_records or 2 * (payments_max + 3 * ACCOUNTS)
     return Engine.open(
         directory,

@@ -90,7 +90,7 @@ def written_log(directory: Path) -> int:
     LSN."""
 
     async def write() -> int:
-        opened = open_engine(directory, CATCH_UP_PAYMENTS, fsync="off", history=False)
+        opened = open_engine(directory, CATCH_UP_PAYMENTS, fsync="off")
         async with opened as engine:
             await DEMO.set_up(engine, ACCOUNTS, FUNDS)
             await add_history(engine, "c", CATCH_UP_PAYMENTS)

@@ -127,10 +127,10 @@ pub enum CoreError {
         found: Option<i64>,
         expected: i64,
     },
-    /// Records handed to the projector that do not follow the last one it projected.
+    /// Records handed to the projector that skip some: it expected `expected` next.
     HistoryGap {
-        projected: u64,
-        first: u64,
+        expected: u64,
+        got: u64,
     },
     /// A panic left a lock (of the index or the ledger) poisoned; its state can no longer be trusted.
     Poisoned,
@@ -229,10 +229,11 @@ impl fmt::Display for CoreError {
                 "{path} is not a history database (no projection row of schema version {expected}); \
                  nothing was changed"
             ),
-            Self::HistoryGap { projected, first } => write!(
+            Self::HistoryGap { expected, got } => write!(
                 f,
-                "the history is projected to LSN {projected}, the next record given is LSN {first}: \
-                 records in between are missing"
+                "the history expects LSN {expected} next, the records given go on at LSN {got}: \
+                 records {expected} to {} are missing",
+                got - 1
             ),
             Self::Poisoned => write!(f, "the native state is unusable after a panic in an earlier call"),
         }

@@ -8,11 +8,17 @@ SCHEMA = Path(__file__).parents[1] / "rust" / "history" / "schema.sql"
 
 
 class HistoryRows:
-    """A history database at `path`, written as the projector writes it (WAL mode)."""
+    """A history database at `path` with the projector's schema and rows, each statement
+    committed at once. Written through Python's `sqlite3` while the reader reads through the
+    core's SQLite, a second copy in this process: so in rollback-journal mode, not WAL. Two
+    copies share a WAL index without seeing each other's locks (a reader then found no tables
+    at all, now and then); between two statements here nothing is locked, and a reader's next
+    transaction reads the file afresh. The WAL-mode database the projector writes is read by
+    the end-to-end tests (tests/test_history_reads.py)."""
 
     def __init__(self, path: Path) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None)
-        self.connection.execute("PRAGMA journal_mode = WAL")
+        self.connection.execute("PRAGMA journal_mode = DELETE")
         self.connection.executescript(SCHEMA.read_text())
         self.connection.execute("INSERT INTO projection VALUES (1, 1, 0)")
         self.balances: dict[str, int] = {}

@@ -39,6 +39,7 @@ from instapay.outbox import DeliveryOutcome
 from instapay.signing import SIGNATURE_HEADER
 from instapay.storage import wal
 from instapay.storage.history import history_path
+from instapay.storage.history import projector as projector_module
 from instapay.storage.history.projector import HistoryPolicy, HistoryUnreachableError
 from test_records import JSON_LOG_LSN_LAST, json_log
 
@@ -269,6 +270,28 @@ def test_a_projector_that_cannot_write_slows_intake_and_loses_nothing(tmp_path: 
         assert len(paid) == len([r for r in engine.results.values() if r.id.startswith("pay_")])
 
     run(tmp_path, scenario, history_policy=HistoryPolicy(lag_records_max=5))
+
+
+def test_batches_beyond_the_queue_are_read_back_from_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue of three records: while the projector cannot write, a batch of two is queued, the
+    next of two does not fit, and the one of one after it, which would, is dropped too (a queue
+    with a gap would fail every transaction); the log gives them back once it can write."""
+    monkeypatch.setattr(projector_module, "QUEUE_RECORDS_MAX", 3)
+
+    async def scenario(engine: Engine) -> None:
+        await DEMO.set_up(engine, payers=3, balance=BALANCE)
+        await caught_up(engine)
+        with write_lock_held(history_path(tmp_path)):
+            for batch in (["a", "b"], ["c", "d"], ["e"]):
+                requests = [DEMO.payment(order_id, DEMO.payer(0), 1) for order_id in batch]
+                answers = await engine.submit_many(requests)
+                assert all(isinstance(answer, PaymentResult) for answer in answers)
+        await caught_up(engine)
+        assert_history_matches(engine)
+
+    run(tmp_path, scenario)
 
 
 async def failed_once(engine: Engine) -> None:

@@ -251,3 +251,19 @@ def test_ids_beyond_sqlites_integers_name_no_row_rather_than_raise(shop: Path) -
     assert read(shop, lambda r: r.payment("shop", huge)) is None
     assert read(shop, lambda r: r.events_after("shop", huge, 10)) == ([], False)
     assert read(shop, lambda r: r.refunds("shop", huge, 10, Cursors())).items == []
+
+
+def test_growing_scan_windows_answer_what_one_scan_of_all_would(
+    shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    filters = [
+        PaymentFilters(status=Status.FAILED),
+        PaymentFilters(payer="alice"),
+        PaymentFilters(created_lt=1_700_000_003),
+        PaymentFilters(created_gte=1_700_000_018),
+    ]
+    pages = [Cursors(), Cursors(starting_after=12), Cursors(ending_before=3)]
+    whole = [page_of(shop, 3, c, f) for f in filters for c in pages]
+    monkeypatch.setattr(reads, "SCAN_WINDOW_MIN", 2)
+    monkeypatch.setattr(reads, "SCANNED_ROWS_MAX", 20)
+    assert [page_of(shop, 3, c, f) for f in filters for c in pages] == whole

@@ -280,8 +280,8 @@ impl Projector {
             }
             if frame.lsn > lsn_next {
                 return Err(CoreError::HistoryGap {
-                    projected: lsn_next - 1,
-                    first: frame.lsn,
+                    expected: lsn_next,
+                    got: frame.lsn,
                 });
             }
             let operation = projected_operation(frame.record_type)?;

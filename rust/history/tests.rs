@@ -239,17 +239,13 @@ fn a_gap_is_refused_naming_both_lsns() {
     let mut projector = Projector::open(&path).unwrap();
     let data = frames(3, &opening());
     let error = projector.project(&data, 0, 1000, ALL).unwrap_err();
-    assert_eq!(
-        error,
-        CoreError::HistoryGap {
-            projected: 0,
-            first: 3
-        }
-    );
+    assert_eq!(error, CoreError::HistoryGap { expected: 1, got: 3 });
+    let message = error.to_string();
     assert!(
-        error.to_string().contains("LSN 0") && error.to_string().contains("LSN 3"),
-        "{error}"
+        message.contains("LSN 1 next") && message.contains("LSN 3"),
+        "{message}"
     );
+    assert!(message.contains("records 1 to 2 are missing"), "{message}");
     assert_eq!(projector.lsn(), 0);
 }
 

@@ -147,6 +147,7 @@ class HistoryProjector:
         self._records_max = transaction_records_max
         self._queue: deque[_Batch] = deque()
         self._queued_records = 0
+        self._overflowed = False
         self._changed = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="instapay-history", daemon=True)
@@ -165,8 +166,9 @@ class HistoryProjector:
             raise HistoryUnreachableError(
                 f"{self.path} is projected to LSN {self.lsn}, but the log starts at LSN {first}: "
                 f"records {self.lsn + 1} to {first - 1} are in no segment. Restore history.db "
-                f"from a backup (or from before it was deleted); the log is kept for the history "
-                f"only from now on ([history] log_keep_records keeps more)"
+                f"from a backup (or from before it was deleted), or run without a history "
+                f"([history] enabled = false); with a history the log is kept until it is "
+                f"projected ([history] log_keep_records keeps more)"
             )
 
     @property
@@ -191,9 +193,13 @@ class HistoryProjector:
         """Called by the log thread once `count` records from `lsn_first` are durable."""
         with self._changed:
             self._log_end = lsn_first + count - 1
-            if self._queued_records + count <= QUEUE_RECORDS_MAX:
+            if not self._overflowed and self._queued_records + count <= QUEUE_RECORDS_MAX:
                 self._queue.append(_Batch(lsn_first, count, frames))
                 self._queued_records += count
+            else:
+                # This batch and every later one until the queue drains are left to the log:
+                # the queue never holds a gap (a transaction across one would fail for good).
+                self._overflowed = True
             self._changed.notify()
 
     def close(self) -> None:
@@ -284,6 +290,8 @@ class HistoryProjector:
         with self._changed:
             while self._queue and self._queue[0].lsn_last <= self.lsn:
                 self._queued_records -= self._queue.popleft().count
+            if not self._queue:
+                self._overflowed = False
         self._notify()
 
     def _catch_up(self, lsn_last: int) -> None:
