@@ -258,15 +258,21 @@ class Engine(EngineApi):
         refund is staged, so the single writer never waits on a read (engine/hot.py)."""
         if self._prefetcher is None:
             return
-        for job in jobs:
-            request = job.request
-            if request is None or request.method != "POST" or request.path == PAYMENTS_PATH:
-                continue
-            lsn = hot.refunded_lsn(request)
-            if lsn is not None:
-                await hot.prefetch(self.state, self._prefetcher, lsn)
-                job.pinned = lsn
-                self.hot.pin(lsn)
+        try:
+            for job in jobs:
+                request = job.request
+                if request is None or request.method != "POST" or request.path == PAYMENTS_PATH:
+                    continue
+                lsn = hot.refunded_lsn(request)
+                if lsn is not None:
+                    await hot.prefetch(self.state, self._prefetcher, lsn)
+                    job.pinned = lsn
+                    self.hot.pin(lsn)
+        except BaseException:  # none is queued: no pin may outlive them
+            for job in jobs:
+                self.hot.unpin(job.pinned)
+                job.pinned = None
+            raise
 
     def _queue_full(self) -> Overloaded:
         return Overloaded(f"the engine queue holds {self.queue_depth_max} requests")
