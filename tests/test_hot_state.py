@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from instapay import signing
 from instapay.engine import Engine, hot
-from instapay.model import EngineConfig, Merchant, PaymentResult, RefundResult, Status
+from instapay.model import (
+    EngineConfig,
+    Merchant,
+    Overloaded,
+    PaymentResult,
+    RefundResult,
+    Status,
+)
 from instapay.outbox import DeliveryOutcome
 from instapay.protocol import PAYMENTS_PATH, payment_lsn
 from instapay.storage import snapshots
+from instapay.storage.history.prefetch import HistoryPrefetcher
 from instapay.storage.history.projector import HistoryPolicy
 from servers import DEMO, Running, serving
 
@@ -384,5 +393,28 @@ def test_a_retry_of_a_keyed_deposit_memory_forgot_replays_it(tmp_path: Path) -> 
             )
             assert declined_again == replace(declined, replayed=True)
             assert engine.balance(DEMO.payer(0)) == ("EUR", 1_000_700)
+
+    asyncio.run(main())
+
+
+def test_a_refund_of_a_forgotten_payment_history_cannot_give_back_is_503_not_declined(
+    tmp_path: Path,
+) -> None:
+    """A refund whose payment memory forgot, while history.db cannot be read: refused for a
+    retry (Overloaded: 503), nothing logged; it is never declined as if there were no payment.
+    Once the database reads again, the same refund succeeds."""
+
+    async def main() -> None:
+        async with Engine.open(tmp_path, config=CONFIG, history_policy=POLICY) as engine:
+            old = await make_old_payment(engine)
+            lsn_next = engine.lsn_next
+            unreadable = HistoryPrefetcher(tmp_path / "no-such-history.db")
+            readable, engine._prefetcher = engine._prefetcher, unreadable
+            with pytest.raises(Overloaded, match=f"payment {old.id} cannot be read"):
+                await engine.submit(DEMO.refund(old.id, 100))
+            assert engine.lsn_next == lsn_next, "nothing was logged"
+            engine._prefetcher = readable
+            unreadable.close()
+            assert (await refunded(engine, old.id, 100)).status == Status.SUCCEEDED
 
     asyncio.run(main())

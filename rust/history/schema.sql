@@ -39,7 +39,8 @@ CREATE TABLE refunds (
     -- The payment refunded ('pay_<lsn>'); a declined refund may name an id no payment has.
     payment_id TEXT NOT NULL,
     merchant_id TEXT NOT NULL,
-    -- What the refund gave back (0 when declined), in the payment's currency.
+    -- What the refund gave back, in the payment's currency; for a declined refund the amount
+    -- it asked for (as its result answers it): sum `amount` over succeeded refunds only.
     amount INTEGER NOT NULL,
     currency TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('succeeded', 'failed')),

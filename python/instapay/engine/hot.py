@@ -12,7 +12,7 @@ from collections import Counter
 from instapay import _core
 from instapay.engine.records import Deliveries, Record, Redelivery, RefundRecord
 from instapay.engine.state import State
-from instapay.model import PaymentResult, RefundResult
+from instapay.model import Overloaded, PaymentResult, RefundResult
 from instapay.protocol import payment_id, payment_lsn
 from instapay.signing import SignedRequest
 from instapay.storage.history.prefetch import HistoryPrefetcher, Refundable
@@ -108,7 +108,8 @@ def recall(state: State, refundable: Refundable) -> str:
 async def prefetch(state: State, history: HistoryPrefetcher, lsn: int) -> None:
     """Before a refund of the payment at `lsn` is queued: if memory does not hold it, reads it
     from history.db and puts it back; a payment the database does not hold either is left to
-    the batch stage to refuse, as any unknown payment."""
+    the batch stage to refuse, as any unknown payment. Overloaded (503) when the database
+    cannot be read: a refund must not be declined for want of a read."""
     for _ in range(RECALL_ATTEMPTS_MAX):
         if state.ledger.native.payment(payment_id(lsn)) is not None:
             return
@@ -116,10 +117,17 @@ async def prefetch(state: State, history: HistoryPrefetcher, lsn: int) -> None:
             refundable = await history.refundable(lsn)
         except HistoryUnavailableError as error:
             log.warning("cannot prefetch payment %d: %s", lsn, error)
-            return
+            raise _unreadable(lsn) from error
         if refundable is None or recall(state, refundable) != "stale":
             return
     log.warning("payment %d: history.db kept falling behind memory's evictions", lsn)
+    raise _unreadable(lsn)
+
+
+def _unreadable(lsn: int) -> Overloaded:
+    """A refund of a payment memory forgot, which history.db cannot give back now: refused
+    for a retry (503), never declined as if the payment did not exist."""
+    return Overloaded(f"payment {payment_id(lsn)} cannot be read from history.db now; retry")
 
 
 def recall_for_replay(state: State, history: HistoryPrefetcher, record: Record, lsn: int) -> None:
