@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::{CoreError, CoreResult};
-use crate::history::{Projector, Step};
+use crate::history::{Projector, Seed, SeedAccount, SeedPayment, SeedRefund, Step};
 
 /// What `project` answers: the offset it stopped at, the LSN projected and the durable one, the
 /// records and rows written, and the version-0 record it stopped before (LSN, type, payload).
@@ -20,6 +20,71 @@ type Projected<'py> = (
     u64,
     Option<(u64, u16, Bound<'py, PyBytes>)>,
 );
+
+/// A seeded account: id, currency, balance.
+type AccountRow = (String, String, i64);
+/// A seeded payment: LSN, merchant, order id, payer, settlement account, amount, currency,
+/// failure code, amount refunded, description, metadata (JSON), created.
+type PaymentRow = (
+    u64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+/// A seeded refund: LSN, payment id, merchant, amount, currency, failure code, reason, created.
+type RefundRow = (u64, String, String, i64, String, Option<String>, Option<String>, i64);
+
+fn seed_of(lsn: u64, accounts: Vec<AccountRow>, payments: Vec<PaymentRow>, refunds: Vec<RefundRow>) -> Seed {
+    Seed {
+        lsn,
+        accounts: accounts
+            .into_iter()
+            .map(|(account_id, currency, balance)| SeedAccount {
+                account_id,
+                currency,
+                balance,
+            })
+            .collect(),
+        payments: payments
+            .into_iter()
+            .map(|row| SeedPayment {
+                lsn: row.0,
+                merchant_id: row.1,
+                order_id: row.2,
+                payer: row.3,
+                settlement_account: row.4,
+                amount: row.5,
+                currency: row.6,
+                failure_code: row.7,
+                amount_refunded: row.8,
+                description: row.9,
+                metadata: row.10,
+                created: row.11,
+            })
+            .collect(),
+        refunds: refunds
+            .into_iter()
+            .map(|row| SeedRefund {
+                lsn: row.0,
+                payment_id: row.1,
+                merchant_id: row.2,
+                amount: row.3,
+                currency: row.4,
+                failure_code: row.5,
+                reason: row.6,
+                created: row.7,
+            })
+            .collect(),
+    }
+}
 
 #[pyclass(frozen, module = "instapay._core", name = "HistoryProjector")]
 pub struct HistoryProjectorPy {
@@ -84,6 +149,20 @@ impl HistoryProjectorPy {
             (frame.lsn, frame.record_type, PyBytes::new(py, payload))
         });
         Ok((step.end, step.lsn, durable_lsn, step.records, step.rows, legacy))
+    }
+
+    /// Seeds this new database from a snapshot at `lsn` in one synced transaction (see
+    /// `history/seed.rs`); returns the rows written.
+    fn seed(
+        &self,
+        py: Python<'_>,
+        lsn: u64,
+        accounts: Vec<AccountRow>,
+        payments: Vec<PaymentRow>,
+        refunds: Vec<RefundRow>,
+    ) -> PyResult<u64> {
+        let seed = seed_of(lsn, accounts, payments, refunds);
+        Ok(py.detach(|| self.with(|projector| projector.seed(&seed)))?)
     }
 
     /// Makes every commit durable if no reader keeps it from it; returns the durable LSN.

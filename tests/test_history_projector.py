@@ -5,6 +5,7 @@ owner-only and free of secrets, slows intake when it falls behind, and keeps the
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from history_checks import assert_history_matches, projected_lsn, rows
+from history_checks import assert_history_matches, projected_lsn, read_only, rows
 from instapay import _core
 from instapay.demo import DemoMerchant
 from instapay.engine import Engine
@@ -37,7 +38,7 @@ from instapay.model import (
 )
 from instapay.outbox import DeliveryOutcome
 from instapay.signing import SIGNATURE_HEADER
-from instapay.storage import wal
+from instapay.storage import snapshots, wal
 from instapay.storage.history import history_path
 from instapay.storage.history import projector as projector_module
 from instapay.storage.history.projector import HistoryPolicy, HistoryUnreachableError
@@ -160,33 +161,86 @@ def test_a_deleted_history_is_rebuilt_equal_from_the_log(tmp_path: Path) -> None
     assert rows(tmp_path, "SELECT * FROM account_entries ORDER BY account_id, lsn") == entries
 
 
-def test_a_log_that_no_longer_reaches_the_history_is_refused(tmp_path: Path) -> None:
-    small = {"segment_bytes_max": 4096, "snapshot_every_records": 20}
+SMALL_LOG = {"segment_bytes_max": 4096, "snapshot_every_records": 20}
 
-    async def many(engine: Engine) -> None:
-        await DEMO.set_up(engine, payers=3, balance=BALANCE)
+
+def payments_run(prefix: str, *, set_up: bool = False) -> Callable[[Engine], Awaitable[None]]:
+    """A run of 120 payments (after the demo's accounts with `set_up`), projected."""
+
+    async def scenario(engine: Engine) -> None:
+        if set_up:
+            await DEMO.set_up(engine, payers=3, balance=BALANCE)
         for n in range(120):
-            await pay(engine, f"o-{n}", 1, payer=n % 3)
+            await pay(engine, f"{prefix}-{n}", 1, payer=n % 3)
         await caught_up(engine)
 
+    return scenario
+
+
+def remove_history(directory: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{history_path(directory)}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_deleted_history_is_rebuilt_from_the_oldest_kept_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # Two runs: each close snapshots, so both kept snapshots are past the first segments
     # whatever the automatic snapshots managed under load.
-    async def more(engine: Engine) -> None:
-        for n in range(120):
-            await pay(engine, f"p-{n}", 1, payer=n % 3)
-        await caught_up(engine)
-
-    run(tmp_path, many, **small)
-    run(tmp_path, more, **small)
+    run(tmp_path, payments_run("o", set_up=True), **SMALL_LOG)
+    run(tmp_path, payments_run("p"), **SMALL_LOG)
     first = wal.segment_paths(tmp_path / "wal")[0][0]
     assert first > 1, "snapshots and the projector let the oldest segments go"
-    history_path(tmp_path).unlink()
+    oldest = snapshots.oldest_kept_snapshot_lsn(tmp_path)
+    assert oldest + 1 >= first
+    remove_history(tmp_path)
+
+    async def rebuilt(engine: Engine) -> int:
+        await caught_up(engine)
+        # Every result memory holds (all of them: the window is larger) reads the same, every
+        # account has the ledger's balance and its entries sum to it.
+        assert_history_matches(engine)
+        paid = await pay(engine, "after", 3, payer=1)
+        await engine.submit(DEMO.refund(paid.id, 1))
+        await caught_up(engine)
+        assert_history_matches(engine)
+        return len(engine.ledger.accounts())
+
+    with caplog.at_level(logging.WARNING, logger=projector_module.__name__):
+        accounts = run(tmp_path, rebuilt, **SMALL_LOG)
+    assert f"history.db rebuilt from the snapshot at LSN {oldest}" in caplog.text
+    opening = "SELECT count(*), min(lsn), max(lsn) FROM account_entries WHERE kind = 'opening'"
+    assert rows(tmp_path, opening) == [(accounts, oldest, oldest)]
+    # Rebuilt once: the next start goes on from what the database holds.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=projector_module.__name__):
+        run(tmp_path, payments_run("q"), **SMALL_LOG)
+    assert "rebuilt" not in caplog.text
+    assert rows(tmp_path, opening) == [(accounts, oldest, oldest)]
+
+
+def test_a_history_the_log_no_longer_reaches_is_refused(tmp_path: Path) -> None:
+    run(tmp_path, payments_run("o", set_up=True), **SMALL_LOG)
+    projected = projected_lsn(tmp_path)
+    old = tmp_path / "old-history.db"
+    with contextlib.closing(read_only(tmp_path)) as source, contextlib.closing(
+        sqlite3.connect(old)
+    ) as copy:
+        source.backup(copy)
+    # Two more runs: both kept snapshots, and the segments kept, are past what the copy holds.
+    run(tmp_path, payments_run("p"), **SMALL_LOG)
+    run(tmp_path, payments_run("q"), **SMALL_LOG)
+    first = wal.segment_paths(tmp_path / "wal")[0][0]
+    assert first > projected + 1, "snapshots and the projector let the segments after it go"
+    remove_history(tmp_path)
+    shutil.copyfile(old, history_path(tmp_path))
     with pytest.raises(HistoryUnreachableError) as refused:
-        run(tmp_path, many, **small)
+        run(tmp_path, payments_run("r"), **SMALL_LOG)
     message = str(refused.value)
-    assert "LSN 0" in message
+    assert f"projected to LSN {projected}," in message
     assert f"starts at LSN {first}" in message
     assert "Restore history.db" in message
+    assert projected_lsn(tmp_path) == projected
 
 
 def test_a_history_of_another_schema_version_is_refused_and_left_alone(tmp_path: Path) -> None:

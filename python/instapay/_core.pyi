@@ -703,6 +703,22 @@ class HistoryProjector:
         operation it stopped before (convert it to the current version, project it, go on after
         it). ValueError for a gap (naming both LSNs) or a record that does not decode, OSError
         when SQLite fails; either way nothing of the call is applied."""
+    def seed(
+        self,
+        lsn: int,
+        accounts: Sequence[tuple[str, str, int]],
+        payments: Sequence[
+            tuple[int, str, str, str, str, int, str, str | None, int, str | None, str | None, int]
+        ],
+        refunds: Sequence[tuple[int, str, str, int, str, str | None, str | None, int]],
+    ) -> int:
+        """Seeds this new database from a snapshot at ``lsn`` in one synced transaction: each
+        account ``(id, currency, balance)`` with an 'opening' entry of its balance, the payments
+        ``(lsn, merchant, order id, payer, settlement account, amount, currency, failure code,
+        amount refunded, description, metadata JSON, created)`` and refunds ``(lsn, payment id,
+        merchant, amount, currency, failure code, reason, created)`` without entries, and
+        ``lsn`` projected. Returns the rows written. ValueError for a database with any row or
+        projected past 0, OSError when SQLite fails; either way nothing is written."""
     def sync(self) -> int:
         """Makes every commit durable unless a reader keeps the checkpoint from finishing;
         returns ``durable_lsn``."""

@@ -43,10 +43,10 @@ const VERSION_SHIFT: u16 = 8;
 const WAL_CHECKPOINT_PAGES: i64 = 16_384;
 const CACHE_KIB: i64 = 64 * 1024;
 
-const INSERT_PAYMENT: &str = "INSERT INTO payments (lsn, merchant_id, order_id, payer, \
+pub(super) const INSERT_PAYMENT: &str = "INSERT INTO payments (lsn, merchant_id, order_id, payer, \
     settlement_account, amount, currency, status, failure_code, description, metadata, created) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
-const INSERT_REFUND: &str = "INSERT INTO refunds (lsn, payment_id, merchant_id, amount, currency, \
+pub(super) const INSERT_REFUND: &str = "INSERT INTO refunds (lsn, payment_id, merchant_id, amount, currency, \
     status, failure_code, reason, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const PAYMENT_OF_REFUND: &str =
     "SELECT payer, settlement_account, currency FROM payments WHERE lsn = ?1 AND status = 'succeeded'";
@@ -54,11 +54,11 @@ const ADD_REFUNDED: &str = "UPDATE payments SET amount_refunded = amount_refunde
 const INSERT_ACCOUNT: &str =
     "INSERT INTO accounts (account_id, currency, balance, opened_lsn) VALUES (?1, ?2, 0, ?3)";
 const SET_BALANCE: &str = "UPDATE accounts SET balance = ?2 WHERE account_id = ?1";
-const INSERT_ENTRY: &str = "INSERT INTO account_entries (account_id, lsn, kind, amount, balance_after) \
+pub(super) const INSERT_ENTRY: &str = "INSERT INTO account_entries (account_id, lsn, kind, amount, balance_after) \
     VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (logged_lsn, position, event_lsn, at_ms, \
     outcome, delivered, next_at_ms, round) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const SET_LSN: &str = "UPDATE projection SET lsn = ?1";
+pub(super) const SET_LSN: &str = "UPDATE projection SET lsn = ?1";
 
 impl From<rusqlite::Error> for CoreError {
     fn from(error: rusqlite::Error) -> Self {
@@ -94,12 +94,12 @@ struct Entry<'a> {
 /// The one writer of a history database.
 pub struct Projector {
     path: String,
-    connection: Connection,
-    lsn: u64,
-    durable_lsn: u64,
+    pub(super) connection: Connection,
+    pub(super) lsn: u64,
+    pub(super) durable_lsn: u64,
     /// Every account's balance as of `lsn` (what `accounts.balance` holds).
-    balances: HashMap<String, i64>,
-    synced_at: Instant,
+    pub(super) balances: HashMap<String, i64>,
+    pub(super) synced_at: Instant,
 }
 
 fn store_error(path: &str, error: &rusqlite::Error) -> CoreError {
@@ -396,7 +396,7 @@ impl Projector {
     }
 }
 
-const fn status(failure_code: Option<&str>) -> &'static str {
+pub(super) const fn status(failure_code: Option<&str>) -> &'static str {
     if failure_code.is_none() {
         "succeeded"
     } else {
@@ -404,7 +404,7 @@ const fn status(failure_code: Option<&str>) -> &'static str {
     }
 }
 
-fn lsn_sql(lsn: u64) -> CoreResult<i64> {
+pub(super) fn lsn_sql(lsn: u64) -> CoreResult<i64> {
     i64::try_from(lsn).map_err(|_| CoreError::OutOfRange {
         what: "an LSN in the history",
         value: lsn,

@@ -62,11 +62,12 @@ CREATE TABLE accounts (
 -- Every change of a balance, with the balance after it: an account statement. A payment that
 -- succeeded is two entries (the payer's debit, the settlement account's credit) at its LSN; a
 -- refund that succeeded the two the other way; a deposit or withdrawal one. Declined
--- operations change no balance and have no entry.
+-- operations change no balance and have no entry. A database rebuilt from a snapshot (the log
+-- before it gone) starts each account with one 'opening' entry: its balance at that LSN.
 CREATE TABLE account_entries (
     account_id TEXT NOT NULL,
     lsn INTEGER NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('deposit', 'withdrawal', 'payment', 'refund')),
+    kind TEXT NOT NULL CHECK (kind IN ('opening', 'deposit', 'withdrawal', 'payment', 'refund')),
     -- Signed: positive credits the account, negative debits it.
     amount INTEGER NOT NULL,
     balance_after INTEGER NOT NULL,

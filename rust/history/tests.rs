@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rusqlite::Connection;
 
 use super::project::Projector;
+use super::{Seed, SeedAccount, SeedPayment, SeedRefund};
 use crate::error::CoreError;
 use crate::state::records::{
     encode, logged_type, Metadata, PaymentRecord, RefundRecord, OPERATION_PAYMENT_WITH_CONSENT,
@@ -317,4 +318,128 @@ fn a_database_of_another_version_is_refused_and_kept() {
     let error = Projector::open(&other).err().unwrap();
     assert!(error.to_string().contains("not a history database"), "{error}");
     assert_eq!(count(&other, "mine"), 0);
+}
+
+fn seeded() -> Seed {
+    Seed {
+        lsn: 40,
+        accounts: vec![
+            SeedAccount {
+                account_id: "alice".to_owned(),
+                currency: "EUR".to_owned(),
+                balance: 700,
+            },
+            SeedAccount {
+                account_id: "shop".to_owned(),
+                currency: "EUR".to_owned(),
+                balance: 300,
+            },
+        ],
+        payments: vec![SeedPayment {
+            lsn: 38,
+            merchant_id: "m1".to_owned(),
+            order_id: "o-1".to_owned(),
+            payer: "alice".to_owned(),
+            settlement_account: "shop".to_owned(),
+            amount: 400,
+            currency: "EUR".to_owned(),
+            failure_code: None,
+            amount_refunded: 100,
+            description: None,
+            metadata: Some("{\"a\":\"1\"}".to_owned()),
+            created: 1_700_000_000,
+        }],
+        refunds: vec![SeedRefund {
+            lsn: 39,
+            payment_id: "pay_38".to_owned(),
+            merchant_id: "m1".to_owned(),
+            amount: 100,
+            currency: "EUR".to_owned(),
+            failure_code: None,
+            reason: None,
+            created: 1_700_000_001,
+        }],
+    }
+}
+
+#[test]
+fn a_seed_writes_accounts_with_opening_entries_and_results_at_its_lsn() {
+    let path = database();
+    let mut projector = Projector::open(&path).unwrap();
+    assert_eq!(projector.seed(&seeded()).unwrap(), 6);
+    assert_eq!((projector.lsn(), projector.durable_lsn()), (40, 40));
+    let connection = Connection::open(&path).unwrap();
+    let entries: Vec<(String, i64, String, i64, i64)> = connection
+        .prepare("SELECT account_id, lsn, kind, amount, balance_after FROM account_entries ORDER BY account_id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        entries,
+        vec![
+            ("alice".to_owned(), 40, "opening".to_owned(), 700, 700),
+            ("shop".to_owned(), 40, "opening".to_owned(), 300, 300),
+        ]
+    );
+    let paid: (i64, String, i64, String) = connection
+        .query_row("SELECT lsn, status, amount_refunded, metadata FROM payments", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap();
+    assert_eq!(paid, (38, "succeeded".to_owned(), 100, "{\"a\":\"1\"}".to_owned()));
+    let refunds: i64 = connection
+        .query_row("SELECT count(*) FROM refunds WHERE payment_id = 'pay_38'", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(refunds, 1);
+    // The projector goes on from the seed's balances: a deposit after it adds to the opening.
+    let mut data = Vec::new();
+    encode_into(&mut data, 41, DEPOSIT, &account("alice", 5, None));
+    projector.project(&data, 0, 100, ALL).unwrap();
+    let balance: i64 = connection
+        .query_row("SELECT balance_after FROM account_entries WHERE lsn = 41", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(balance, 705);
+    drop(projector);
+    let reopened = Projector::open(&path).unwrap();
+    assert_eq!(reopened.lsn(), 41);
+}
+
+#[test]
+fn a_seed_is_one_transaction_and_refused_on_a_database_with_rows() {
+    let path = database();
+    let mut projector = Projector::open(&path).unwrap();
+    // The second account's row breaks the accounts key: nothing of the seed stays.
+    let mut broken = seeded();
+    broken.accounts.push(broken.accounts[0].clone());
+    assert!(projector.seed(&broken).is_err());
+    assert_eq!(projector.lsn(), 0);
+    let connection = Connection::open(&path).unwrap();
+    let count = |table: &str| -> i64 {
+        connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| row.get(0))
+            .unwrap()
+    };
+    for table in ["accounts", "account_entries", "payments", "refunds"] {
+        assert_eq!(count(table), 0, "{table}");
+    }
+    let lsn: i64 = connection
+        .query_row("SELECT lsn FROM projection", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(lsn, 0);
+    // A database that holds rows is refused, even at LSN 0 ... and so is one projected.
+    connection
+        .execute("INSERT INTO accounts VALUES ('bob', 'EUR', 0, 1)", [])
+        .unwrap();
+    let refused = projector.seed(&seeded()).unwrap_err();
+    assert!(matches!(refused, CoreError::InvalidState(_)), "{refused:?}");
+    assert_eq!(count("payments"), 0);
+    let path = database();
+    let mut projector = Projector::open(&path).unwrap();
+    let mut data = Vec::new();
+    encode_into(&mut data, 1, OPEN_ACCOUNT, &account("alice", 0, None));
+    projector.project(&data, 0, 100, ALL).unwrap();
+    assert!(matches!(projector.seed(&seeded()), Err(CoreError::InvalidState(_))));
+    assert_eq!(projector.lsn(), 1);
 }

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from instapay import _core
-from instapay.engine import handlers, hot, intake, records, recovery
+from instapay.engine import handlers, hot, intake, rebuild, records, recovery
 from instapay.engine.api import EngineApi
 from instapay.engine.jobs import Answers, Job
 from instapay.engine.ops import (
@@ -142,7 +142,10 @@ class Engine(EngineApi):
             raise ValueError("snapshot_every_records must be at least 1")
         self.snapshot_every_records = snapshot_every_records
         self._snapshot_lsn = 0
-        self.state = State(config, idempotency_capacity, idempotency_ttl_s)
+        # A state as recovery starts from: this one, and a scratch one a rebuild of history.db
+        # loads a snapshot into.
+        self._new_state = lambda: State(config, idempotency_capacity, idempotency_ttl_s)
+        self.state = self._new_state()
         # The second up to which the index's keys past their TTL were dropped.
         self._keys_expired_s = 0
         self.stats = EngineStats()
@@ -806,6 +809,9 @@ class Engine(EngineApi):
             records.as_current,
             notify=advanced,
             transaction_records_max=self.history_policy.transaction_records_max,
+            seed_source=lambda log_first: rebuild.history_seed(
+                self.directory, log_first, self._new_state
+            ),
         )
         self.stats.history = projector.stats
         projector.start()

@@ -391,7 +391,11 @@ SCHEMAS: Final[JSON] = {
             "object": _const("entry"),
             "id": {**ENTRY_ID, "description": "`ent_<LSN>`: the LSN that changed the balance."},
             "account_id": ID,
-            "kind": {"type": "string", "enum": ["deposit", "withdrawal", "payment", "refund"]},
+            "kind": {
+                "type": "string",
+                "enum": ["opening", "deposit", "withdrawal", "payment", "refund"],
+                "description": "`opening`: the balance a history rebuilt from a snapshot starts at.",
+            },
             "amount": {
                 "type": "integer",
                 "description": "Minor units, signed: positive credits the account.",

@@ -59,6 +59,30 @@ CLOSE_ATTEMPTS_MAX = 3
 
 # (logged type, payload) of a version-0 record -> (type, payload) of the current version.
 LegacyConverter = Callable[[int, bytes], tuple[int, bytes]]
+# A seeded account (id, currency, balance), payment (LSN, merchant, order id, payer, settlement
+# account, amount, currency, failure code, amount refunded, description, metadata as JSON,
+# created) and refund (LSN, payment id, merchant, amount, currency, failure code, reason,
+# created), as `_core.HistoryProjector.seed` takes them.
+AccountSeedRow = tuple[str, str, int]
+PaymentSeedRow = tuple[
+    int, str, str, str, str, int, str, str | None, int, str | None, str | None, int
+]
+RefundSeedRow = tuple[int, str, str, int, str, str | None, str | None, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySeed:
+    """What a new history.db starts from when the log no longer reaches LSN 1: the accounts
+    and the results a snapshot at `lsn` holds."""
+
+    lsn: int
+    accounts: list[AccountSeedRow]
+    payments: list[PaymentSeedRow]
+    refunds: list[RefundSeedRow]
+
+
+# The log's first LSN -> the seed of the oldest kept snapshot it continues, or None.
+SeedSource = Callable[[int], HistorySeed | None]
 
 
 class HistoryUnreachableError(Exception):
@@ -124,7 +148,8 @@ class _Batch:
 
 class HistoryProjector:
     """Opens history.db in `directory` and checks that the log (durable to `log_end`) reaches
-    back to what it lacks; `start` runs the thread, `offer` feeds it, `close` drains it."""
+    back to what it lacks (a new database the log does not reach from LSN 1 is first seeded
+    from `seed_source`); `start` runs the thread, `offer` feeds it, `close` drains it."""
 
     def __init__(
         self,
@@ -134,6 +159,7 @@ class HistoryProjector:
         *,
         notify: Callable[[], None] = lambda: None,
         transaction_records_max: int = TRANSACTION_RECORDS_MAX,
+        seed_source: SeedSource | None = None,
     ) -> None:
         self.directory = directory
         self.path = history_path(directory)
@@ -141,7 +167,7 @@ class HistoryProjector:
         # The native LSNs mirrored, read without waiting for a projection call to finish.
         self.stats = ProjectorStats(self._native.lsn, self._native.durable_lsn)
         self._log_end = log_end
-        self._check_reaches(log_end)
+        self._check_reaches(log_end, seed_source)
         self._convert_legacy = convert_legacy
         self._notify = notify
         self._records_max = transaction_records_max
@@ -152,7 +178,7 @@ class HistoryProjector:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="instapay-history", daemon=True)
 
-    def _check_reaches(self, log_end: int) -> None:
+    def _check_reaches(self, log_end: int, seed_source: SeedSource | None) -> None:
         if self.lsn > log_end:
             self._native.close()
             raise HistoryUnreachableError(
@@ -161,6 +187,8 @@ class HistoryProjector:
             )
         segments = wal.segment_paths(self.directory / "wal")
         first = segments[0][0] if segments else log_end + 1
+        if self.lsn == 0 and first > 1 and seed_source is not None:
+            self._seed(first, seed_source)
         if self.lsn < log_end and first > self.lsn + 1:
             self._native.close()
             raise HistoryUnreachableError(
@@ -170,6 +198,27 @@ class HistoryProjector:
                 f"([history] enabled = false); with a history the log is kept until it is "
                 f"projected ([history] log_keep_records keeps more)"
             )
+
+    def _seed(self, log_first: int, seed_source: SeedSource) -> None:
+        """A new (or empty) history.db when the log starts at `log_first` > 1: seeded from the
+        oldest kept snapshot the log continues, then projected from the log after it."""
+        try:
+            seed = seed_source(log_first)
+            if seed is None:
+                return
+            self._native.seed(seed.lsn, seed.accounts, seed.payments, seed.refunds)
+        except BaseException:
+            self._native.close()
+            raise
+        self.stats.lsn = self.stats.durable_lsn = seed.lsn
+        log.warning(
+            "history.db rebuilt from the snapshot at LSN %d: rows before it are only those the "
+            "snapshot held (%d accounts with their balances, %d payments, %d refunds)",
+            seed.lsn,
+            len(seed.accounts),
+            len(seed.payments),
+            len(seed.refunds),
+        )
 
     @property
     def lsn(self) -> int:
