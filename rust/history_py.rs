@@ -40,7 +40,16 @@ type PaymentRow = (
     i64,
 );
 /// A seeded refund: LSN, payment id, merchant, amount, currency, failure code, reason, created.
-type RefundRow = (u64, String, String, i64, String, Option<String>, Option<String>, i64);
+type RefundRow = (
+    u64,
+    String,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 fn seed_of(lsn: u64, accounts: Vec<AccountRow>, payments: Vec<PaymentRow>, refunds: Vec<RefundRow>) -> Seed {
     Seed {

@@ -223,9 +223,10 @@ def test_a_history_the_log_no_longer_reaches_is_refused(tmp_path: Path) -> None:
     run(tmp_path, payments_run("o", set_up=True), **SMALL_LOG)
     projected = projected_lsn(tmp_path)
     old = tmp_path / "old-history.db"
-    with contextlib.closing(read_only(tmp_path)) as source, contextlib.closing(
-        sqlite3.connect(old)
-    ) as copy:
+    with (
+        contextlib.closing(read_only(tmp_path)) as source,
+        contextlib.closing(sqlite3.connect(old)) as copy,
+    ):
         source.backup(copy)
     # Two more runs: both kept snapshots, and the segments kept, are past what the copy holds.
     run(tmp_path, payments_run("p"), **SMALL_LOG)

@@ -46,7 +46,8 @@ const CACHE_KIB: i64 = 64 * 1024;
 pub(super) const INSERT_PAYMENT: &str = "INSERT INTO payments (lsn, merchant_id, order_id, payer, \
     settlement_account, amount, currency, status, failure_code, description, metadata, created) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
-pub(super) const INSERT_REFUND: &str = "INSERT INTO refunds (lsn, payment_id, merchant_id, amount, currency, \
+pub(super) const INSERT_REFUND: &str =
+    "INSERT INTO refunds (lsn, payment_id, merchant_id, amount, currency, \
     status, failure_code, reason, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const PAYMENT_OF_REFUND: &str =
     "SELECT payer, settlement_account, currency FROM payments WHERE lsn = ?1 AND status = 'succeeded'";
@@ -54,7 +55,8 @@ const ADD_REFUNDED: &str = "UPDATE payments SET amount_refunded = amount_refunde
 const INSERT_ACCOUNT: &str =
     "INSERT INTO accounts (account_id, currency, balance, opened_lsn) VALUES (?1, ?2, 0, ?3)";
 const SET_BALANCE: &str = "UPDATE accounts SET balance = ?2 WHERE account_id = ?1";
-pub(super) const INSERT_ENTRY: &str = "INSERT INTO account_entries (account_id, lsn, kind, amount, balance_after) \
+pub(super) const INSERT_ENTRY: &str =
+    "INSERT INTO account_entries (account_id, lsn, kind, amount, balance_after) \
     VALUES (?1, ?2, ?3, ?4, ?5)";
 const INSERT_ATTEMPT: &str = "INSERT INTO delivery_attempts (logged_lsn, position, event_lsn, at_ms, \
     outcome, delivered, next_at_ms, round) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";

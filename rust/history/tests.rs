@@ -370,9 +370,13 @@ fn a_seed_writes_accounts_with_opening_entries_and_results_at_its_lsn() {
     assert_eq!((projector.lsn(), projector.durable_lsn()), (40, 40));
     let connection = Connection::open(&path).unwrap();
     let entries: Vec<(String, i64, String, i64, i64)> = connection
-        .prepare("SELECT account_id, lsn, kind, amount, balance_after FROM account_entries ORDER BY account_id")
+        .prepare(
+            "SELECT account_id, lsn, kind, amount, balance_after FROM account_entries ORDER BY account_id",
+        )
         .unwrap()
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+        })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
@@ -384,13 +388,22 @@ fn a_seed_writes_accounts_with_opening_entries_and_results_at_its_lsn() {
         ]
     );
     let paid: (i64, String, i64, String) = connection
-        .query_row("SELECT lsn, status, amount_refunded, metadata FROM payments", [], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-        })
+        .query_row(
+            "SELECT lsn, status, amount_refunded, metadata FROM payments",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
         .unwrap();
-    assert_eq!(paid, (38, "succeeded".to_owned(), 100, "{\"a\":\"1\"}".to_owned()));
+    assert_eq!(
+        paid,
+        (38, "succeeded".to_owned(), 100, "{\"a\":\"1\"}".to_owned())
+    );
     let refunds: i64 = connection
-        .query_row("SELECT count(*) FROM refunds WHERE payment_id = 'pay_38'", [], |row| row.get(0))
+        .query_row(
+            "SELECT count(*) FROM refunds WHERE payment_id = 'pay_38'",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     assert_eq!(refunds, 1);
     // The projector goes on from the seed's balances: a deposit after it adds to the opening.
@@ -398,7 +411,11 @@ fn a_seed_writes_accounts_with_opening_entries_and_results_at_its_lsn() {
     encode_into(&mut data, 41, DEPOSIT, &account("alice", 5, None));
     projector.project(&data, 0, 100, ALL).unwrap();
     let balance: i64 = connection
-        .query_row("SELECT balance_after FROM account_entries WHERE lsn = 41", [], |row| row.get(0))
+        .query_row(
+            "SELECT balance_after FROM account_entries WHERE lsn = 41",
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     assert_eq!(balance, 705);
     drop(projector);
@@ -440,6 +457,9 @@ fn a_seed_is_one_transaction_and_refused_on_a_database_with_rows() {
     let mut data = Vec::new();
     encode_into(&mut data, 1, OPEN_ACCOUNT, &account("alice", 0, None));
     projector.project(&data, 0, 100, ALL).unwrap();
-    assert!(matches!(projector.seed(&seeded()), Err(CoreError::InvalidState(_))));
+    assert!(matches!(
+        projector.seed(&seeded()),
+        Err(CoreError::InvalidState(_))
+    ));
     assert_eq!(projector.lsn(), 1);
 }

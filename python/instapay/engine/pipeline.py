@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -144,7 +145,7 @@ class Engine(EngineApi):
         self._snapshot_lsn = 0
         # A state as recovery starts from: this one, and a scratch one a rebuild of history.db
         # loads a snapshot into.
-        self._new_state = lambda: State(config, idempotency_capacity, idempotency_ttl_s)
+        self._new_state = functools.partial(State, config, idempotency_capacity, idempotency_ttl_s)
         self.state = self._new_state()
         # The second up to which the index's keys past their TTL were dropped.
         self._keys_expired_s = 0

@@ -20,7 +20,9 @@ from instapay.storage.history.projector import HistorySeed, PaymentSeedRow, Refu
 log = logging.getLogger(__name__)
 
 
-def history_seed(directory: Path, log_first: int, new_state: Callable[[], State]) -> HistorySeed | None:
+def history_seed(
+    directory: Path, log_first: int, new_state: Callable[[], State]
+) -> HistorySeed | None:
     """The seed of the oldest intact snapshot whose next record the log holds (`log_first` is
     the log's first LSN), or None if there is none."""
     for lsn, path in reversed(snapshots.snapshot_paths(directory)):

@@ -394,7 +394,7 @@ SCHEMAS: Final[JSON] = {
             "kind": {
                 "type": "string",
                 "enum": ["opening", "deposit", "withdrawal", "payment", "refund"],
-                "description": "`opening`: the balance a history rebuilt from a snapshot starts at.",
+                "description": "`opening`: a rebuilt history's balance at its snapshot.",
             },
             "amount": {
                 "type": "integer",
