@@ -182,8 +182,9 @@ def remove_history(directory: Path) -> None:
         Path(f"{history_path(directory)}{suffix}").unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize("left_empty", [False, True], ids=["deleted", "empty"])
 def test_a_deleted_history_is_rebuilt_from_the_oldest_kept_snapshot(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, left_empty: bool
 ) -> None:
     # Two runs: each close snapshots, so both kept snapshots are past the first segments
     # whatever the automatic snapshots managed under load.
@@ -194,6 +195,9 @@ def test_a_deleted_history_is_rebuilt_from_the_oldest_kept_snapshot(
     oldest = snapshots.oldest_kept_snapshot_lsn(tmp_path)
     assert oldest + 1 >= first
     remove_history(tmp_path)
+    if left_empty:  # a new database, projected to LSN 0: the same as none
+        _core.HistoryProjector(history_path(tmp_path)).close()
+        assert projected_lsn(tmp_path) == 0
 
     async def rebuilt(engine: Engine) -> int:
         await caught_up(engine)
@@ -202,6 +206,12 @@ def test_a_deleted_history_is_rebuilt_from_the_oldest_kept_snapshot(
         assert_history_matches(engine)
         paid = await pay(engine, "after", 3, payer=1)
         await engine.submit(DEMO.refund(paid.id, 1))
+        # A payment only the snapshot gave the database is refunded on top of it too.
+        seeded = engine.results[min(engine.results)]
+        assert isinstance(seeded, PaymentResult)
+        assert int(seeded.id.removeprefix("pay_")) <= oldest
+        refunded = await engine.submit(DEMO.refund(seeded.id, 1))
+        assert refunded.status == Status.SUCCEEDED
         await caught_up(engine)
         assert_history_matches(engine)
         return len(engine.ledger.accounts())
