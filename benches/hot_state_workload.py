@@ -29,6 +29,7 @@ from instapay.storage.history.projector import HOT_RESULTS_MAX_DEFAULT, HistoryP
 IDEMPOTENCY_TTL_S = 5
 IDEMPOTENCY_KEYS_MAX = 1_000_000
 HISTORY_TIMEOUT_S = 600.0
+LAG_RECORDS_MAX = 10**12
 
 
 def hot_window(small: int) -> int:
@@ -44,7 +45,10 @@ def open_engine(directory: Path, window: int) -> Any:
         idempotency_capacity=lone_merchant_capacity(IDEMPOTENCY_KEYS_MAX),
         idempotency_ttl_s=IDEMPOTENCY_TTL_S,
         snapshot_every_records=10**12,
-        history_policy=HistoryPolicy(hot_results_max=window),
+        # The build outruns the projector on two cores: its backpressure would refuse payments
+        # (what a client retries); here the history waits instead, and `settle` lets it catch up
+        # before each measure.
+        history_policy=HistoryPolicy(hot_results_max=window, lag_records_max=LAG_RECORDS_MAX),
     )
 
 
